@@ -1,0 +1,132 @@
+"""The aggregator: sums client contributions as they arrive, holds no secret key.
+
+In `plaintext` mode a contribution is a float64 vector (weighted delta plus the
+weight as its last value); in `he` mode it is a ciphertext batch (bytes) that is
+deserialized and added to a running encrypted sum immediately. `finish` returns the
+aggregate with a `Manifest` that the key holders check before they decrypt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.errors import CryptoError, ProtocolError
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an aggregate claims to be: key holders decrypt only what this describes."""
+
+    run_id: str
+    round: int
+    contributors: tuple[str, ...]
+    digests: tuple[str, ...]
+    aggregate_digest: str
+    noise_added: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.contributors)
+
+
+def digest(payload: bytes | np.ndarray) -> str:
+    """sha256 hex digest of a payload's bytes."""
+    data = payload if isinstance(payload, bytes) else np.ascontiguousarray(payload).tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+class Aggregator:
+    """Streaming sum of one round's contributions; `context_bytes` selects encrypted mode."""
+
+    def __init__(self, run_id: str, context_bytes: bytes | None = None) -> None:
+        self.run_id = run_id
+        self._context_bytes = context_bytes
+        self._round: int | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._plain: np.ndarray | None = None
+        self._cipher = None
+        self._contributors: list[str] = []
+        self._digests: list[str] = []
+        self._noise_added = False
+        self.busy_s = 0.0
+
+    @property
+    def encrypted(self) -> bool:
+        return self._context_bytes is not None
+
+    def begin(self, round_idx: int) -> None:
+        """Start a new round's sum, dropping anything left from the previous one."""
+        self._round = round_idx
+        self._reset()
+        if self.encrypted:
+            from fedsim.crypto import CiphertextSum, CKKSContext
+
+            if not hasattr(self, "_context"):
+                self._context = CKKSContext.from_bytes(self._context_bytes)
+            self._cipher = CiphertextSum(self._context)
+
+    def add(self, client: str, payload: bytes | np.ndarray) -> float:
+        """Add one client's contribution; returns the arrival time (epoch seconds).
+
+        A malformed contribution raises an error naming ``client`` and leaves the sum
+        unchanged, so the round can go on without it.
+        """
+        arrived = time.time()
+        if self._round is None:
+            raise ProtocolError("aggregator: add() before begin()")
+        if client in self._contributors:
+            raise ProtocolError(f"aggregator: client {client} already contributed this round")
+        t0 = time.perf_counter()
+        if self.encrypted:
+            if not isinstance(payload, bytes):
+                raise CryptoError(f"client {client}: expected ciphertext bytes in he mode")
+            d = self._cipher.add(payload, contributor=client)
+        else:
+            if not isinstance(payload, np.ndarray) or payload.dtype != np.float64:
+                raise ProtocolError(f"client {client}: expected a float64 vector in plaintext mode")
+            if self._plain is not None and payload.shape != self._plain.shape:
+                raise ProtocolError(
+                    f"client {client}: update has {payload.size} values, "
+                    f"expected {self._plain.size}"
+                )
+            if not np.all(np.isfinite(payload)):
+                raise ProtocolError(f"client {client}: update contains NaN or infinity")
+            d = digest(payload)
+            self._plain = payload.copy() if self._plain is None else self._plain + payload
+        self._contributors.append(client)
+        self._digests.append(d)
+        self.busy_s += time.perf_counter() - t0
+        return arrived
+
+    def add_noise(self, payload: bytes | np.ndarray) -> None:
+        """Add DP noise (already encrypted in he mode) to the sum; recorded in the manifest."""
+        t0 = time.perf_counter()
+        if self.encrypted:
+            self._cipher.add(payload, contributor="aggregator-noise")
+        else:
+            self._plain = self._plain + payload
+        self._noise_added = True
+        self.busy_s += time.perf_counter() - t0
+
+    def finish(self) -> tuple[Manifest, bytes | np.ndarray, float]:
+        """The manifest, the aggregate and the seconds spent adding this round."""
+        if self._round is None or not self._contributors:
+            raise ProtocolError("aggregator: no contribution to finish this round")
+        t0 = time.perf_counter()
+        aggregate = self._cipher.result() if self.encrypted else self._plain
+        self.busy_s += time.perf_counter() - t0
+        manifest = Manifest(
+            run_id=self.run_id,
+            round=self._round,
+            contributors=tuple(self._contributors),
+            digests=tuple(self._digests),
+            aggregate_digest=digest(aggregate),
+            noise_added=self._noise_added,
+        )
+        return manifest, aggregate, self.busy_s

@@ -1,0 +1,111 @@
+"""``fedsim`` command line: run | data synth | report.
+
+A user mistake (any `FedSimError`) prints one line, ``fedsim: error: ...``, and exits
+with code 2; a traceback means a bug in fedsim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from fedsim.errors import FedSimError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a federated simulation from a YAML config")
+    run.add_argument("config", help="YAML config, e.g. configs/quick.yaml")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="dotted overrides, e.g. federation.rounds=5 train.lr=0.01")
+    run.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
+    run.add_argument("--address", help="Ray cluster address (auto, ray://host:10001, host:6379);"
+                     " default: RAY_ADDRESS or a new local Ray")
+    run.add_argument("--backend", choices=("ray", "inprocess"), default="ray",
+                     help="ray (default) or inprocess (no Ray, for debugging)")
+    run.add_argument("--no-reference", action="store_true",
+                     help="skip the centralized logistic-regression reference")
+
+    data = sub.add_parser("data", help="data utilities")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="write a synthetic EHR table (Parquet or CSV)")
+    synth.add_argument("--out", required=True, help="output file (.parquet or .csv)")
+    synth.add_argument("--hospitals", type=int, default=5)
+    synth.add_argument("--patients", type=int, default=2000, help="mean patients per hospital")
+    synth.add_argument("--vocab", type=int, default=24428, help="medical-code vocabulary size")
+    synth.add_argument("--mean-codes", type=float, default=12.0)
+    synth.add_argument("--no-numeric", action="store_true", help="omit age and lab values")
+    synth.add_argument("--with-split", action="store_true", help="add a train/val/test column")
+    synth.add_argument("--seed", type=int, default=0)
+
+    report = sub.add_parser("report", help="summarise a finished run directory")
+    report.add_argument("run_dir")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedsim.config import load_config
+    from fedsim.runner import run_federated
+
+    cfg = load_config(args.config, args.overrides)
+    run_federated(cfg, out_dir=args.out, backend=args.backend, address=args.address,
+                  reference=not args.no_reference)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from fedsim.data import SynthSpec, generate_ehr, write_table
+
+    spec = SynthSpec(num_hospitals=args.hospitals, patients_per_hospital=args.patients,
+                     vocab_size=args.vocab, mean_codes=args.mean_codes,
+                     numeric_features=not args.no_numeric, seed=args.seed)
+    table = generate_ehr(spec, with_split=args.with_split)
+    path = write_table(table, args.out)
+    print(f"wrote {table.num_rows} patients from {args.hospitals} hospitals to {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedsim.progress import summary_table
+    from fedsim.results import load_run
+
+    run = load_run(args.run_dir)
+    console = Console()
+    console.print(f"run {run.manifest.get('run_id')}: status {run.manifest.get('status')}, "
+                  f"{run.rounds.num_rows} rounds", highlight=False)
+    if run.metrics:
+        console.print(summary_table(run.metrics, title="final test metrics"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if not _has_gpu_hint():
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return handlers[args.command](args)
+    except FedSimError as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedsim: interrupted; completed rounds are in the results directory",
+              file=sys.stderr)
+        return 130
+
+
+def _has_gpu_hint() -> bool:
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) or os.path.exists("/dev/nvidia0")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The arrays a client trains on: `Split`, `ClientData` and `FederatedDataset`.
+
+These frozen containers are the contract between the data layer and the model and
+training code. Their arrays are read-only; `Split.take` makes subsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.errors import DataError
+
+__all__ = ["Split", "ClientData", "FederatedDataset", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Rows of one split of one client.
+
+    ``codes`` is int32 [n, L] padded with -1 (L is the same for every client and may
+    be 0 when there is no codes column), ``numeric`` float32 [n, F] (F may be 0) and
+    ``labels`` float32 [n] with values 0.0 and 1.0.
+    """
+
+    codes: np.ndarray
+    numeric: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        arrays = {
+            "codes": (np.asarray(self.codes, np.int32), 2),
+            "numeric": (np.asarray(self.numeric, np.float32), 2),
+            "labels": (np.asarray(self.labels, np.float32), 1),
+        }
+        for name, (array, ndim) in arrays.items():
+            if array.ndim != ndim:
+                raise ValueError(f"Split.{name} must have {ndim} dimensions, got {array.shape}")
+            if array.flags.writeable:
+                array = array.copy() if array is getattr(self, name) else array
+                array.flags.writeable = False
+            object.__setattr__(self, name, array)
+        n = {len(self.codes), len(self.numeric), len(self.labels)}
+        if len(n) != 1:
+            raise ValueError(
+                f"Split arrays disagree on the number of rows: codes {self.codes.shape}, "
+                f"numeric {self.numeric.shape}, labels {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx: np.ndarray | Sequence[int] | slice) -> Split:
+        """The rows ``idx`` (integer indices, a boolean mask or a slice), as a new Split."""
+        return Split(self.codes[idx], self.numeric[idx], self.labels[idx])
+
+    @staticmethod
+    def concatenate(splits: Sequence[Split]) -> Split:
+        """Rows of all ``splits`` in order (they must share L and F)."""
+        if not splits:
+            raise ValueError("Split.concatenate needs at least one split")
+        return Split(
+            np.concatenate([s.codes for s in splits]),
+            np.concatenate([s.numeric for s in splits]),
+            np.concatenate([s.labels for s in splits]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """One hospital's train, validation and test rows."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+
+    def split(self, which: str) -> Split:
+        """``train``, ``val`` or ``test`` by name."""
+        if which not in SPLITS:
+            raise ValueError(f"unknown split {which!r}; expected one of {', '.join(SPLITS)}")
+        return getattr(self, which)
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedDataset:
+    """All clients, in sorted hospital-name order, with the shapes the model needs.
+
+    ``vocab_size`` is the number of code embeddings (0 without a codes column),
+    ``num_numeric`` is F and ``max_codes`` is L.
+    """
+
+    clients: tuple[ClientData, ...]
+    vocab_size: int
+    num_numeric: int
+    max_codes: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.clients)
+
+    def client(self, name: str) -> ClientData:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        raise DataError(f"no client named {name!r}; clients are: {', '.join(self.names)}")
+
+    def pooled(self, which: str) -> Split:
+        """Concatenation of every client's ``which`` split (train, val or test)."""
+        return Split.concatenate([c.split(which) for c in self.clients])

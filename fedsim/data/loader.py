@@ -1,0 +1,196 @@
+"""Load a user's Parquet or CSV table and partition it into per-hospital clients.
+
+`partition` is where every data check happens; each failure is a `DataError` with one
+line that names the column or hospital at fault. The hospital column gives the natural
+partition. Without a split column each hospital's rows are split train/val/test by a
+seeded split stratified by label. Numeric features are standardised per client with
+the mean and standard deviation of that client's own training rows (never pooled
+statistics, which no hospital could compute without sharing data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from fedsim.data import _columns
+from fedsim.data.dataset import SPLITS, ClientData, FederatedDataset, Split
+from fedsim.data.synth import NUM_LABS, SynthSpec, generate_ehr
+from fedsim.errors import DataError
+
+__all__ = [
+    "ColumnSpec",
+    "DataWarning",
+    "load_table",
+    "partition",
+    "synthetic_dataset",
+]
+
+
+class DataWarning(UserWarning):
+    """Data that is usable but probably not what was meant (e.g. a one-class client)."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which columns mean what. ``codes`` and ``numeric`` may not both be empty."""
+
+    hospital: str = "hospital"
+    label: str = "label"
+    codes: str | None = "codes"
+    numeric: tuple[str, ...] = ()
+    split: str | None = None
+
+
+def load_table(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a ``.parquet`` or ``.csv`` file into an Arrow table."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(path)
+        if suffix == ".csv":
+            return pacsv.read_csv(path)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read {path}: {first}") from exc
+    raise DataError(f"cannot read {path}: unknown suffix {path.suffix!r} (use .parquet or .csv)")
+
+
+def partition(
+    table: pa.Table,
+    columns: ColumnSpec = ColumnSpec(),
+    *,
+    vocab_size: int | None = None,
+    hospitals: Sequence[str] | None = None,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+) -> FederatedDataset:
+    """Check ``table`` and split it into one `ClientData` per hospital.
+
+    ``vocab_size`` bounds the codes (default: largest code + 1); ``hospitals`` keeps
+    only those hospitals, each of which must have rows; ``fractions`` (train, val,
+    test) and ``seed`` drive the stratified split when ``columns.split`` is None.
+    The split of a hospital depends on ``seed`` and its name only, so filtering other
+    hospitals out does not change it.
+    """
+    fractions = _check_fractions(fractions)
+    table = _columns.select(table, columns, hospitals)
+    names = _columns.hospital_names(table, columns.hospital)
+    labels = _columns.labels(table, columns.label)
+    numeric = _columns.numeric(table, columns.numeric)
+    codes, vocab = _columns.codes(table, columns.codes, vocab_size)
+    split = None if columns.split is None else _columns.split_values(table, columns.split)
+
+    clients = []
+    for name in sorted(set(names.tolist())):
+        rows = np.flatnonzero(names == name)
+        if split is None:
+            parts = _stratified_split(labels[rows], fractions, _hospital_rng(seed, name))
+            parts = [rows[p] for p in parts]
+        else:
+            parts = [rows[split[rows] == s] for s in SPLITS]
+        clients.append(_client(name, parts, codes, numeric, labels))
+    return FederatedDataset(
+        clients=tuple(clients),
+        vocab_size=vocab,
+        num_numeric=numeric.shape[1],
+        max_codes=codes.shape[1],
+    )
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    f = tuple(float(x) for x in fractions)
+    if len(f) != 3 or any(not np.isfinite(x) or x < 0 for x in f) or abs(sum(f) - 1.0) > 1e-6:
+        raise DataError(
+            f"fractions must be three numbers >= 0 (train, val, test) summing to 1, "
+            f"got {list(fractions)}"
+        )
+    if f[0] == 0 or f[2] == 0:
+        raise DataError(f"fractions: train and test fractions must be > 0, got {list(f)}")
+    return f  # type: ignore[return-value]
+
+
+def _hospital_rng(seed: int, name: str) -> np.random.Generator:
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([seed, digest]))
+
+
+def _stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Positions into ``labels`` for train, val and test, each class split by ``fractions``.
+
+    A class of n rows gives round(f_train * n) rows to train and
+    round((f_train + f_val) * n) to train+val, so each split's class mix matches the
+    hospital's within a row, and a class of one row goes to train.
+    """
+    parts: list[list[np.ndarray]] = [[], [], []]
+    bounds = np.cumsum(fractions)[:2]
+    for value in (0.0, 1.0):
+        idx = np.flatnonzero(labels == value)
+        idx = idx[rng.permutation(idx.size)]
+        cut = np.floor(bounds * idx.size + 0.5).astype(int)
+        for part, chunk in zip(parts, np.split(idx, cut)):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _client(
+    name: str,
+    parts: list[np.ndarray],
+    codes: np.ndarray,
+    numeric: np.ndarray,
+    labels: np.ndarray,
+) -> ClientData:
+    train = parts[0]
+    if train.size == 0:
+        raise DataError(f"hospital {name!r} has no rows in its training split")
+    classes = np.unique(labels[train])
+    if classes.size == 1:
+        warnings.warn(
+            f"hospital {name!r}: every training label is {int(classes[0])}; "
+            f"it cannot learn to separate the classes",
+            DataWarning,
+            stacklevel=3,
+        )
+    # Standardise with this hospital's own training statistics only.
+    mean = numeric[train].mean(axis=0) if numeric.shape[1] else np.zeros(0)
+    std = numeric[train].std(axis=0) if numeric.shape[1] else np.ones(0)
+    std = np.where(std > 0, std, 1.0)
+
+    def make(rows: np.ndarray) -> Split:
+        scaled = ((numeric[rows] - mean) / std).astype(np.float32)
+        return Split(codes[rows], scaled, labels[rows])
+
+    return ClientData(name, *(make(p) for p in parts))
+
+
+def synthetic_dataset(
+    spec: SynthSpec = SynthSpec(),
+    *,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+) -> FederatedDataset:
+    """Generate ``spec`` in memory and `partition` it with the default columns."""
+    table = generate_ehr(spec)
+    numeric = ("age", *(f"lab_{j}" for j in range(NUM_LABS))) if spec.numeric_features else ()
+    return partition(
+        table,
+        ColumnSpec(numeric=numeric),
+        vocab_size=spec.vocab_size,
+        fractions=fractions,
+        seed=seed,
+    )
+

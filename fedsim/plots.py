@@ -1,0 +1,30 @@
+"""Plots people would rather see than read (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_roc(report: dict, path: str | Path) -> None:
+    """Final ROC curve per hospital (thin) and pooled (thick) from a metrics report."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, m in sorted(report["hospitals"].items()):
+        if m["roc"]["fpr"]:
+            ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], lw=1, alpha=0.8,
+                    label=f"{name} (AUC {m['auc']:.3f})")
+    pooled = report["pooled"]
+    ax.plot(pooled["roc"]["fpr"], pooled["roc"]["tpr"], lw=2.5, color="black",
+            label=f"pooled (AUC {pooled['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(report.get("title", "ROC on the test split, final global model"))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,82 @@
+"""Differential privacy for fedsim: clipping, noise, accounting, DP-SGD.
+
+Client level (a hospital is the privacy unit): clip each update (:func:`clip_l2` for
+Gaussian, :func:`clip_l1` for Laplace), add :func:`central_noise` to the sum at the
+aggregator or :func:`noise_share` at every client, and report epsilon with an
+:class:`Accountant` over an :class:`AccountingSpec`. Record level (a patient): DP-SGD
+with :func:`make_dpsgd_step`, accounted with a :class:`RecordLevelSpec`.
+
+``fedsim.privacy.dpsgd`` (JAX) is imported lazily on first use of its names, so the
+aggregator and key holders can import this package without importing JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fedsim.privacy.accountant import (
+    Accountant,
+    calibrate_dpsgd_noise_multiplier,
+    calibrate_noise_multiplier,
+    epsilon,
+    make_library_accountant,
+)
+from fedsim.privacy.adaptive_clipping import (
+    AdaptiveClipSpec,
+    AdaptiveClipState,
+    clip_indicator,
+    effective_noise_multiplier,
+    update_clip,
+    update_noise_multiplier,
+)
+from fedsim.privacy.clipping import clip_l1, clip_l2, l1_norm, l2_norm
+from fedsim.privacy.events import AccountingSpec, RecordLevelSpec, dp_event, dpsgd_event
+from fedsim.privacy.mechanisms import (
+    NoiseSpec,
+    central_noise,
+    check_survivors,
+    clip_update,
+    noise_share,
+)
+
+__all__ = [
+    "Accountant",
+    "AccountingSpec",
+    "AdaptiveClipSpec",
+    "AdaptiveClipState",
+    "NoiseSpec",
+    "RecordLevelSpec",
+    "calibrate_dpsgd_noise_multiplier",
+    "calibrate_noise_multiplier",
+    "central_noise",
+    "check_survivors",
+    "clip_indicator",
+    "clip_l1",
+    "clip_l2",
+    "clip_update",
+    "dp_event",
+    "dpsgd_event",
+    "effective_noise_multiplier",
+    "epsilon",
+    "l1_norm",
+    "l2_norm",
+    "make_dpsgd_step",
+    "make_library_accountant",
+    "noise_share",
+    "poisson_batch_indices",
+    "poisson_max_batch",
+    "update_clip",
+    "update_noise_multiplier",
+]
+
+_LAZY = {
+    name: "fedsim.privacy.dpsgd"
+    for name in ("make_dpsgd_step", "poisson_batch_indices", "poisson_max_batch")
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,10 @@
 """The aggregator: sums client contributions as they arrive, holds no secret key.
 
 In `plaintext` mode a contribution is a float64 vector (weighted delta plus the
-weight as its last value); in `he` mode it is a ciphertext batch (bytes) that is
-deserialized and added to a running encrypted sum immediately. `finish` returns the
+weight as its last value), checked on arrival and summed in client-name order at
+`finish`, so the float result never depends on arrival order; in `he` mode it is a
+ciphertext batch (bytes) that is deserialized and added to a running encrypted sum
+immediately (CKKS addition is exact modular arithmetic, so order does not matter). `finish` returns the
 aggregate with a `Manifest` that the key holders check before they decrypt.
 """
 
@@ -49,7 +51,8 @@ class Aggregator:
         self._reset()
 
     def _reset(self) -> None:
-        self._plain: np.ndarray | None = None
+        self._plain: dict[str, np.ndarray] = {}
+        self._noise: np.ndarray | None = None
         self._cipher = None
         self._contributors: list[str] = []
         self._digests: list[str] = []
@@ -90,15 +93,15 @@ class Aggregator:
         else:
             if not isinstance(payload, np.ndarray) or payload.dtype != np.float64:
                 raise ProtocolError(f"client {client}: expected a float64 vector in plaintext mode")
-            if self._plain is not None and payload.shape != self._plain.shape:
+            first = next(iter(self._plain.values()), None)
+            if first is not None and payload.shape != first.shape:
                 raise ProtocolError(
-                    f"client {client}: update has {payload.size} values, "
-                    f"expected {self._plain.size}"
+                    f"client {client}: update has {payload.size} values, expected {first.size}"
                 )
             if not np.all(np.isfinite(payload)):
                 raise ProtocolError(f"client {client}: update contains NaN or infinity")
             d = digest(payload)
-            self._plain = payload.copy() if self._plain is None else self._plain + payload
+            self._plain[client] = payload
         self._contributors.append(client)
         self._digests.append(d)
         self.busy_s += time.perf_counter() - t0
@@ -110,7 +113,7 @@ class Aggregator:
         if self.encrypted:
             self._cipher.add(payload, contributor="aggregator-noise")
         else:
-            self._plain = self._plain + payload
+            self._noise = payload
         self._noise_added = True
         self.busy_s += time.perf_counter() - t0
 
@@ -119,7 +122,14 @@ class Aggregator:
         if self._round is None or not self._contributors:
             raise ProtocolError("aggregator: no contribution to finish this round")
         t0 = time.perf_counter()
-        aggregate = self._cipher.result() if self.encrypted else self._plain
+        if self.encrypted:
+            aggregate = self._cipher.result()
+        else:
+            aggregate = np.zeros_like(next(iter(self._plain.values())))
+            for name in sorted(self._plain):
+                aggregate += self._plain[name]
+            if self._noise is not None:
+                aggregate += self._noise
         self.busy_s += time.perf_counter() - t0
         manifest = Manifest(
             run_id=self.run_id,

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 from collections.abc import Callable
 
 import dp_accounting
@@ -125,7 +127,7 @@ def _calibrate(
     make_spec: Callable[[float], Spec], target_epsilon: float, rounds: int, tol: float
 ) -> float:
     if not (
-        isinstance(target_epsilon, (int, float))
+        isinstance(target_epsilon, numbers.Real)
         and math.isfinite(target_epsilon)
         and target_epsilon > 0
     ):
@@ -136,6 +138,7 @@ def _calibrate(
         raise PrivacyError(f"tol: must be > 0, got {tol}")
     template = make_spec(1.0)  # validates everything but the multiplier
 
+    @functools.cache
     def eps_at(z: float) -> float:
         return epsilon(make_spec(z), rounds)
 

@@ -7,16 +7,15 @@ Two frozen, validated descriptions:
 * :class:`RecordLevelSpec`, record level (one patient is the unit): DP-SGD inside a
   client, ``steps_per_round`` Poisson-sampled Gaussian steps per round it takes part in.
 
-Events (dp-accounting, Google):
+Per-round events (dp-accounting, Google), composed over rounds with
+``SelfComposedDpEvent``:
 
-=============================  ============================================  =========
-sampling                       per-round event                               relation
-=============================  ============================================  =========
-``poisson``, q < 1             ``PoissonSampledDpEvent(q, Gaussian|Laplace)`` add/remove
-``poisson``, q = 1             ``GaussianDpEvent(z)`` / ``LaplaceDpEvent(z)``  add/remove
-``fixed`` (m of n)             ``SampledWithoutReplacementDpEvent(n, m,      replace-one
-                               GaussianDpEvent(z / 2))``
-=============================  ============================================  =========
+* ``poisson``, q < 1: ``PoissonSampledDpEvent(q, GaussianDpEvent(z) | LaplaceDpEvent(z))``,
+  neighbours differ by adding or removing one client.
+* ``poisson``, q = 1 (every client, every round): ``GaussianDpEvent(z)`` or
+  ``LaplaceDpEvent(z)``, add/remove.
+* ``fixed`` (m of n): ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(z / 2))``,
+  neighbours differ by replacing one client.
 
 Fixed-size sampling is only analysed under the replace-one relation (n is public;
 Wang, Balle and Kasiviswanathan 2019, Thm. 27). Replacing one client moves a sum of
@@ -58,7 +57,7 @@ NeighboringRelation = dp_accounting.NeighboringRelation
 
 
 def _check_common(noise_multiplier: float, delta: float, accountant: str, pld_disc: float) -> None:
-    if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+    if not (isinstance(delta, numbers.Real) and 0.0 < delta < 1.0):
         raise PrivacyError(f"delta: must be in (0, 1), got {delta}")
     if noise_multiplier is None or not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise PrivacyError(

@@ -1,0 +1,80 @@
+"""The wire format of a list of serialized ciphertexts: one bytes blob.
+
+Layout (little endian)::
+
+    header  b"FSCB" | version u16 | kind u16 | count u32
+    count x (length u32 | crc32 u32 | payload)
+
+A payload is ``Serialize(ciphertext, BINARY)``. The kind tells ciphertexts from partial
+decryptions, so a share can never be summed and a ciphertext never fused. CRC32 catches
+truncation and corruption in transit; it is no defence against a party that forges a
+batch on purpose (out of the threat model: channels are assumed authenticated).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+
+from fedsim.errors import CryptoError
+
+KINDS = ("ciphertext", "lead-share", "share")
+_MAGIC = b"FSCB"
+_VERSION = 1
+_HEAD = struct.Struct("<4sHHI")
+_ITEM = struct.Struct("<II")
+
+
+def encode_batch(payloads: Sequence[bytes], *, kind: str = "ciphertext") -> bytes:
+    """Frame ``payloads`` as one batch of ``kind``."""
+    if kind not in KINDS:
+        raise CryptoError(f"unknown batch kind {kind!r}; allowed: {', '.join(KINDS)}")
+    parts = [_HEAD.pack(_MAGIC, _VERSION, KINDS.index(kind), len(payloads))]
+    for payload in payloads:
+        parts.append(_ITEM.pack(len(payload), zlib.crc32(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def batch_kind(blob: bytes) -> str:
+    """The kind in ``blob``'s header."""
+    return KINDS[_header(blob)[0]]
+
+
+def _header(blob: bytes) -> tuple[int, int]:
+    if len(blob) < _HEAD.size:
+        raise CryptoError(f"batch truncated: {len(blob)} bytes, no complete header")
+    magic, version, kind, count = _HEAD.unpack_from(blob)
+    if magic != _MAGIC:
+        raise CryptoError("not a fedsim ciphertext batch (bad magic)")
+    if version != _VERSION:
+        raise CryptoError(f"batch format version {version}, this build reads {_VERSION}")
+    if kind >= len(KINDS):
+        raise CryptoError(f"batch has unknown kind {kind}")
+    return kind, count
+
+
+def decode_batch(blob: bytes, *, kind: str | None = "ciphertext") -> list[bytes]:
+    """Split a batch into payloads, checking framing, CRCs and (unless None) the kind."""
+    found, count = _header(blob)
+    if kind is not None and KINDS[found] != kind:
+        raise CryptoError(f"expected a {kind} batch, got a {KINDS[found]} batch")
+    view = memoryview(blob)
+    offset = _HEAD.size
+    payloads = []
+    for i in range(count):
+        if offset + _ITEM.size > len(blob):
+            raise CryptoError(f"batch truncated at item {i} of {count}")
+        size, crc = _ITEM.unpack_from(blob, offset)
+        offset += _ITEM.size
+        if offset + size > len(blob):
+            raise CryptoError(f"batch truncated inside item {i} of {count}")
+        payload = bytes(view[offset : offset + size])
+        if zlib.crc32(payload) != crc:
+            raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
+        payloads.append(payload)
+        offset += size
+    if offset != len(blob):
+        raise CryptoError(f"batch has {len(blob) - offset} trailing bytes after {count} items")
+    return payloads

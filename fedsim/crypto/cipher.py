@@ -1,0 +1,218 @@
+"""Encrypt packed updates, sum ciphertext batches as they arrive, fuse partial decryptions.
+
+Everything that leaves a function is bytes (a batch, see ``fedsim.crypto.batch``);
+OpenFHE objects stay inside the process that made them.
+
+* ``Encryptor(context, public_key).encrypt(packed)``: one batch, one ciphertext per row.
+* ``CiphertextSum(context)``: the aggregator's running sum. ``add`` checks a batch
+  completely before touching the sum, so a bad batch leaves it unchanged.
+* ``fuse(context, partials)``: OpenFHE's ``MultipartyDecryptFusion`` per ciphertext,
+  decoded to a float64 array ``[num_ciphertexts, values_per_ciphertext]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import openfhe as fhe
+
+from fedsim.crypto.batch import batch_kind, decode_batch, encode_batch
+from fedsim.crypto.context import CKKSContext
+from fedsim.errors import CryptoError
+
+
+def load_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> list[Any]:
+    """Deserialize and sanity-check every ciphertext of a batch of ``kind``."""
+    elements = 2 if kind == "ciphertext" else 1
+    cts = []
+    for i, payload in enumerate(decode_batch(batch, kind=kind)):
+        try:
+            ct = fhe.DeserializeCiphertextString(payload, fhe.BINARY)
+        except RuntimeError as exc:  # OpenFHE reports malformed input as RuntimeError
+            raise CryptoError(f"item {i} does not deserialize: {exc}") from exc
+        if (
+            ct.NumberCiphertextElements() != elements
+            or ct.GetLevel() != 0
+            or ct.GetNoiseScaleDeg() != 1
+            or ct.GetSlots() != context.slots
+            or ct.GetEncodingType() != fhe.CKKS_PACKED_ENCODING
+        ):
+            raise CryptoError(f"item {i} is not a fresh-level {kind} of this context")
+        cts.append(ct)
+    return cts
+
+
+class Encryptor:
+    """Encrypts packed updates under a (joint) public key."""
+
+    def __init__(self, context: CKKSContext, public_key: bytes) -> None:
+        self._context = context
+        try:
+            self._key = fhe.DeserializePublicKeyString(public_key, fhe.BINARY)
+        except RuntimeError as exc:
+            raise CryptoError(f"public key does not deserialize: {exc}") from exc
+
+    def encrypt(self, packed: np.ndarray) -> bytes:
+        """Encrypt each row of ``packed`` ([n, values_per_ciphertext]) into one batch."""
+        return self.encrypt_timed(packed)[0]
+
+    def encrypt_timed(self, packed: np.ndarray) -> tuple[bytes, dict[str, float]]:
+        """``encrypt`` plus seconds spent in "encode", "encrypt" and "serialize"."""
+        ctx = self._context
+        packed = np.ascontiguousarray(packed, dtype=np.float64)
+        if packed.ndim != 2 or packed.shape[1] != ctx.values_per_ciphertext:
+            raise CryptoError(
+                f"packed shape {packed.shape} is not [n, {ctx.values_per_ciphertext}]"
+            )
+        peak = float(np.max(np.abs(packed))) if packed.size else 0.0
+        if not peak <= ctx.value_bound:  # also catches NaN
+            raise CryptoError(
+                f"a packed value of magnitude {peak:.4g} exceeds the context's value bound "
+                f"{ctx.value_bound:g}; scale updates down"
+            )
+        rows = packed.view(np.complex128) if ctx.complex_packing else packed
+        cc, key = ctx.openfhe, self._key
+        encode = encrypt = serialize = 0.0
+        payloads = []
+        for row in rows:
+            t0 = time.perf_counter()
+            plain = cc.MakeCKKSPackedPlaintext(row)
+            t1 = time.perf_counter()
+            ct = cc.Encrypt(key, plain)
+            t2 = time.perf_counter()
+            payloads.append(fhe.Serialize(ct, fhe.BINARY))
+            t3 = time.perf_counter()
+            encode, encrypt, serialize = encode + t1 - t0, encrypt + t2 - t1, serialize + t3 - t2
+        t0 = time.perf_counter()
+        blob = encode_batch(payloads)
+        serialize += time.perf_counter() - t0
+        return blob, {"encode": encode, "encrypt": encrypt, "serialize": serialize}
+
+
+class CiphertextSum:
+    """Streaming sum of ciphertext batches (the aggregator's state).
+
+    The first batch fixes the ciphertext count (unless ``num_ciphertexts`` is given) and
+    the key tag (unless ``public_key`` is given); every later batch must match both. At
+    most ``context.max_contributors + 1`` batches are accepted: the flooding noise is
+    sized for that many.
+    """
+
+    def __init__(
+        self,
+        context: CKKSContext,
+        *,
+        public_key: bytes | None = None,
+        num_ciphertexts: int | None = None,
+    ) -> None:
+        self._context = context
+        self._expected_count = num_ciphertexts
+        self._key_tag: str | None = None
+        if public_key is not None:
+            try:
+                key = fhe.DeserializePublicKeyString(public_key, fhe.BINARY)
+            except RuntimeError as exc:
+                raise CryptoError(f"public key does not deserialize: {exc}") from exc
+            self._key_tag = key.GetKeyTag()
+        self._sum: list[Any] | None = None
+        self._digests: dict[str, str] = {}
+
+    @property
+    def count(self) -> int:
+        """Batches summed so far."""
+        return len(self._digests)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """Contributor id to sha256 hex digest of the batch it sent, in arrival order."""
+        return dict(self._digests)
+
+    def add(self, batch: bytes, *, contributor: str) -> str:
+        """Add ``batch`` to the sum; return its sha256 hex digest.
+
+        Raises ``CryptoError`` naming ``contributor`` for a duplicate contributor, a
+        truncated or corrupted batch, a wrong ciphertext count, or ciphertexts under
+        another key or context. The sum is unchanged then.
+        """
+        if contributor in self._digests:
+            raise CryptoError(f"batch from {contributor}: contributor already added")
+        if self.count >= self._context.max_contributors + 1:
+            raise CryptoError(
+                f"batch from {contributor}: the sum already holds {self.count} batches, the "
+                f"most this context's flooding is sized for (max_contributors + 1)"
+            )
+        try:
+            cts = load_ciphertexts(self._context, batch, kind="ciphertext")
+            expected = self._expected_count
+            if self._sum is not None:
+                expected = len(self._sum)
+            if expected is not None and len(cts) != expected:
+                raise CryptoError(f"{len(cts)} ciphertexts, expected {expected}")
+            tags = {ct.GetKeyTag() for ct in cts}
+            tag = self._key_tag or next(iter(tags), None)
+            if tags - {tag}:
+                raise CryptoError("ciphertexts encrypted under another public key")
+            if self._sum is None:
+                new_sum = cts
+            else:
+                cc = self._context.openfhe
+                try:
+                    new_sum = [cc.EvalAdd(s, c) for s, c in zip(self._sum, cts)]
+                except RuntimeError as exc:
+                    raise CryptoError(f"ciphertexts from another context: {exc}") from exc
+        except CryptoError as exc:
+            raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
+        self._sum, self._key_tag = new_sum, tag
+        digest = hashlib.sha256(batch).hexdigest()
+        self._digests[contributor] = digest
+        return digest
+
+    def result(self) -> bytes:
+        """The sum as a ciphertext batch."""
+        if self._sum is None:
+            raise CryptoError("no batch has been added; nothing to return")
+        return encode_batch([fhe.Serialize(ct, fhe.BINARY) for ct in self._sum])
+
+
+def fuse(context: CKKSContext, partials: Sequence[bytes]) -> np.ndarray:
+    """Fuse one partial-decryption batch per key holder (exactly one lead) into values."""
+    return fuse_timed(context, partials)[0]
+
+
+def fuse_timed(
+    context: CKKSContext, partials: Sequence[bytes]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``fuse`` plus seconds spent in "deserialize", "fusion" and "decode"."""
+    t0 = time.perf_counter()
+    kinds = [batch_kind(p) for p in partials]
+    if kinds.count("lead-share") != 1:
+        raise CryptoError(
+            f"fusion needs exactly one lead share, got {kinds.count('lead-share')} "
+            f"among {len(partials)} partial decryptions"
+        )
+    shares = [load_ciphertexts(context, p, kind=k) for p, k in zip(partials, kinds)]
+    counts = {len(s) for s in shares}
+    if len(counts) != 1:
+        raise CryptoError(f"partial decryptions disagree on ciphertext count: {sorted(counts)}")
+    deserialize = time.perf_counter() - t0
+    cc, slots = context.openfhe, context.slots
+    out = np.empty((counts.pop(), context.values_per_ciphertext), dtype=np.float64)
+    fusion = decode = 0.0
+    for i, parts in enumerate(zip(*shares)):
+        t0 = time.perf_counter()
+        try:
+            plain = cc.MultipartyDecryptFusion(list(parts))
+        except RuntimeError as exc:
+            raise CryptoError(f"fusion of ciphertext {i} failed: {exc}") from exc
+        t1 = time.perf_counter()
+        plain.SetLength(slots)
+        if context.complex_packing:
+            out[i] = plain.GetCKKSPackedValueArray().view(np.float64)
+        else:
+            out[i] = plain.GetRealPackedValueArray()
+        fusion, decode = fusion + t1 - t0, decode + time.perf_counter() - t1
+    return out, {"deserialize": deserialize, "fusion": fusion, "decode": decode}

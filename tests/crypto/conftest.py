@@ -1,0 +1,39 @@
+"""Shared fixtures: contexts are built once per session (the noise estimation is random)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsim.crypto import CKKSContext, KeyShareHolder
+
+
+@pytest.fixture(scope="session")
+def test_ctx() -> CKKSContext:
+    return CKKSContext.create("test", allow_insecure=True)
+
+
+@pytest.fixture(scope="session")
+def fast_ctx() -> CKKSContext:
+    return CKKSContext.create("fast")
+
+
+@pytest.fixture(scope="session")
+def secure_ctx() -> CKKSContext:
+    return CKKSContext.create("secure")
+
+
+def make_holders(
+    ctx: CKKSContext, n: int = 3, threshold: int | None = None
+) -> tuple[list[KeyShareHolder], bytes]:
+    """``n`` holders with a chained joint key; returns (holders, joint public key)."""
+    blob = ctx.to_bytes()
+    holders = [KeyShareHolder(blob, i, n, threshold) for i in range(n)]
+    key = None
+    for holder in holders:
+        key = holder.keygen(key)
+    return holders, key
+
+
+@pytest.fixture
+def holders(test_ctx: CKKSContext) -> tuple[list[KeyShareHolder], bytes]:
+    return make_holders(test_ctx)

@@ -28,6 +28,7 @@ class Manifest:
     contributors: tuple[str, ...]
     digests: tuple[str, ...]
     aggregate_digest: str
+    aggregate_bytes: int = 0
     noise_added: bool = False
 
     @property
@@ -137,6 +138,7 @@ class Aggregator:
             contributors=tuple(self._contributors),
             digests=tuple(self._digests),
             aggregate_digest=digest(aggregate),
+            aggregate_bytes=len(aggregate) if isinstance(aggregate, bytes) else aggregate.nbytes,
             noise_added=self._noise_added,
         )
         return manifest, aggregate, self.busy_s

@@ -82,7 +82,8 @@ class Client:
         """Encrypt every later update under the joint public key."""
         from fedsim.sealing import UpdateSealer
 
-        self._sealer = UpdateSealer(context_bytes, public_key)
+        self._sealer = UpdateSealer(context_bytes, public_key,
+                                    update_bound=self.cfg.crypto.update_bound)
 
     def train(self, round_idx: int, global_flat: np.ndarray) -> tuple[UpdateMeta, object]:
         """Train on the global parameters; return metadata and the (maybe encrypted) payload."""
@@ -101,7 +102,7 @@ class Client:
             payload = weighted_payload(delta, weight)
             bytes_up = int(payload.nbytes)
         else:
-            payload, seal_times = self._sealer.seal(delta, weight)
+            payload, seal_times = self._sealer.seal(delta, weight, client=self.name)
             timings.update(seal_times)
             bytes_up = len(payload)
         meta = UpdateMeta(

@@ -132,8 +132,11 @@ class CryptoConfig:
     allow_insecure: bool = False
     key_holders: int = 3
     threshold: int | None = None
+    update_bound: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.update_bound > 0:
+            raise ConfigError(f"crypto.update_bound: must be > 0, got {self.update_bound}")
         if self.key_holders < 2:
             raise ConfigError(f"crypto.key_holders: need at least 2, got {self.key_holders}")
         if self.threshold is not None and not (

@@ -159,9 +159,9 @@ class Federation:
         if self.encrypted:
             from fedsim.sealing import AggregateOpener
 
-            self.crypto = AggregateOpener.create(self.cfg.crypto,
-                                                 self.cfg.federation.clients_per_round,
-                                                 self.num_params)
+            fed = self.cfg.federation
+            self.crypto = AggregateOpener.create(self.cfg.crypto, fed.clients_per_round,
+                                                 self.num_params, rounds=fed.rounds)
             context_bytes = self.crypto.context_bytes
         self.backend.start(self.parties(context_bytes))
         if self.encrypted:
@@ -212,8 +212,9 @@ class Federation:
                 name, payload_h = pending[h]
                 try:
                     metas[name] = self.backend.get(h)
-                except FedSimError:
+                except FedSimError as err:
                     dropped.append(name)
+                    self._warn(f"round {round_idx}: dropped {name}: {err}")
                     continue
                 adds[name] = self.backend.call("aggregator", "add", name, payload_h)
         arrivals = {}
@@ -225,9 +226,10 @@ class Federation:
                 metas.pop(name, None)
                 self._warn(f"round {round_idx}: dropped {name}: {err}")
         if len(metas) < fed.min_clients:
+            last = f"; last problem: {self.warnings[-1]}" if self.warnings else ""
             raise ProtocolError(
                 f"round {round_idx}: only {len(metas)} valid update(s) "
-                f"({', '.join(dropped)} dropped); min_clients is {fed.min_clients}"
+                f"({', '.join(dropped)} dropped); min_clients is {fed.min_clients}{last}"
             )
         manifest, aggregate_h, add_s = self._finish_aggregate()
 
@@ -240,11 +242,9 @@ class Federation:
             summed, total_weight, crypto_times = self.crypto.open(self.backend, manifest,
                                                                   aggregate_h)
             phases.update(crypto_times)
-            bytes_down = self.crypto.aggregate_bytes
         else:
             aggregate = self.backend.get(aggregate_h)
             summed, total_weight = aggregate[:-1], float(aggregate[-1])
-            bytes_down = 0
         t0 = time.perf_counter()
         avg = average(summed, total_weight)
         self.state = server_update(self.server_opt, self.state, avg)
@@ -261,9 +261,11 @@ class Federation:
             clients=tuple(sorted(metas)),
             dropped=tuple(sorted(dropped)),
             bytes_up=int(sum(m.bytes_up for m in metas.values())),
-            bytes_down=int(bytes_down + self.state.params.nbytes * len(sampled)),
+            bytes_down=int(self.state.params.nbytes * len(sampled)),
             loss=float(np.sum(weights * losses) / np.sum(weights)),
             metrics=test_metrics,
+            extra={"bytes_aggregate": manifest.aggregate_bytes,
+                   "bytes_up_per_client": int(np.mean([m.bytes_up for m in metas.values()]))},
         )
 
     def _finish_aggregate(self):

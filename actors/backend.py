@@ -126,18 +126,42 @@ class RayBackend:
             self.handles[spec.role] = ray.remote(spec.cls).options(**options).remote(
                 *spec.args, **spec.kwargs)
             self.names[spec.role] = options["name"]
+        self._wait_ready(parties)
+
+    def _wait_ready(self, parties: Sequence[PartySpec]) -> None:
+        """Wait for every actor's constructor; fail fast if some cannot be placed.
+
+        After ``placement_timeout_s`` the actors still pending are either unplaced
+        (their resources were never taken from the cluster: fail, naming them) or
+        placed and still initialising (JAX start-up on a loaded machine: keep waiting,
+        up to ten times the timeout).
+        """
         ready = {role: h.__ray_ready__.remote() for role, h in self.handles.items()}
-        try:
-            ray.get(list(ready.values()), timeout=self.timeout)
-        except GetTimeoutError:
-            done, _ = ray.wait(list(ready.values()), num_returns=len(ready), timeout=0)
-            late = [r for r, ref in ready.items() if ref not in done]
-            raise ProtocolError(
-                f"actors not placed within {self.timeout:g}s: {', '.join(late)} "
-                f"(resources free now: {ray.available_resources()})"
-            ) from None
-        except RayTaskError as err:
-            raise _unwrap(err) from None
+        need = _needed(parties)
+        deadline = self.timeout * 10
+        waited = 0.0
+        pending = list(ready.values())
+        while pending:
+            step = self.timeout if waited == 0 else min(self.timeout, 5.0)
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=step)
+            try:
+                ray.get(done)
+            except RayTaskError as err:
+                raise _unwrap(err) from None
+            waited += step
+            if not pending:
+                return
+            late = [r for r, ref in ready.items() if ref in pending]
+            total, free = ray.cluster_resources(), ray.available_resources()
+            placed = total.get("CPU", 0.0) - free.get("CPU", 0.0) >= need["CPU"] - 1e-6 and \
+                total.get("GPU", 0.0) - free.get("GPU", 0.0) >= need["GPU"] - 1e-6
+            if not placed or waited >= deadline:
+                what = "not placed" if not placed else "not initialised"
+                raise ProtocolError(
+                    f"actors {what} within {waited:g}s: {', '.join(late)} "
+                    f"(needed CPU {need['CPU']:g} GPU {need['GPU']:g}; "
+                    f"free CPU {free.get('CPU', 0.0):g} GPU {free.get('GPU', 0.0):g})"
+                )
 
     def put(self, value: Any) -> Any:
         return ray.put(value)

@@ -82,14 +82,20 @@ class AggregateOpener:
     @classmethod
     def create(cls, cfg: CryptoConfig, contributors: int, num_params: int,
                rounds: int = 1000) -> AggregateOpener:
-        """Build the run's context, sized for ``contributors`` per sum and the key holders."""
-        values = Packer(num_params, 1).num_ciphertexts  # values incl. the weight slot
+        """Build the run's context, sized for ``contributors`` per sum and the key holders.
+
+        Flooding noise is sized for every ciphertext the joint key will ever decrypt
+        (rounds x ciphertexts per round): more decryptions need more noise per share.
+        """
+        probe = CKKSContext.create(cfg.profile, allow_insecure=cfg.allow_insecure,
+                                   max_contributors=1, max_key_holders=2, max_decryptions=1)
+        per_round = Packer(num_params, probe.values_per_ciphertext).num_ciphertexts
         context = CKKSContext.create(
             cfg.profile,
             allow_insecure=cfg.allow_insecure,
             max_contributors=contributors,
             max_key_holders=max(cfg.key_holders, 2),
-            max_decryptions=max(1, rounds * values),
+            max_decryptions=max(1, rounds * per_round),
         )
         return cls(context, cfg, num_params)
 

@@ -59,7 +59,7 @@ def write(template: KeyResidues, towers: list[np.ndarray]) -> fhe.PrivateKey:
     nodes = _tower_nodes(template.frame)
     if len(towers) != len(nodes):
         raise CryptoError(f"expected {len(nodes)} RNS towers, got {len(towers)}")
-    for node, tower, q in zip(nodes, towers, template.moduli):
+    for node, tower, q in zip(nodes, towers, template.moduli, strict=True):
         data = node["v"]["ptr_wrapper"]["data"]
         if tower.shape != (len(data["v"]),) or np.any(tower >= np.uint64(q)):
             raise CryptoError("secret-key residues do not fit this context's ring")

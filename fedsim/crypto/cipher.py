@@ -34,6 +34,8 @@ def load_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> list[A
             ct = fhe.DeserializeCiphertextString(payload, fhe.BINARY)
         except RuntimeError as exc:  # OpenFHE reports malformed input as RuntimeError
             raise CryptoError(f"item {i} does not deserialize: {exc}") from exc
+        if not context.owns(ct):
+            raise CryptoError(f"item {i} belongs to another CKKS context")
         if (
             ct.NumberCiphertextElements() != elements
             or ct.GetLevel() != 0
@@ -174,11 +176,11 @@ class CiphertextSum:
         cc = self._context.openfhe
         done = 0
         try:
-            for total, ct in zip(self._sum, cts):
+            for total, ct in zip(self._sum, cts, strict=True):
                 cc.EvalAddInPlace(total, ct)
                 done += 1
         except RuntimeError as exc:
-            for total, ct in zip(self._sum[:done], cts[:done]):
+            for total, ct in zip(self._sum[:done], cts[:done], strict=True):
                 cc.EvalSubInPlace(total, ct)
             raise CryptoError(f"ciphertexts from another context: {exc}") from exc
 
@@ -205,7 +207,7 @@ def fuse_timed(
             f"fusion needs exactly one lead share, got {kinds.count('lead-share')} "
             f"among {len(partials)} partial decryptions"
         )
-    shares = [load_ciphertexts(context, p, kind=k) for p, k in zip(partials, kinds)]
+    shares = [load_ciphertexts(context, p, kind=k) for p, k in zip(partials, kinds, strict=True)]
     counts = {len(s) for s in shares}
     if len(counts) != 1:
         raise CryptoError(f"partial decryptions disagree on ciphertext count: {sorted(counts)}")
@@ -213,7 +215,7 @@ def fuse_timed(
     cc, slots = context.openfhe, context.slots
     out = np.empty((counts.pop(), context.values_per_ciphertext), dtype=np.float64)
     fusion = decode = 0.0
-    for i, parts in enumerate(zip(*shares)):
+    for i, parts in enumerate(zip(*shares, strict=True)):
         t0 = time.perf_counter()
         try:
             plain = cc.MultipartyDecryptFusion(list(parts))

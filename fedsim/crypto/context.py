@@ -108,8 +108,11 @@ def _generate(params: Any) -> Any:
     return cc
 
 
-def _estimate_noise(meta: _Meta) -> float:
-    """log2 noise of the real aggregate under a throwaway joint key (OpenFHE's pass 1)."""
+def _estimate_noise(meta: _Meta) -> tuple[float, int]:
+    """log2 noise of the real aggregate under a throwaway joint key (OpenFHE's pass 1).
+
+    Returns the estimate and the ring dimension it was measured in.
+    """
     cc = _generate(_params(meta, fhe.EXEC_NOISE_ESTIMATION))
     keys = [cc.KeyGen()]
     for _ in range(meta.max_key_holders - 1):
@@ -121,7 +124,8 @@ def _estimate_noise(meta: _Meta) -> float:
     total = cc.Encrypt(keys[-1].publicKey, plain)
     for _ in range(terms - 1):
         cc.EvalAddInPlace(total, cc.Encrypt(keys[-1].publicKey, plain))
-    return float(cc.Decrypt(joint_secret, total).GetLogError())
+    estimate = float(cc.Decrypt(joint_secret, total).GetLogError())
+    return estimate, int(cc.GetRingDimension())
 
 
 def _find(tree: Any, key: str) -> Any:
@@ -152,11 +156,21 @@ class CKKSContext:
         modulus = float(cc.GetModulusCKKS())
         if spec.flooding:
             frame = json.loads(fhe.Serialize(cc, fhe.JSON))
-            if _find(frame, "dnm") != int(fhe.NOISE_FLOODING_DECRYPT) or _find(
-                frame, "exm"
-            ) != int(fhe.EXEC_EVALUATION):
+            if _find(frame, "dnm") != int(fhe.NOISE_FLOODING_DECRYPT) or _find(frame, "exm") != int(
+                fhe.EXEC_EVALUATION
+            ):
                 raise CryptoError("context lost its noise-flooding decryption settings")
             self._share_sigma = float(_find(frame, "fdp"))
+            expected = (
+                math.sqrt(12 * meta.max_decryptions)
+                * 2 ** (STATISTICAL_SECURITY / 2)
+                * 2**meta.noise_estimate
+            )
+            if not math.isclose(self._share_sigma, expected, rel_tol=1e-9):
+                raise CryptoError(
+                    f"OpenFHE floods with sigma {self._share_sigma:.4g}, not the documented "
+                    f"sqrt(12 tau) 2^(s/2) 2^estimate = {expected:.4g}"
+                )
         else:
             self._share_sigma = FIXED_SHARE_SIGMA
         # A slot of magnitude B can put a coefficient at B (REAL) or sqrt(2) B (COMPLEX);
@@ -189,9 +203,7 @@ class CKKSContext:
         times ciphertexts per round); flooding noise grows with its square root.
         """
         if profile not in _PROFILES:
-            raise CryptoError(
-                f"unknown crypto profile {profile!r}; allowed: {', '.join(PROFILES)}"
-            )
+            raise CryptoError(f"unknown crypto profile {profile!r}; allowed: {', '.join(PROFILES)}")
         if _PROFILES[profile].insecure and not allow_insecure:
             raise CryptoError(
                 f"crypto profile {profile!r} is insecure (small ring, no security level); "
@@ -206,9 +218,15 @@ class CKKSContext:
                 raise CryptoError(f"{name} must be a positive integer, got {value!r}")
         meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, None)
         if _PROFILES[profile].flooding:
-            estimate = _estimate_noise(meta) + ESTIMATE_MARGIN_BITS
+            estimate, ring_dim = _estimate_noise(meta)
+            estimate += ESTIMATE_MARGIN_BITS
             meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, estimate)
             cc = _generate(_params(meta, fhe.EXEC_EVALUATION))
+            if cc.GetRingDimension() != ring_dim:  # the estimate holds for its ring only
+                raise CryptoError(
+                    f"noise estimated in ring {ring_dim}, evaluation ring is "
+                    f"{cc.GetRingDimension()}"
+                )
         else:
             cc = _generate(_params(meta, None))
         return cls(meta, cc, fhe.Serialize(cc, fhe.BINARY))
@@ -252,6 +270,13 @@ class CKKSContext:
             f"values_per_ciphertext={self.values_per_ciphertext}, "
             f"value_bound={self._value_bound:g}, error_bound={self._error_bound:.3g})"
         )
+
+    def owns(self, obj: Any) -> bool:
+        """True if an OpenFHE ciphertext or key was made in (or mapped to) this context."""
+        owner = obj.GetCryptoContext()
+        # pybind11 hands back the registered wrapper of the same C++ context: the identity
+        # test is the fast path; equal serializations mean the same cached context.
+        return owner is self._cc or fhe.Serialize(owner, fhe.BINARY) == self._cc_bytes
 
     @property
     def openfhe(self) -> Any:

@@ -60,6 +60,7 @@ class KeyShareHolder:
         self.num_holders = num_holders
         self.threshold = threshold
         self._secret: Any = None
+        self._moduli: tuple[int, ...] = ()
         self._public_key: bytes | None = None
         self._outgoing: dict[int, bytes] | None = None
         self._held: dict[int, shamir.Share] = {}
@@ -103,6 +104,7 @@ class KeyShareHolder:
             except RuntimeError as exc:
                 raise CryptoError(f"previous public key unusable: {exc}") from exc
         self._secret = pair.secretKey
+        self._moduli = tuple(_secret_key.read(pair.secretKey).moduli)
         self._public_key = fhe.Serialize(pair.publicKey, fhe.BINARY)
         return self._public_key
 
@@ -141,13 +143,20 @@ class KeyShareHolder:
         if self._outgoing is None:
             residues = _secret_key.read(self._require_secret())
             split = shamir.split(
-                residues.towers, residues.moduli, threshold=self.threshold,
+                residues.towers,
+                residues.moduli,
+                threshold=self.threshold,
                 holders=range(self.num_holders),
             )
             shares = {
                 h: shamir.Share(
-                    self._context.fingerprint, self.index, h, self.threshold, self.num_holders,
-                    tuple(residues.moduli), tuple(towers),
+                    self._context.fingerprint,
+                    self.index,
+                    h,
+                    self.threshold,
+                    self.num_holders,
+                    tuple(residues.moduli),
+                    tuple(towers),
                 )
                 for h, towers in split.items()
             }
@@ -190,7 +199,7 @@ class KeyShareHolder:
                 expected = shamir.interpolate(
                     {k: v.towers for k, v in base.items()}, moduli, at=shamir.point(h)
                 )
-                if any((a != b).any() for a, b in zip(expected, extra.towers)):
+                if any((a != b).any() for a, b in zip(expected, extra.towers, strict=True)):
                     raise CryptoError(f"share of holder {missing}'s key from {h} is inconsistent")
         towers = shamir.interpolate({k: v.towers for k, v in base.items()}, moduli)
         template = _secret_key.read(self._require_secret())
@@ -198,7 +207,13 @@ class KeyShareHolder:
 
     def _parse(self, blob: bytes, *, owner: int, holder: int) -> shamir.Share:
         share = shamir.Share.from_bytes(blob)
-        if share.context != self._context.fingerprint:
+        self._require_secret()
+        ring = self._context.ring_dimension
+        if (
+            share.context != self._context.fingerprint
+            or share.moduli != self._moduli
+            or any(t.size != ring for t in share.towers)
+        ):
             raise CryptoError(f"share of holder {owner}'s key is for another context")
         if (share.owner, share.holder) != (owner, holder):
             raise CryptoError(

@@ -102,8 +102,11 @@ def unflatten_tree(vector: np.ndarray, spec: TreeSpec) -> Any:
         dtype = spec.dtypes[i]
         if dtype.startswith("py:"):
             value = float(chunk)
-            return {"py:float": float, "py:int": lambda v: int(round(v)),
-                    "py:bool": lambda v: bool(round(v))}[dtype](value)
+            return {
+                "py:float": float,
+                "py:int": lambda v: int(round(v)),
+                "py:bool": lambda v: bool(round(v)),
+            }[dtype](value)
         target = np.dtype(dtype)
         if target.kind in "biu":
             chunk = np.rint(chunk)

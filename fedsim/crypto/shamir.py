@@ -43,7 +43,7 @@ def split(
 ) -> dict[int, list[np.ndarray]]:
     """Shares of ``secret`` for each of ``holders``; any ``threshold`` of them rebuild it."""
     shares: dict[int, list[np.ndarray]] = {h: [] for h in holders}
-    for tower, q in zip(secret, moduli):
+    for tower, q in zip(secret, moduli, strict=True):
         coeffs = [tower.astype(object)]
         coeffs += [random_below(q, tower.size).astype(object) for _ in range(threshold - 1)]
         for h in holders:
@@ -88,12 +88,21 @@ class Share:
     def to_bytes(self) -> bytes:
         ring = self.towers[0].size
         head = _HEAD.pack(
-            _MAGIC, _VERSION, self.owner, self.holder, self.threshold, self.num_holders,
-            ring, self.context.encode("ascii"),
+            _MAGIC,
+            _VERSION,
+            self.owner,
+            self.holder,
+            self.threshold,
+            self.num_holders,
+            ring,
+            self.context.encode("ascii"),
         )
         tail = np.asarray(self.moduli, dtype="<u8").tobytes()
-        return head + struct.pack("<H", len(self.moduli)) + tail + b"".join(
-            t.astype("<u8").tobytes() for t in self.towers
+        return (
+            head
+            + struct.pack("<H", len(self.moduli))
+            + tail
+            + b"".join(t.astype("<u8").tobytes() for t in self.towers)
         )
 
     @classmethod
@@ -114,6 +123,11 @@ class Share:
         if np.any(data >= moduli[:, None]):
             raise CryptoError("malformed Shamir share: residue out of range")
         return cls(
-            ctx.decode("ascii"), owner, holder, threshold, num_holders,
-            tuple(int(q) for q in moduli), tuple(row.astype(np.uint64) for row in data),
+            ctx.decode("ascii"),
+            owner,
+            holder,
+            threshold,
+            num_holders,
+            tuple(int(q) for q in moduli),
+            tuple(row.astype(np.uint64) for row in data),
         )

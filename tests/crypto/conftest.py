@@ -22,7 +22,7 @@ def secure_ctx() -> CKKSContext:
     return CKKSContext.create("secure")
 
 
-def make_holders(
+def _make_holders(
     ctx: CKKSContext, n: int = 3, threshold: int | None = None
 ) -> tuple[list[KeyShareHolder], bytes]:
     """``n`` holders with a chained joint key; returns (holders, joint public key)."""
@@ -35,5 +35,11 @@ def make_holders(
 
 
 @pytest.fixture
+def make_holders():
+    """The ``_make_holders`` factory (a fixture, so tests need no conftest import)."""
+    return _make_holders
+
+
+@pytest.fixture
 def holders(test_ctx: CKKSContext) -> tuple[list[KeyShareHolder], bytes]:
-    return make_holders(test_ctx)
+    return _make_holders(test_ctx)

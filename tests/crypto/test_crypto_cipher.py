@@ -2,6 +2,7 @@ import hashlib
 import time
 
 import numpy as np
+import openfhe as fhe
 import pytest
 
 from fedsim.crypto import (
@@ -16,8 +17,6 @@ from fedsim.crypto import (
     fuse_timed,
 )
 from fedsim.errors import CryptoError
-
-from conftest import make_holders
 
 
 def test_batch_round_trip_and_framing_errors():
@@ -42,7 +41,7 @@ def run_round(ctx, vectors, weights, holders, key):
     packer = Packer(len(vectors[0]), ctx.values_per_ciphertext)
     encryptor = Encryptor(ctx, key)
     total = CiphertextSum(ctx, public_key=key)
-    for i, (vector, weight) in enumerate(zip(vectors, weights)):
+    for i, (vector, weight) in enumerate(zip(vectors, weights, strict=True)):
         packed = packer.pack(vector, weight)
         packer.check_range(packed, len(vectors), ctx.value_bound)
         batch, timings = encryptor.encrypt_timed(packed)
@@ -66,7 +65,7 @@ def test_three_clients_three_holders_decrypt_the_weighted_sum(test_ctx, holders)
 
 
 @pytest.mark.parametrize("name", ["secure_ctx", "fast_ctx"])
-def test_one_small_round_in_the_real_profiles(name, request):
+def test_one_small_round_in_the_real_profiles(name, request, make_holders):
     ctx: CKKSContext = request.getfixturevalue(name)
     start = time.perf_counter()
     holders, key = make_holders(ctx)
@@ -98,7 +97,9 @@ def rejected(total, batch, contributor, match):
     assert (total.result(), total.count, total.digests) == before
 
 
-def test_bad_batches_are_rejected_by_name_and_leave_the_sum_unchanged(test_ctx, summing):
+def test_bad_batches_are_rejected_by_name_and_leave_the_sum_unchanged(
+    test_ctx, summing, make_holders
+):
     total, encryptor, packer, good = summing
     rejected(total, good[:-10], "truncated-client", "truncated")
     flipped = bytearray(good)
@@ -112,12 +113,20 @@ def test_bad_batches_are_rejected_by_name_and_leave_the_sum_unchanged(test_ctx, 
     rejected(total, good, "first", "already added")
     fast = CKKSContext.create("fast")
     _, fast_key = make_holders(fast)
-    other = Encryptor(fast, fast_key).encrypt(Packer(700, fast.values_per_ciphertext).pack(np.zeros(700), 0.1))
-    rejected(total, other, "other-context-client", "not a fresh-level ciphertext of this context")
-    rejected(total, encode_batch(decode_batch(good), kind="share"), "share-client", "got a share batch")
+    other = Encryptor(fast, fast_key).encrypt(
+        Packer(700, fast.values_per_ciphertext).pack(np.zeros(700), 0.1)
+    )
+    rejected(total, other, "other-context-client", "belongs to another CKKS context")
+    twin = CKKSContext.create("test", allow_insecure=True)  # same ring, another estimate
+    _, twin_key = make_holders(twin)
+    other = Encryptor(twin, twin_key).encrypt(packer.pack(np.zeros(700), 0.1))
+    rejected(total, other, "twin-context-client", "belongs to another CKKS context")
+    rejected(
+        total, encode_batch(decode_batch(good), kind="share"), "share-client", "got a share batch"
+    )
 
 
-def test_sum_refuses_more_batches_than_the_flooding_is_sized_for(holders):
+def test_sum_refuses_more_batches_than_the_flooding_is_sized_for(make_holders):
     ctx = CKKSContext.create("test", allow_insecure=True, max_contributors=1)
     _, key = make_holders(ctx)
     encryptor = Encryptor(ctx, key)
@@ -152,3 +161,15 @@ def test_encryptor_refuses_bad_input(test_ctx, holders):
         encryptor.encrypt(np.full((1, 512), np.nan))
     with pytest.raises(CryptoError, match="public key does not deserialize"):
         Encryptor(test_ctx, b"not a key")
+
+
+def test_a_refused_add_midway_is_rolled_back(test_ctx, summing, monkeypatch, make_holders):
+    total, encryptor, packer, good = summing
+    twin = CKKSContext.create("test", allow_insecure=True)
+    _, twin_key = make_holders(twin)
+    foreign = decode_batch(Encryptor(twin, twin_key).encrypt(packer.pack(np.zeros(700), 0.1)))
+    ct = fhe.DeserializeCiphertextString(foreign[1], fhe.BINARY)
+    ct.SetKeyTag(fhe.DeserializeCiphertextString(decode_batch(good)[0], fhe.BINARY).GetKeyTag())
+    mixed = encode_batch([decode_batch(good)[0], fhe.Serialize(ct, fhe.BINARY)])
+    monkeypatch.setattr(CKKSContext, "owns", lambda self, obj: True)  # let OpenFHE refuse
+    rejected(total, mixed, "mixed-client", "another context")

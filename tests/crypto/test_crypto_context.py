@@ -7,10 +7,8 @@ import numpy as np
 import openfhe as fhe
 import pytest
 
-from fedsim.crypto import CKKSContext, CiphertextSum, Encryptor, Packer, encode_batch, fuse
+from fedsim.crypto import CiphertextSum, CKKSContext, Encryptor, Packer, encode_batch, fuse
 from fedsim.errors import CryptoError
-
-from conftest import make_holders
 
 
 def test_test_profile_refused_without_flag():
@@ -23,7 +21,9 @@ def test_test_profile_refused_without_flag():
 
 
 def test_unknown_profile_names_the_allowed_ones():
-    with pytest.raises(CryptoError, match="unknown crypto profile 'turbo'; allowed: secure, fast, test"):
+    with pytest.raises(
+        CryptoError, match="unknown crypto profile 'turbo'; allowed: secure, fast, test"
+    ):
         CKKSContext.create("turbo")
     with pytest.raises(CryptoError, match="max_contributors must be a positive integer"):
         CKKSContext.create("fast", max_contributors=0)
@@ -32,7 +32,11 @@ def test_unknown_profile_names_the_allowed_ones():
 def test_profile_properties(test_ctx, fast_ctx, secure_ctx):
     assert (test_ctx.ring_dimension, test_ctx.values_per_ciphertext) == (1024, 512)
     assert (secure_ctx.ring_dimension, secure_ctx.values_per_ciphertext) == (4096, 2048)
-    assert (fast_ctx.ring_dimension, fast_ctx.slots, fast_ctx.values_per_ciphertext) == (4096, 2048, 4096)
+    assert (fast_ctx.ring_dimension, fast_ctx.slots, fast_ctx.values_per_ciphertext) == (
+        4096,
+        2048,
+        4096,
+    )
     assert secure_ctx.flooding and test_ctx.flooding and not fast_ctx.flooding
     # Flooding fixes the scale at 2**59 under a 60-bit modulus: slots wrap at |value| = 1.
     assert secure_ctx.value_bound == test_ctx.value_bound == 0.5
@@ -45,20 +49,28 @@ def test_profile_properties(test_ctx, fast_ctx, secure_ctx):
     assert 1e-4 < secure_ctx.error_bound < 1e-2 and 1e-7 < fast_ctx.error_bound < 1e-5
 
 
-def test_bytes_round_trip_rebuilds_the_same_context(test_ctx):
+def test_bytes_round_trip_rebuilds_the_same_context(test_ctx, make_holders):
     blob = test_ctx.to_bytes()
     again = CKKSContext.from_bytes(blob)
     assert again.to_bytes() == blob and again.fingerprint == test_ctx.fingerprint
-    assert (again.noise_estimate, again.error_bound) == (test_ctx.noise_estimate, test_ctx.error_bound)
+    assert (again.noise_estimate, again.error_bound) == (
+        test_ctx.noise_estimate,
+        test_ctx.error_bound,
+    )
     assert pickle.loads(pickle.dumps(test_ctx)).fingerprint == test_ctx.fingerprint
     # Keys made under the rebuilt context decrypt what the original one encrypts.
     holders, key = make_holders(again)
     packer = Packer(10, test_ctx.values_per_ciphertext)
     total = CiphertextSum(test_ctx)
-    total.add(Encryptor(test_ctx, key).encrypt(packer.pack(np.full(10, 0.125), 0.5)), contributor="a")
+    total.add(
+        Encryptor(test_ctx, key).encrypt(packer.pack(np.full(10, 0.125), 0.5)), contributor="a"
+    )
     parts = [h.partial_decrypt(total.result(), lead=i == 0) for i, h in enumerate(holders)]
     vector, weight = packer.unpack(fuse(test_ctx, parts))
-    assert np.abs(vector - 0.125).max() < test_ctx.error_bound and abs(weight - 0.5) < test_ctx.error_bound
+    assert (
+        np.abs(vector - 0.125).max() < test_ctx.error_bound
+        and abs(weight - 0.5) < test_ctx.error_bound
+    )
 
 
 def test_from_bytes_refuses_tampered_or_truncated_bytes(test_ctx):
@@ -82,12 +94,17 @@ def test_from_bytes_refuses_tampered_or_truncated_bytes(test_ctx):
         CKKSContext.from_bytes(forged)
 
 
-def test_value_bound_holds_for_the_worst_case_vector_and_wrap_is_real(test_ctx):
+def test_value_bound_holds_for_the_worst_case_vector_and_wrap_is_real(test_ctx, make_holders):
     # A constant vector puts its whole magnitude into one coefficient: the worst case.
     holders, key = make_holders(test_ctx)
     vpc = test_ctx.values_per_ciphertext
-    packed = np.stack([np.full(vpc, test_ctx.value_bound), np.full(vpc, -test_ctx.value_bound),
-                       np.full(vpc, 1.01)])
+    packed = np.stack(
+        [
+            np.full(vpc, test_ctx.value_bound),
+            np.full(vpc, -test_ctx.value_bound),
+            np.full(vpc, 1.01),
+        ]
+    )
     total = CiphertextSum(test_ctx)
     encryptor = Encryptor(test_ctx, key)
     total.add(encryptor.encrypt(packed[:2]), contributor="bounded")
@@ -97,8 +114,9 @@ def test_value_bound_holds_for_the_worst_case_vector_and_wrap_is_real(test_ctx):
         encryptor.encrypt(packed)
     # Past |value| = 1 the slot really wraps (bypassing the Encryptor's check).
     cc = test_ctx.openfhe
-    ct = cc.Encrypt(fhe.DeserializePublicKeyString(key, fhe.BINARY),
-                    cc.MakeCKKSPackedPlaintext(packed[2]))
+    ct = cc.Encrypt(
+        fhe.DeserializePublicKeyString(key, fhe.BINARY), cc.MakeCKKSPackedPlaintext(packed[2])
+    )
     wrapped = encode_batch([fhe.Serialize(ct, fhe.BINARY)])
     parts = [h.partial_decrypt(wrapped, lead=i == 0) for i, h in enumerate(holders)]
     assert np.abs(fuse(test_ctx, parts) - 1.01).min() > 1.9

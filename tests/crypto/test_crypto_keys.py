@@ -6,13 +6,8 @@ import numpy as np
 import openfhe as fhe
 import pytest
 
-from fedsim.crypto import CiphertextSum, Encryptor, KeyShareHolder, Packer, fuse
-from fedsim.crypto import _secret_key
+from fedsim.crypto import CiphertextSum, Encryptor, KeyShareHolder, Packer, _secret_key, fuse
 from fedsim.errors import CryptoError
-
-from conftest import make_holders
-
-NEEDS = "must satisfy"
 
 
 def encrypted(ctx, key, vector, weight=0.1):
@@ -62,7 +57,7 @@ def distribute(holders):
             holders[target].receive_share(owner.index, share)
 
 
-def test_two_of_three_survivors_recover_the_missing_holder(test_ctx):
+def test_two_of_three_survivors_recover_the_missing_holder(test_ctx, make_holders):
     holders, key = make_holders(test_ctx, 3, threshold=2)
     distribute(holders)
     vector = np.linspace(-0.3, 0.3, 600)
@@ -83,7 +78,7 @@ def test_two_of_three_survivors_recover_the_missing_holder(test_ctx):
         helper.partial_decrypt(aggregate, lead=False, on_behalf_of=0)
 
 
-def test_recovery_checks_shares(test_ctx):
+def test_recovery_checks_shares(test_ctx, make_holders):
     holders, _ = make_holders(test_ctx, 5, threshold=3)
     distribute(holders)
     shares = {h.index: h.share_of(4) for h in holders[1:4]}
@@ -102,7 +97,7 @@ def test_recovery_checks_shares(test_ctx):
         make_holders(test_ctx, 2)[0][0].shamir_shares()
 
 
-def test_shamir_route_matches_openfhe_share_keys(test_ctx):
+def test_shamir_route_matches_openfhe_share_keys(test_ctx, make_holders):
     holders, _ = make_holders(test_ctx, 3, threshold=2)
     distribute(holders)
     target = holders[1]
@@ -115,7 +110,9 @@ def test_shamir_route_matches_openfhe_share_keys(test_ctx):
     # fedsim's route across "processes": only bytes move.
     holders[2].recover(1, {0: holders[0].share_of(1)})
     ours = holders[2]._recovered[1]
-    for a, b, c in zip(original, _secret_key.read(theirs).towers, _secret_key.read(ours).towers):
+    for a, b, c in zip(
+        original, _secret_key.read(theirs).towers, _secret_key.read(ours).towers, strict=True
+    ):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 
@@ -128,11 +125,16 @@ def test_secret_probe_finds_the_serialized_share_only(test_ctx, holders):
     assert probe in fhe.Serialize(holder._secret, fhe.BINARY)
     assert holder._secret_probe(text=True).decode() in fhe.Serialize(holder._secret, fhe.JSON)
     _, aggregate = encrypted(test_ctx, key, np.full(100, 0.2))
-    outputs = [holder.public_key, key, holder.partial_decrypt(aggregate, lead=True), test_ctx.to_bytes()]
+    outputs = [
+        holder.public_key,
+        key,
+        holder.partial_decrypt(aggregate, lead=True),
+        test_ctx.to_bytes(),
+    ]
     assert not any(probe in out for out in outputs)
 
 
-def test_shares_are_flooded(test_ctx, fast_ctx):
+def test_shares_are_flooded(test_ctx, fast_ctx, make_holders):
     """Each share carries OpenFHE's flooding noise, sized by the context (FLOODING.md)."""
     for ctx in (test_ctx, fast_ctx):
         holders, key = make_holders(ctx)
@@ -142,12 +144,20 @@ def test_shares_are_flooded(test_ctx, fast_ctx):
         last = holders[2].partial_decrypt(aggregate, lead=False)
         first = fuse(ctx, [lead, holders[1].partial_decrypt(aggregate, lead=False), last])
         second = fuse(ctx, [lead, holders[1].partial_decrypt(aggregate, lead=False), last])
-        unit = ctx.share_noise_sigma * math.sqrt(ctx.ring_dimension) / ctx.openfhe.GetScalingFactorReal(0)
+        unit = (
+            ctx.share_noise_sigma
+            * math.sqrt(ctx.ring_dimension)
+            / ctx.openfhe.GetScalingFactorReal(0)
+        )
         if ctx.complex_packing:  # one share's noise per value: sigma sqrt(N/2) / scale
             assert np.std(first - second) / unit == pytest.approx(1.0, rel=0.1)
-            assert np.std(packer.unpack(first)[0] - vector) / unit == pytest.approx(math.sqrt(1.5), rel=0.1)
+            assert np.std(packer.unpack(first)[0] - vector) / unit == pytest.approx(
+                math.sqrt(1.5), rel=0.1
+            )
         else:  # REAL decoding adds noise matched to the imaginary part: K shares' worth
             assert np.std(first - second) / unit == pytest.approx(2.0, rel=0.1)
-            assert np.std(packer.unpack(first)[0] - vector) / unit == pytest.approx(math.sqrt(3), rel=0.1)
+            assert np.std(packer.unpack(first)[0] - vector) / unit == pytest.approx(
+                math.sqrt(3), rel=0.1
+            )
     # The flooding sigma is 2**(30/2) * sqrt(12 * max_decryptions) times the noise estimate.
     assert test_ctx.share_noise_sigma > 2 ** (15 + test_ctx.noise_estimate)

@@ -108,6 +108,34 @@ class Aggregator:
         self.busy_s += time.perf_counter() - t0
         return arrived
 
+    def enable_noise(self, plan: object, num_params: int, seed: int, *,
+                     public_key: bytes | None = None, update_bound: float = 1.0,
+                     scale: float = 1.0) -> None:
+        """Add client-level DP noise to every later sum (placement ``aggregator``).
+
+        The aggregator draws the noise itself, so it knows it: that is the paper's
+        placement, and the reason fedsim also offers ``distributed``.
+        """
+        self._dp = (plan, num_params, seed)
+        self._noise_sealer = None
+        if self.encrypted:
+            from fedsim.sealing import UpdateSealer
+
+            self._noise_sealer = UpdateSealer(self._context_bytes, public_key,
+                                              update_bound=update_bound, scale=scale)
+
+    def add_dp_noise(self) -> None:
+        """Draw this round's noise and add it (encrypted in he mode) to the sum."""
+        from fedsim.dp import aggregator_noise
+
+        plan, num_params, seed = self._dp
+        noise = aggregator_noise(plan, num_params, seed=seed, round_idx=self._round)
+        if self._noise_sealer is not None:
+            blob, _ = self._noise_sealer.seal(noise, 1.0, client="aggregator-noise", count=False)
+            self.add_noise(blob)
+        else:
+            self.add_noise(np.append(noise, 0.0))
+
     def add_noise(self, payload: bytes | np.ndarray) -> None:
         """Add DP noise (already encrypted in he mode) to the sum; recorded in the manifest."""
         t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 from fedsim.config import RunConfig
 from fedsim.data import ClientData
+from fedsim.dp import PrivacyPlan, privatize_update
 from fedsim.model import build_model, init_params
 from fedsim.seeding import client_key, stream
 from fedsim.server import weighted_payload
@@ -57,6 +58,7 @@ class Client:
         index: int,
         shape: ModelShape,
         weight_norm: float,
+        privacy: PrivacyPlan | None = None,
     ) -> None:
         self.cfg = cfg
         self.data = data
@@ -66,8 +68,14 @@ class Client:
                                  num_numeric=shape.num_numeric)
         template = init_params(self.model, key=client_key(cfg.seed, 0), max_codes=shape.max_codes)
         _, self._unravel = ravel_pytree(template)
-        self.trainer = LocalTrainer(self.model, cfg.train)
+        self.privacy = privacy
         self.steps = local_steps(cfg.train, len(data.train))
+        if privacy is not None and privacy.level == "record":
+            from fedsim.train import DPSGDTrainer
+
+            self.trainer = DPSGDTrainer(self.model, cfg.train, privacy, len(data.train))
+        else:
+            self.trainer = LocalTrainer(self.model, cfg.train)
         self._sealer = None  # set by `enable_encryption`
 
     @property
@@ -78,25 +86,37 @@ class Client:
     def num_examples(self) -> int:
         return len(self.data.train)
 
-    def enable_encryption(self, context_bytes: bytes, public_key: bytes) -> None:
+    def enable_encryption(self, context_bytes: bytes, public_key: bytes, *,
+                          update_bound: float, scale: float) -> None:
         """Encrypt every later update under the joint public key."""
         from fedsim.sealing import UpdateSealer
 
-        self._sealer = UpdateSealer(context_bytes, public_key,
-                                    update_bound=self.cfg.crypto.update_bound)
+        self._sealer = UpdateSealer(context_bytes, public_key, update_bound=update_bound,
+                                    scale=scale)
 
     def train(self, round_idx: int, global_flat: np.ndarray) -> tuple[UpdateMeta, object]:
         """Train on the global parameters; return metadata and the (maybe encrypted) payload."""
         t0 = time.perf_counter()
         params = self._unravel(np.asarray(global_flat, np.float32))
         rng = stream(self.cfg.seed, "batches", round_idx, self.index)
-        plan = batch_plan(rng, self.num_examples, self.steps, self.cfg.train.batch_size)
-        new_params, loss = self.trainer.train(params, gather(self.data.train, plan))
+        if self.privacy is not None and self.privacy.level == "record":
+            key = client_key(self.cfg.seed, 1, round_idx, self.index)
+            batches = self.trainer.batches(rng, self.data.train, self.steps)
+            new_params, loss = self.trainer.train(params, batches, key)
+        else:
+            plan = batch_plan(rng, self.num_examples, self.steps, self.cfg.train.batch_size)
+            new_params, loss = self.trainer.train(params, gather(self.data.train, plan))
         new_flat, _ = ravel_pytree(new_params)
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
+        norm = float(np.linalg.norm(delta))
         timings = {"train": time.perf_counter() - t0}
 
         weight = self.num_examples / self.weight_norm
+        if self.privacy is not None and self.privacy.level == "client":
+            # Fixed public denominator, no sample-count weighting: see fedsim.dp.
+            delta, norm = privatize_update(self.privacy, delta, seed=self.cfg.seed,
+                                           round_idx=round_idx, client_index=self.index)
+            weight = 1.0 / self.privacy.denominator
         payload: object
         if self._sealer is None:
             payload = weighted_payload(delta, weight)
@@ -114,6 +134,6 @@ class Client:
             bytes_up=bytes_up,
             timings=timings,
             finished_at=time.time(),
-            update_norm=float(np.linalg.norm(delta)),
+            update_norm=norm,
         )
         return meta, payload

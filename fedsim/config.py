@@ -169,6 +169,28 @@ class PrivacyConfig:
     accountant: Literal["rdp", "pld"] = "rdp"
     record_sampling_rate: float | None = None
 
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if self.clip is None or not self.clip > 0:
+            raise ConfigError("privacy.clip: noise without clipping has no stated guarantee; "
+                              "set privacy.clip > 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy.delta: must be in (0, 1), got {self.delta}")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("privacy: set exactly one of privacy.noise_multiplier and "
+                              "privacy.target_epsilon")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(f"privacy.target_epsilon: must be > 0, got {self.target_epsilon}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(
+                f"privacy.noise_multiplier: must be > 0, got {self.noise_multiplier}")
+        if self.record_sampling_rate is not None and not 0 < self.record_sampling_rate <= 1:
+            raise ConfigError(f"privacy.record_sampling_rate: must be in (0, 1], got "
+                              f"{self.record_sampling_rate}")
+        if self.level == "record" and self.mechanism != "gaussian":
+            raise ConfigError("privacy.mechanism: record-level DP-SGD uses 'gaussian'")
+
 
 @dataclass(frozen=True)
 class ResourceSpec:
@@ -214,6 +236,9 @@ class RunConfig:
                 f"federation.min_clients: {fed.min_clients} is more than "
                 f"federation.clients_per_round ({fed.clients_per_round})"
             )
+        if self.privacy.enabled and self.privacy.level == "record" and \
+                self.train.local_steps is None:
+            raise ConfigError("privacy.level: record-level DP-SGD needs train.local_steps")
         n = self.num_hospitals
         if n is not None and fed.clients_per_round > n:
             raise ConfigError(

@@ -23,6 +23,7 @@ from fedsim.backend import Backend, PartySpec
 from fedsim.client import Client, ModelShape, UpdateMeta
 from fedsim.config import RunConfig
 from fedsim.data import FederatedDataset
+from fedsim.dp import EpsilonLedger, plan_privacy
 from fedsim.errors import CryptoError, FedSimError, ProtocolError
 from fedsim.metrics import BinaryMetrics, evaluate, roc_points, youden_threshold
 from fedsim.model import build_model, count_params, init_params
@@ -113,6 +114,8 @@ class Federation:
         sizes = [len(c.train) for c in dataset.clients]
         # Public normaliser: keeps every weight <= 1/m, so weighted sums stay bounded.
         self.weight_norm = float(cfg.federation.clients_per_round * max(sizes))
+        self.privacy = plan_privacy(cfg, len(self.names), sizes)
+        self.ledger = EpsilonLedger(self.privacy) if self.privacy is not None else None
         self.crypto = None  # fedsim.sealing.AggregateOpener in he mode
         self.pooled_val = dataset.pooled("val")
         self.pooled_test = dataset.pooled("test")
@@ -131,7 +134,8 @@ class Federation:
                 role=f"client:{c.name}",
                 cls=Client,
                 args=(self.cfg, c),
-                kwargs={"index": i, "shape": self.shape, "weight_norm": self.weight_norm},
+                kwargs={"index": i, "shape": self.shape, "weight_norm": self.weight_norm,
+                        "privacy": self.privacy},
                 resources=res.client,
                 kind="client",
             )
@@ -164,12 +168,33 @@ class Federation:
                                                  self.num_params, rounds=fed.rounds)
             context_bytes = self.crypto.context_bytes
         self.backend.start(self.parties(context_bytes))
+        public_key, bound, scale = None, self.cfg.crypto.update_bound, 1.0
         if self.encrypted:
+            from fedsim.sealing import slot_scale
+
             public_key = self._key_ceremony()
-            handles = [self.backend.call(f"client:{n}", "enable_encryption",
-                                         context_bytes, public_key) for n in self.names]
+            if self.client_dp:
+                bound = self.privacy.update_bound
+            parts = 2 if self.aggregator_noise else 1
+            scale = slot_scale(self.crypto.context, bound, parts=parts)
+            self.crypto.scale = scale
+            handles = [self.backend.call(f"client:{n}", "enable_encryption", context_bytes,
+                                         public_key, update_bound=bound, scale=scale)
+                       for n in self.names]
             for h in handles:
                 self.backend.get(h)
+        if self.aggregator_noise:
+            self.backend.get(self.backend.call(
+                "aggregator", "enable_noise", self.privacy, self.num_params, self.cfg.seed,
+                public_key=public_key, update_bound=bound, scale=scale))
+
+    @property
+    def client_dp(self) -> bool:
+        return self.privacy is not None and self.privacy.level == "client"
+
+    @property
+    def aggregator_noise(self) -> bool:
+        return self.client_dp and self.privacy.placement == "aggregator"
 
     def _key_ceremony(self) -> bytes:
         key = None
@@ -231,6 +256,8 @@ class Federation:
                 f"round {round_idx}: only {len(metas)} valid update(s) "
                 f"({', '.join(dropped)} dropped); min_clients is {fed.min_clients}{last}"
             )
+        if self.aggregator_noise:
+            self.backend.get(self.backend.call("aggregator", "add_dp_noise"))
         manifest, aggregate_h, add_s = self._finish_aggregate()
 
         phases = {p: float(np.mean([m.timings.get(p, 0.0) for m in metas.values()]))
@@ -246,12 +273,19 @@ class Federation:
             aggregate = self.backend.get(aggregate_h)
             summed, total_weight = aggregate[:-1], float(aggregate[-1])
         t0 = time.perf_counter()
-        avg = average(summed, total_weight)
+        # Client-level DP: contributions were divided by the fixed public denominator,
+        # so the noised sum is the average (dividing by the realised weight would leak).
+        avg = summed if self.client_dp else average(summed, total_weight)
         self.state = server_update(self.server_opt, self.state, avg)
         phases["server_update"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         test_metrics = self.evaluate()
         phases["evaluate"] = time.perf_counter() - t0
+        extra = {"bytes_aggregate": manifest.aggregate_bytes,
+                 "bytes_up_per_client": int(np.mean([m.bytes_up for m in metas.values()])),
+                 "update_norm": float(np.mean([m.update_norm for m in metas.values()]))}
+        if self.ledger is not None:
+            extra["epsilon"] = self.ledger.after_round(round_idx, tuple(metas))
         weights = np.array([metas[n].num_examples for n in metas], np.float64)
         losses = np.array([metas[n].loss for n in metas])
         return RoundRecord(
@@ -264,8 +298,7 @@ class Federation:
             bytes_down=int(self.state.params.nbytes * len(sampled)),
             loss=float(np.sum(weights * losses) / np.sum(weights)),
             metrics=test_metrics,
-            extra={"bytes_aggregate": manifest.aggregate_bytes,
-                   "bytes_up_per_client": int(np.mean([m.bytes_up for m in metas.values()]))},
+            extra=extra,
         )
 
     def _finish_aggregate(self):

@@ -101,13 +101,20 @@ def run_federated(
             f"backend {backend}, results in {out}",
             highlight=False,
         )
+        if federation.privacy is not None:
+            plan = federation.privacy
+            console.print(plan.describe(), highlight=False)
+            writer.update_manifest(privacy={"plan": plan.describe(),
+                                            "noise_multiplier": plan.noise_multiplier,
+                                            "clip": plan.clip, "delta": plan.delta,
+                                            "calibrated": plan.calibrated})
         federation.setup()
         with RoundProgress(cfg.federation.rounds, console) as progress:
             for r in range(cfg.federation.rounds):
                 record = federation.run_round(r)
                 records.append(record)
                 writer.round(record.row())
-                progress.update(record)
+                progress.update(record, record.extra.get("epsilon"))
         report = federation.final_report()
         report["title"] = f"{run_id}: test ROC, final global model"
         writer.params(federation.params)

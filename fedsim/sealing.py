@@ -23,25 +23,26 @@ from fedsim.crypto import CKKSContext, Encryptor, Packer, check_range, fuse_time
 from fedsim.errors import CryptoError, FedSimError, ProtocolError
 
 
-def slot_scale(context: CKKSContext, update_bound: float) -> float:
+def slot_scale(context: CKKSContext, update_bound: float, *, parts: int = 1) -> float:
     """Public factor applied to every packed value (and weight) before encryption.
 
     Weights are at most 1/m and |delta| at most ``update_bound``, so the sum of m
-    contributions stays within 0.9 of the context's ``value_bound``. The factor cancels
-    when the summed values are divided by the summed weight, and the larger it is, the
-    smaller CKKS's absolute error is relative to the update.
+    contributions stays within 0.9 / ``parts`` of the context's ``value_bound`` (parts=2
+    leaves room for the aggregator's noise ciphertext). The opener divides it out; the
+    larger it is, the smaller CKKS's absolute error is relative to the update.
     """
-    return 0.9 * context.value_bound / max(update_bound, 1.0)
+    return 0.9 * context.value_bound / (max(update_bound, 1.0) * parts)
 
 
 class UpdateSealer:
     """Client side: weighted delta -> packed slots -> one ciphertext batch (bytes)."""
 
-    def __init__(self, context_bytes: bytes, public_key: bytes, *, update_bound: float) -> None:
+    def __init__(self, context_bytes: bytes, public_key: bytes, *, update_bound: float,
+                 scale: float) -> None:
         self.context = CKKSContext.from_bytes(context_bytes)
         self.encryptor = Encryptor(self.context, public_key)
         self.update_bound = update_bound
-        self.scale = slot_scale(self.context, update_bound)
+        self.scale = scale
         self._packer: Packer | None = None
 
     def packer(self, num_values: int) -> Packer:
@@ -49,9 +50,12 @@ class UpdateSealer:
             self._packer = Packer(num_values, self.context.values_per_ciphertext)
         return self._packer
 
-    def seal(self, delta: np.ndarray, weight: float, *, client: str = "client"
-             ) -> tuple[bytes, dict[str, float]]:
-        """Encrypt ``weight * delta`` with ``weight`` in the reserved slot (both scaled)."""
+    def seal(self, delta: np.ndarray, weight: float, *, client: str = "client",
+             count: bool = True) -> tuple[bytes, dict[str, float]]:
+        """Encrypt ``weight * delta`` with ``weight`` in the reserved slot (both scaled).
+
+        ``count=False`` leaves the reserved slot at zero (for noise, which is no client).
+        """
         t0 = time.perf_counter()
         peak = float(np.max(np.abs(delta))) if delta.size else 0.0
         if not peak <= self.update_bound:
@@ -60,7 +64,7 @@ class UpdateSealer:
                 f"{self.update_bound:g}; raise the bound or clip updates (privacy.clip)"
             )
         s = self.scale * weight
-        packed = self.packer(delta.size).pack(delta * s, s)
+        packed = self.packer(delta.size).pack(delta * s, s if count else 0.0)
         check_range(packed, self.context.max_contributors, self.context.value_bound)
         pack_s = time.perf_counter() - t0
         blob, times = self.encryptor.encrypt_timed(packed)
@@ -76,6 +80,7 @@ class AggregateOpener:
         self.context = context
         self.cfg = cfg
         self.packer = Packer(num_params, context.values_per_ciphertext)
+        self.scale = 1.0  # set by the coordinator: see `slot_scale`
         self.missing: set[int] = set()
         self.recovered_by: dict[int, int] = {}
 
@@ -129,6 +134,8 @@ class AggregateOpener:
         t1 = time.perf_counter()
         packed, fuse_times = fuse_timed(self.context, [partials[i] for i in sorted(partials)])
         vector, weight = self.packer.unpack(packed)
+        vector /= self.scale
+        weight /= self.scale
         t2 = time.perf_counter()
         del fuse_times
         return vector, weight, {"partial_decrypt": t1 - t0, "fuse": t2 - t1}

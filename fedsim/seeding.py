@@ -8,8 +8,8 @@ purpose has its own generator, built from a `numpy.random.SeedSequence` of
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
-import jax
 import numpy as np
 
 
@@ -22,8 +22,10 @@ def stream(seed: int, purpose: str, *ids: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _tag(purpose), *ids]))
 
 
-def client_key(seed: int, *ids: int) -> jax.Array:
+def client_key(seed: int, *ids: int) -> Any:
     """A JAX PRNG key derived from the run seed and integer ids (client, round, ...)."""
+    import jax  # here, so parties without JAX (aggregator, key holders) can use `stream`
+
     key = jax.random.PRNGKey(seed)
     for i in ids:
         key = jax.random.fold_in(key, i)

@@ -38,9 +38,10 @@ def select(table: pa.Table, columns: ColumnSpec, hospitals: Sequence[str] | None
     used += [columns.split] if columns.split is not None else []
     missing = [c for c in dict.fromkeys(used) if c not in table.column_names]
     if missing:
+        plural = "s" if len(missing) > 1 else ""
         raise DataError(
-            f"missing column{'s' if len(missing) > 1 else ''} {_listing([repr(c) for c in missing])}"
-            f"; the table has: {_listing(table.column_names, 30)}"
+            f"missing column{plural} {_listing([repr(c) for c in missing])}; "
+            f"the table has: {_listing(table.column_names, 30)}"
         )
     _no_nulls(table, columns.hospital)
     table = table.set_column(
@@ -136,7 +137,9 @@ def codes(table: pa.Table, name: str | None, vocab_size: int | None) -> tuple[np
     """
     n = table.num_rows
     if vocab_size is not None and (
-        isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, (int, np.integer))
+        or vocab_size < 1
     ):
         raise DataError(f"vocab_size must be a positive integer, got {vocab_size!r}")
     if name is None:

@@ -70,7 +70,7 @@ def load_table(path: str | os.PathLike[str]) -> pa.Table:
 
 def partition(
     table: pa.Table,
-    columns: ColumnSpec = ColumnSpec(),
+    columns: ColumnSpec,
     *,
     vocab_size: int | None = None,
     hospitals: Sequence[str] | None = None,
@@ -142,7 +142,7 @@ def _stratified_split(
         idx = np.flatnonzero(labels == value)
         idx = idx[rng.permutation(idx.size)]
         cut = np.floor(bounds * idx.size + 0.5).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cut)):
+        for part, chunk in zip(parts, np.split(idx, cut), strict=True):
             part.append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
 
@@ -178,7 +178,7 @@ def _client(
 
 
 def synthetic_dataset(
-    spec: SynthSpec = SynthSpec(),
+    spec: SynthSpec,
     *,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
@@ -193,4 +193,3 @@ def synthetic_dataset(
         fractions=fractions,
         seed=seed,
     )
-

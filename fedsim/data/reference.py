@@ -25,9 +25,7 @@ def _design(split: Split, vocab_size: int):  # -> scipy.sparse.csr_matrix
     n = len(split)
     mask = split.codes >= 0
     rows = np.repeat(np.arange(n), mask.sum(axis=1))
-    bag = sparse.csr_matrix(
-        (np.ones(rows.size), (rows, split.codes[mask])), shape=(n, vocab_size)
-    )
+    bag = sparse.csr_matrix((np.ones(rows.size), (rows, split.codes[mask])), shape=(n, vocab_size))
     return sparse.hstack([bag, sparse.csr_matrix(split.numeric.astype(np.float64))], "csr")
 
 
@@ -48,7 +46,7 @@ def reference_logistic_auc(dataset: FederatedDataset, *, seed: int = 0) -> float
     x_train, x_val, x_test = (_design(s, dataset.vocab_size) for s in (train, val, test))
 
     def fit(c: float) -> LogisticRegression:
-        model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        model = LogisticRegression(C=c, solver="liblinear", max_iter=1000, random_state=seed)
         return model.fit(x_train, train.labels)
 
     if np.unique(val.labels).size == 2:

@@ -259,7 +259,7 @@ def _risk(
     n = lengths.size
     owner = np.repeat(np.arange(n), lengths)
     logit = np.bincount(owner, weights=model.code_weight[codes], minlength=n)
-    for (a, b), w in zip(model.pairs, model.pair_weight):
+    for (a, b), w in zip(model.pairs, model.pair_weight, strict=True):
         has_a = np.zeros(n, bool)
         has_a[owner[codes == a]] = True
         has_b = np.zeros(n, bool)
@@ -289,7 +289,9 @@ def _calibrate(logit: np.ndarray, target: float) -> float:
 def _random_split(spec: SynthSpec, h: int, n: int) -> np.ndarray:
     rng = _rng(spec, _SPLIT, h)
     cuts = np.round(np.array([0.7, 0.8]) * n).astype(int)
-    labels = np.array(["train"] * cuts[0] + ["val"] * (cuts[1] - cuts[0]) + ["test"] * (n - cuts[1]))
+    labels = np.array(
+        ["train"] * cuts[0] + ["val"] * (cuts[1] - cuts[0]) + ["test"] * (n - cuts[1])
+    )
     return labels[rng.permutation(n)]
 
 
@@ -303,7 +305,9 @@ def write_table(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
-        raise DataError(f"cannot write {path}: unknown suffix {path.suffix!r} (use .parquet or .csv)")
+        raise DataError(
+            f"cannot write {path}: unknown suffix {path.suffix!r} (use .parquet or .csv)"
+        )
     if suffix == ".csv":
         table = _lists_as_strings(table)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

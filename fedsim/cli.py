@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--with-split", action="store_true", help="add a train/val/test column")
     synth.add_argument("--seed", type=int, default=0)
 
+    bench = sub.add_parser("bench", help="benchmarks: overhead | crypto | scaling | many-clients",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
     report = sub.add_parser("report", help="summarise a finished run directory")
     report.add_argument("run_dir")
     return p
@@ -85,11 +89,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {"overhead": "overhead", "crypto": "crypto", "scaling": "scaling",
+              "many-clients": "many_clients"}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    from fedsim.errors import ConfigError
+
+    rest = list(args.bench_args)
+    if not rest or rest[0] not in BENCHMARKS:
+        raise ConfigError(f"fedsim bench: choose one of {', '.join(BENCHMARKS)}, "
+                          f"e.g. fedsim bench overhead --quick")
+    module = importlib.import_module(f"benchmarks.{BENCHMARKS[rest[0]]}")
+    return int(module.main(rest[1:]) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if not _has_gpu_hint():
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report}
+    handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report, "bench": _cmd_bench}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from builders import tiny_config
 
 from fedsim import load_run
 from fedsim.backend import InProcessBackend

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from builders import tiny_config
 
 from fedsim.aggregator import Manifest
 from fedsim.backend import InProcessBackend

@@ -81,11 +81,14 @@ def partition(
 
     ``vocab_size`` bounds the codes (default: largest code + 1); ``hospitals`` keeps
     only those hospitals, each of which must have rows; ``fractions`` (train, val,
-    test) and ``seed`` drive the stratified split when ``columns.split`` is None.
+    test) and ``seed`` drive the stratified split when ``columns.split`` is None
+    (with a split column, ``fractions`` and ``seed`` are unused).
     The split of a hospital depends on ``seed`` and its name only, so filtering other
     hospitals out does not change it.
     """
     fractions = _check_fractions(fractions)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be an integer >= 0, got {seed!r}")
     table = _columns.select(table, columns, hospitals)
     names = _columns.hospital_names(table, columns.hospital)
     labels = _columns.labels(table, columns.label)
@@ -93,9 +96,11 @@ def partition(
     codes, vocab = _columns.codes(table, columns.codes, vocab_size)
     split = None if columns.split is None else _columns.split_values(table, columns.split)
 
+    hospital_names, inverse = np.unique(names, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
     clients = []
-    for name in sorted(set(names.tolist())):
-        rows = np.flatnonzero(names == name)
+    for name, rows in zip(hospital_names.tolist(), groups, strict=True):
         if split is None:
             parts = _stratified_split(labels[rows], fractions, _hospital_rng(seed, name))
             parts = [rows[p] for p in parts]

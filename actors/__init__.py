@@ -6,5 +6,6 @@ package only chooses names, resources, thread limits and placement.
 """
 
 from actors.backend import RayBackend, actor_name, connect
+from actors.placement import check_capacity
 
-__all__ = ["RayBackend", "actor_name", "connect"]
+__all__ = ["RayBackend", "actor_name", "check_capacity", "connect"]

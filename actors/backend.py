@@ -4,21 +4,25 @@
   ``<run>/aggregator``, ``<run>/keyholder-<i>``.
 - Threads match the actor's CPUs: OMP_NUM_THREADS and XLA's CPU thread pool, or a
   few actors on two cores thrash each other. JAX never preallocates a shared GPU.
-- Key holders use the SPREAD strategy so they land on distinct nodes when there are
-  enough of them; clients are packed (Ray's default).
-- A request the cluster cannot satisfy fails before the run with the missing
-  resources named, and actors that cannot be placed in time fail the run, never hang.
+- Placement (`actors.placement`): clients and aggregator in one PACK placement
+  group, key holders in a STRICT_SPREAD one (one per node). A request the cluster
+  cannot satisfy fails before the run with the missing resources named, and groups
+  that cannot be placed in time fail the run, never hang.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayTaskError
+from ray.exceptions import RayTaskError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.placement import Placement, plan
 
 from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
@@ -71,46 +75,28 @@ def thread_env(res: ResourceSpec) -> dict[str, str]:
     return env
 
 
-def _needed(parties: Sequence[PartySpec]) -> dict[str, float]:
-    need = {"CPU": 0.0, "GPU": 0.0, "memory": 0.0}
-    for p in parties:
-        need["CPU"] += p.resources.num_cpus
-        need["GPU"] += p.resources.num_gpus
-        need["memory"] += (p.resources.memory_mb or 0) * 2**20
-    return need
-
-
-def check_capacity(parties: Sequence[PartySpec]) -> None:
-    """Refuse, before any actor starts, a request the cluster can never satisfy."""
-    have = ray.cluster_resources()
-    need = _needed(parties)
-    missing = []
-    for key, amount in need.items():
-        if amount > have.get(key, 0.0) + 1e-9:
-            unit = " bytes" if key == "memory" else ""
-            missing.append(f"{key} {amount:g}{unit} needed, cluster has {have.get(key, 0.0):g}")
-    per_actor_gpu = max((p.resources.num_gpus for p in parties), default=0.0)
-    if per_actor_gpu > 0 and have.get("GPU", 0.0) == 0:
-        missing.append("GPU requested but the cluster has no GPUs")
-    if missing:
-        raise ProtocolError("cannot place the run's actors: " + "; ".join(dict.fromkeys(missing)))
-
-
 class RayBackend:
     """Runs parties as Ray actors; implements `fedsim.backend.Backend`."""
 
-    def __init__(self, run_id: str, *, placement_timeout_s: float = 60.0) -> None:
+    def __init__(self, run_id: str, *, placement_timeout_s: float = 60.0,
+                 keyholder_spread: str = "best_effort",
+                 on_warning: Callable[[str], None] | None = None) -> None:
         if not ray.is_initialized():
             raise ProtocolError("RayBackend needs Ray initialised (see actors.connect)")
         self.run_id = run_id
         self.timeout = placement_timeout_s
+        self.spread = keyholder_spread
+        self.warn = on_warning or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3))
         self.handles: dict[str, Any] = {}
         self.names: dict[str, str] = {}
+        self.placement: Placement | None = None
 
     def start(self, parties: Sequence[PartySpec]) -> None:
-        check_capacity(parties)
+        self.placement = plan(self.run_id, parties, spread=self.spread,
+                              timeout_s=self.timeout, warn=self.warn)
         for spec in parties:
             res = spec.resources
+            group, index = self.placement.slots[spec.role]
             options: dict[str, Any] = {
                 "name": actor_name(self.run_id, spec.role),
                 "namespace": NAMESPACE,
@@ -118,50 +104,40 @@ class RayBackend:
                 "num_gpus": res.num_gpus,
                 "runtime_env": {"env_vars": thread_env(res)},
                 "max_restarts": 0,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    placement_group=group, placement_group_bundle_index=index),
             }
             if res.memory_mb:
                 options["memory"] = res.memory_mb * 2**20
-            if spec.kind == "keyholder":
-                options["scheduling_strategy"] = "SPREAD"
             self.handles[spec.role] = ray.remote(spec.cls).options(**options).remote(
                 *spec.args, **spec.kwargs)
             self.names[spec.role] = options["name"]
-        self._wait_ready(parties)
+        self._wait_ready()
 
-    def _wait_ready(self, parties: Sequence[PartySpec]) -> None:
-        """Wait for every actor's constructor; fail fast if some cannot be placed.
+    def _wait_ready(self) -> None:
+        """Wait for every actor's constructor, at most ten placement timeouts.
 
-        After ``placement_timeout_s`` the actors still pending are either unplaced
-        (their resources were never taken from the cluster: fail, naming them) or
-        placed and still initialising (JAX start-up on a loaded machine: keep waiting,
-        up to ten times the timeout).
+        Resources are already reserved by the placement groups, so a pending actor
+        is initialising (JAX start-up on a loaded machine), not waiting for a node.
         """
-        ready = {role: h.__ray_ready__.remote() for role, h in self.handles.items()}
-        need = _needed(parties)
-        deadline = self.timeout * 10
-        waited = 0.0
-        pending = list(ready.values())
-        while pending:
-            step = self.timeout if waited == 0 else min(self.timeout, 5.0)
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=step)
-            try:
-                ray.get(done)
-            except RayTaskError as err:
-                raise _unwrap(err) from None
-            waited += step
-            if not pending:
-                return
-            late = [r for r, ref in ready.items() if ref in pending]
-            total, free = ray.cluster_resources(), ray.available_resources()
-            placed = total.get("CPU", 0.0) - free.get("CPU", 0.0) >= need["CPU"] - 1e-6 and \
-                total.get("GPU", 0.0) - free.get("GPU", 0.0) >= need["GPU"] - 1e-6
-            if not placed or waited >= deadline:
-                what = "not placed" if not placed else "not initialised"
-                raise ProtocolError(
-                    f"actors {what} within {waited:g}s: {', '.join(late)} "
-                    f"(needed CPU {need['CPU']:g} GPU {need['GPU']:g}; "
-                    f"free CPU {free.get('CPU', 0.0):g} GPU {free.get('GPU', 0.0):g})"
-                )
+        ready = {h.__ray_ready__.remote(): role for role, h in self.handles.items()}
+        done, pending = ray.wait(list(ready), num_returns=len(ready),
+                                 timeout=self.timeout * 10)
+        try:
+            ray.get(done)
+        except RayTaskError as err:
+            raise _unwrap(err) from None
+        if pending:
+            late = ", ".join(ready[ref] for ref in pending)
+            raise ProtocolError(f"actors placed but not initialised within "
+                                f"{self.timeout * 10:g}s: {late}")
+
+    def node_ids(self) -> dict[str, str]:
+        """The Ray node id each party runs on (for placement checks and reports)."""
+        refs = {role: h.__ray_call__.remote(
+            lambda _self: ray.get_runtime_context().get_node_id())
+            for role, h in self.handles.items()}
+        return {role: ray.get(ref) for role, ref in refs.items()}
 
     def put(self, value: Any) -> Any:
         return ray.put(value)
@@ -190,6 +166,9 @@ class RayBackend:
     def shutdown(self) -> None:
         for role in list(self.handles):
             self.stop(role)
+        if self.placement is not None:
+            self.placement.remove()
+            self.placement = None
 
 
 def _unwrap(err: RayTaskError) -> BaseException:

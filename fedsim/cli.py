@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
+    sweep = sub.add_parser("sweep", help="run a privacy-budget sweep (e.g. the paper's Table 1)")
+    sweep.add_argument("sweep_file", help="e.g. configs/paper_eps_sweep.yaml")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides applied to every run")
+    sweep.add_argument("--out", help="results directory (default runs/<sweep name>-<timestamp>)")
+    sweep.add_argument("--address", help="Ray cluster address (as for run)")
+    sweep.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
+
     report = sub.add_parser("report", help="summarise a finished run directory")
     report.add_argument("run_dir")
     return p
@@ -59,6 +67,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     run_federated(cfg, out_dir=args.out, backend=args.backend, address=args.address,
                   reference=not args.no_reference)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from fedsim.sweep import load_sweep, run_sweep, sweep_config
+
+    spec = load_sweep(args.sweep_file)
+    for eps in spec.target_epsilons:
+        sweep_config(spec, eps, tuple(args.overrides))
+    out = Path(args.out or f"runs/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    table = run_sweep(spec, out, extra=tuple(args.overrides), backend=args.backend,
+                      address=args.address)
+    print((out / "sweep.md").read_text())
+    print(f"sweep {spec.name}: {table.num_rows} runs; table and plot in {out}")
     return 0
 
 
@@ -110,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _has_gpu_hint():
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report, "bench": _cmd_bench}
+    handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report, "bench": _cmd_bench,
+                "sweep": _cmd_sweep}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

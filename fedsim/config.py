@@ -213,6 +213,14 @@ class ResourcesConfig:
     aggregator: ResourceSpec = field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
     keyholder: ResourceSpec = field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
     placement_timeout_s: float = 60.0
+    # Key holders on distinct nodes, so one machine's compromise yields no quorum.
+    # strict: refuse to start on fewer nodes than key holders; best_effort: warn.
+    keyholder_spread: Literal["strict", "best_effort"] = "best_effort"
+
+    def __post_init__(self) -> None:
+        if not self.placement_timeout_s > 0:
+            raise ConfigError(f"resources.placement_timeout_s: must be > 0, "
+                              f"got {self.placement_timeout_s}")
 
 
 @dataclass(frozen=True)

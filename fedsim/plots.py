@@ -28,3 +28,24 @@ def plot_roc(report: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_sweep(rows: list[dict], path: str | Path, *, title: str) -> None:
+    """Final ROC AUC, balanced accuracy and precision against the privacy budget."""
+    labels = ["no DP" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}"
+              for r in rows]
+    x = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, name in (("auc", "ROC AUC"), ("balanced_accuracy", "balanced accuracy"),
+                      ("precision", "precision")):
+        ax.plot(x, [r[key] for r in rows], marker="o", label=name)
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("target epsilon (client level, delta as configured)")
+    ax.set_ylabel("test score, final global model")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)

@@ -18,6 +18,7 @@ from fedsim.data import ColumnSpec, FederatedDataset, SynthSpec, load_table, par
 from fedsim.data import synthetic_dataset
 from fedsim.progress import RoundProgress, summary_table
 from fedsim.results import RunWriter
+from fedsim.telemetry import RunTelemetry
 
 
 def load_dataset(cfg: RunConfig) -> FederatedDataset:
@@ -87,7 +88,9 @@ def run_federated(
         from actors import RayBackend, connect
 
         started_ray = connect(address)
-        parties = RayBackend(run_id, placement_timeout_s=cfg.resources.placement_timeout_s)
+        parties = RayBackend(run_id, placement_timeout_s=cfg.resources.placement_timeout_s,
+                             keyholder_spread=cfg.resources.keyholder_spread,
+                             on_warning=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     else:
         from fedsim.backend import InProcessBackend
 
@@ -109,11 +112,14 @@ def run_federated(
                                             "clip": plan.clip, "delta": plan.delta,
                                             "calibrated": plan.calibrated})
         federation.setup()
+        telemetry = RunTelemetry(run_id, ciphertexts_per_update=(
+            federation.crypto.num_ciphertexts if federation.crypto is not None else 0))
         with RoundProgress(cfg.federation.rounds, console) as progress:
             for r in range(cfg.federation.rounds):
                 record = federation.run_round(r)
                 records.append(record)
                 writer.round(record.row())
+                telemetry.record(record)
                 progress.update(record, record.extra.get("epsilon"))
         report = federation.final_report()
         report["title"] = f"{run_id}: test ROC, final global model"

@@ -170,10 +170,11 @@ def _client(
             DataWarning,
             stacklevel=3,
         )
-    # Standardise with this hospital's own training statistics only.
-    mean = numeric[train].mean(axis=0) if numeric.shape[1] else np.zeros(0)
-    std = numeric[train].std(axis=0) if numeric.shape[1] else np.ones(0)
-    std = np.where(std > 0, std, 1.0)
+    # Standardise with this hospital's own training statistics only. A constant column
+    # (std 0, or rounding noise around it) is only centred.
+    mean = numeric[train].mean(axis=0)
+    std = numeric[train].std(axis=0)
+    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
 
     def make(rows: np.ndarray) -> Split:
         scaled = ((numeric[rows] - mean) / std).astype(np.float32)

@@ -168,6 +168,8 @@ def generate_ehr(spec: SynthSpec, *, with_split: bool = False) -> pa.Table:
     sizes = [len(p["label"]) for p in parts]
     names = np.repeat([f"hospital-{h:0{width}d}" for h in range(spec.num_hospitals)], sizes)
     lengths = np.concatenate([p["lengths"] for p in parts])
+    if lengths.sum() >= 2**31:
+        raise DataError(f"SynthSpec asks for {lengths.sum()} codes; list<int32> holds < 2**31")
     offsets = np.zeros(lengths.size + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate([p["codes"] for p in parts]).astype(np.int32)

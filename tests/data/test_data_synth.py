@@ -165,3 +165,15 @@ def test_reference_logistic_regression_learns_but_not_trivially():
     dataset = synthetic_dataset(SynthSpec(patients_per_hospital=800))
     auc = reference_logistic_auc(dataset)
     assert 0.75 <= auc <= 0.95
+
+
+def test_distinct_code_sampler_falls_back_when_redraws_do_not_converge():
+    from fedsim.data.synth import _distinct_codes
+
+    p = np.arange(1, 11.0) ** -3  # so skewed that drawing all 10 codes by redraws stalls
+    lengths = np.array([10, 9, 1, 5, 10])
+    codes = _distinct_codes(np.random.default_rng(0), np.cumsum(p / p.sum()), lengths)
+    rows = np.split(codes, np.cumsum(lengths)[:-1])
+    assert [r.tolist() for r in rows][0] == list(range(10))
+    assert all(len(set(r)) == len(r) and (np.diff(r) > 0).all() for r in rows)
+    assert [len(r) for r in rows] == lengths.tolist()

@@ -1,0 +1,119 @@
+"""Timing whole fedsim rounds: one `Federation` per setting, on Ray or in-process.
+
+`Session` owns the backend choice and (for Ray) one local Ray for the whole benchmark;
+`Session.measure(cfg)` starts the parties, runs warm-up and measured rounds and returns
+the `RoundRecord`s, with peak memory of the driver and of every actor when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsim.config import RunConfig
+from fedsim.coordinator import PHASES, Federation, RoundRecord
+from fedsim.runner import load_dataset
+
+
+@dataclass
+class Measured:
+    """What one setting produced."""
+
+    records: list[RoundRecord]  # measured rounds only (warm-up excluded)
+    warmup: list[RoundRecord]
+    num_params: int
+    setup_s: float
+    peak_rss: dict[str, int] = field(default_factory=dict)  # label -> bytes
+
+
+def data_key(cfg: RunConfig) -> tuple:
+    return (cfg.seed, repr(cfg.data))
+
+
+class Session:
+    """One backend kind for a whole benchmark run; datasets cached by their config."""
+
+    def __init__(self, backend: str = "ray", *, num_cpus: int | None = None) -> None:
+        if backend not in ("ray", "inprocess"):
+            raise ValueError(f"backend must be 'ray' or 'inprocess', got {backend!r}")
+        self.backend = backend
+        self.num_cpus = num_cpus
+        self._started_ray = False
+        self._data: dict[tuple, Any] = {}
+        self._runs = 0
+
+    def __enter__(self) -> Session:
+        if self.backend == "ray":
+            from actors import connect
+
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+            self._started_ray = connect(num_cpus=self.num_cpus, include_dashboard=False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def dataset(self, cfg: RunConfig) -> Any:
+        key = data_key(cfg)
+        if key not in self._data:
+            self._data = {key: load_dataset(cfg)}  # keep one: datasets can be large
+        return self._data[key]
+
+    def _make_backend(self, run_id: str, cfg: RunConfig) -> Any:
+        if self.backend == "ray":
+            from actors import RayBackend
+
+            return RayBackend(run_id, placement_timeout_s=cfg.resources.placement_timeout_s)
+        from fedsim.backend import InProcessBackend
+
+        return InProcessBackend()
+
+    def measure(self, cfg: RunConfig, *, rounds: int, warmup: int = 1,
+                memory: bool = False) -> Measured:
+        """Set up ``cfg``'s parties, run ``warmup`` + ``rounds`` rounds, tear down."""
+        self._runs += 1
+        run_id = f"bench{os.getpid()}-{self._runs}"
+        dataset = self.dataset(cfg)
+        backend = self._make_backend(run_id, cfg)
+        sampler = None
+        try:
+            t0 = time.perf_counter()
+            federation = Federation(cfg, dataset, backend, run_id=run_id)
+            federation.setup()
+            setup_s = time.perf_counter() - t0
+            if memory:
+                from benchmarks._common import RssSampler
+
+                pids = {"driver": os.getpid(), **_actor_pids(backend)}
+                sampler = RssSampler(lambda: pids)
+                sampler.__enter__()
+            done = [federation.run_round(r) for r in range(warmup + rounds)]
+        finally:
+            if sampler is not None:
+                sampler.__exit__(None, None, None)
+            backend.shutdown()
+        return Measured(done[warmup:], done[:warmup], federation.num_params, setup_s,
+                        dict(sampler.peak) if sampler is not None else {})
+
+
+def _actor_pids(backend: Any) -> dict[str, int]:
+    handles = getattr(backend, "handles", None)
+    if not handles:
+        return {}
+    import ray
+
+    refs = {role: h.__ray_call__.remote(lambda self: os.getpid())
+            for role, h in handles.items()}
+    return {role: int(ray.get(ref)) for role, ref in refs.items()}
+
+
+def phase_row(record: RoundRecord) -> dict[str, float]:
+    """Per-phase seconds plus ``other``: round time not covered by the phases."""
+    row = {p: float(record.phases.get(p, 0.0)) for p in PHASES}
+    row["other"] = max(0.0, record.wall_s - sum(row.values()))
+    return row

@@ -1,0 +1,278 @@
+"""W3: crypto pipeline throughput, fedsim's code against a bare loop of the same OpenFHE calls.
+
+Every step takes the same input and yields the same output in both paths (bytes in,
+bytes out, or floats in, bytes out), so the ratio fedsim/bare is what fedsim's own
+plumbing costs: batch framing and CRCs, range and context checks, timing. Both paths
+use the very same CKKS context (same parameters); the bare path has its own 3 keys made
+with the same chained ``KeyGen``/``MultipartyKeyGen``. fedsim and bare calls alternate
+per client and per key holder so that drift of a shared machine hits both alike.
+
+Steps (values per second):
+- ``encrypt``: pack + encode + encrypt (``Packer.pack`` + ``Encryptor.encrypt_timed``'s
+  encode and encrypt time; bare: reshape, ``MakeCKKSPackedPlaintext``, ``Encrypt``).
+- ``serialize``: ciphertexts to one batch of bytes (bare: ``Serialize`` per ciphertext).
+- ``deserialize``: bytes to checked ciphertexts (``load_ciphertexts``; bare:
+  ``DeserializeCiphertextString``).
+- ``add``: a client's bytes into the running sum (``CiphertextSum.add``: deserialize,
+  checks, ``EvalAddInPlace``; bare: deserialize + ``EvalAddInPlace``).
+- ``partial_decrypt``: aggregate bytes to share bytes, per key holder
+  (``KeyShareHolder.partial_decrypt``; bare: deserialize, ``MultipartyDecryptLead/Main``,
+  ``Serialize``).
+- ``fuse``: share bytes to decoded values (``fuse_timed`` + ``Packer.unpack``; bare:
+  deserialize, ``MultipartyDecryptFusion``, decode).
+"""
+
+from __future__ import annotations
+
+from benchmarks._common import single_thread_env
+
+single_thread_env()
+
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks import _common as common  # noqa: E402
+
+STEPS = ("encrypt", "serialize", "deserialize", "add", "partial_decrypt", "fuse")
+
+
+def _bare_encrypt(cc, key, vector: np.ndarray, per_ct: int, complex_packing: bool):
+    t0 = time.perf_counter()
+    rows = np.zeros(-(-(vector.size + 1) // per_ct) * per_ct, np.float64)
+    rows[: vector.size] = vector
+    rows = rows.reshape(-1, per_ct)
+    if complex_packing:
+        rows = rows.view(np.complex128)
+    enc = time.perf_counter() - t0
+    ser = 0.0
+    payloads = []
+    for row in rows:
+        t0 = time.perf_counter()
+        ct = cc.Encrypt(key, cc.MakeCKKSPackedPlaintext(row))
+        t1 = time.perf_counter()
+        payloads.append(fhe.Serialize(ct, fhe.BINARY))
+        enc, ser = enc + t1 - t0, ser + time.perf_counter() - t1
+    return payloads, enc, ser
+
+
+def _bare_deserialize(payloads: Sequence[bytes]) -> list:
+    return [fhe.DeserializeCiphertextString(p, fhe.BINARY) for p in payloads]
+
+
+def measure_profile(profile: str, num_values: int, clients: int, holders: int,
+                    seed: int = 0) -> tuple[list[dict], dict]:
+    """One profile: rows (one per step and path) and a summary dict."""
+    from fedsim.crypto import (
+        CiphertextSum,
+        CKKSContext,
+        Encryptor,
+        KeyShareHolder,
+        Packer,
+        fuse_timed,
+    )
+    from fedsim.crypto.cipher import load_ciphertexts
+
+    ctx = CKKSContext.create(profile, max_contributors=clients, max_key_holders=holders)
+    cc = ctx.openfhe
+    blob = ctx.to_bytes()
+    parties = [KeyShareHolder(blob, i, holders) for i in range(holders)]
+    key = None
+    for party in parties:
+        key = party.keygen(key)
+    # Bare keys: the same chained key generation, straight through OpenFHE.
+    bare_keys = [cc.KeyGen()]
+    for _ in range(holders - 1):
+        bare_keys.append(cc.MultipartyKeyGen(bare_keys[-1].publicKey))
+    bare_pk = bare_keys[-1].publicKey
+
+    rng = np.random.default_rng(seed)
+    vectors = [rng.normal(0, 0.01, num_values).astype(np.float32) for _ in range(clients)]
+    # Public scale: 6 sigma of the sum of all clients fits the context's value bound.
+    scale = 0.9 * ctx.value_bound / (6 * 0.01 * clients)
+    packer = Packer(num_values, ctx.values_per_ciphertext)
+    per_ct = ctx.values_per_ciphertext
+    encryptor = Encryptor(ctx, key)
+    total = CiphertextSum(ctx, public_key=key)
+    secs = {(s, p): 0.0 for s in STEPS for p in ("fedsim", "bare")}
+    bare_sum = None
+    batch_bytes = 0
+    for i, vector in enumerate(vectors):
+        scaled = vector.astype(np.float64) * scale
+        for path in (("fedsim", "bare") if i % 2 == 0 else ("bare", "fedsim")):
+            if path == "fedsim":
+                t0 = time.perf_counter()
+                packed = packer.pack(scaled, 0.0)
+                pack_s = time.perf_counter() - t0
+                batch, times = encryptor.encrypt_timed(packed)
+                secs["encrypt", path] += pack_s + times["encode"] + times["encrypt"]
+                secs["serialize", path] += times["serialize"]
+                t0 = time.perf_counter()
+                load_ciphertexts(ctx, batch, kind="ciphertext")
+                secs["deserialize", path] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                total.add(batch, contributor=f"c{i}")
+                secs["add", path] += time.perf_counter() - t0
+                batch_bytes = len(batch)
+            else:
+                payloads, enc_s, ser_s = _bare_encrypt(cc, bare_pk, scaled, per_ct,
+                                                       ctx.complex_packing)
+                secs["encrypt", path] += enc_s
+                secs["serialize", path] += ser_s
+                t0 = time.perf_counter()
+                _bare_deserialize(payloads)
+                secs["deserialize", path] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                cts = _bare_deserialize(payloads)
+                if bare_sum is None:
+                    bare_sum = cts
+                else:
+                    for acc, ct in zip(bare_sum, cts):
+                        cc.EvalAddInPlace(acc, ct)
+                secs["add", path] += time.perf_counter() - t0
+
+    aggregate = total.result()
+    bare_aggregate = [fhe.Serialize(ct, fhe.BINARY) for ct in bare_sum]
+    shares, bare_shares = [], []
+    for i, party in enumerate(parties):
+        lead = i == 0
+        for path in (("fedsim", "bare") if i % 2 == 0 else ("bare", "fedsim")):
+            t0 = time.perf_counter()
+            if path == "fedsim":
+                shares.append(party.partial_decrypt(aggregate, lead=lead))
+            else:
+                cts = _bare_deserialize(bare_aggregate)
+                sk = bare_keys[i].secretKey
+                parts = cc.MultipartyDecryptLead(cts, sk) if lead else \
+                    cc.MultipartyDecryptMain(cts, sk)
+                bare_shares.append([fhe.Serialize(s, fhe.BINARY) for s in parts])
+            secs["partial_decrypt", path] += (time.perf_counter() - t0) / holders
+
+    t0 = time.perf_counter()
+    fused, _ = fuse_timed(ctx, shares)
+    fedsim_sum, _ = packer.unpack(fused)
+    secs["fuse", "fedsim"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loaded = [_bare_deserialize(s) for s in bare_shares]
+    bare_out = np.empty((len(bare_sum), per_ct))
+    for j, parts in enumerate(zip(*loaded)):
+        plain = cc.MultipartyDecryptFusion(list(parts))
+        plain.SetLength(ctx.slots)
+        bare_out[j] = plain.GetCKKSPackedValueArray().view(np.float64) if ctx.complex_packing \
+            else plain.GetRealPackedValueArray()
+    bare_vec = bare_out.reshape(-1)[:num_values]
+    secs["fuse", "bare"] = time.perf_counter() - t0
+
+    exact = np.sum([v.astype(np.float64) for v in vectors], axis=0)
+    errors = {"fedsim": float(np.abs(fedsim_sum / scale - exact).max()),
+              "bare": float(np.abs(bare_vec / scale - exact).max())}
+    # How many values each step processed in total (per holder for partial decryption).
+    counts = {"encrypt": clients, "serialize": clients, "deserialize": clients,
+              "add": clients, "partial_decrypt": 1, "fuse": 1}
+    rows = []
+    for step in STEPS:
+        for path in ("fedsim", "bare"):
+            s = secs[step, path]
+            rows.append({"profile": profile, "step": step, "path": path,
+                         "values": counts[step] * num_values, "seconds": s,
+                         "values_per_s": counts[step] * num_values / s,
+                         "bytes_per_value": batch_bytes / num_values,
+                         "max_abs_error": errors[path], "error_bound": ctx.error_bound / scale,
+                         "ring_dim": ctx.ring_dimension, "clients": clients,
+                         "key_holders": holders})
+    for row in rows:
+        other = next(r for r in rows if r["step"] == row["step"] and r["path"] == "bare")
+        row["fedsim_over_bare"] = (row["values_per_s"] / other["values_per_s"]
+                                   if row["path"] == "fedsim" else 1.0)
+    by = {r["step"]: r["fedsim_over_bare"] for r in rows if r["path"] == "fedsim"}
+    # "decrypt" headline: partial decryption, the dominant decryption step.
+    summary = {"profile": profile, "encrypt": by["encrypt"], "decrypt": by["partial_decrypt"],
+               "fuse": by["fuse"], "errors": errors, "bytes_per_value": batch_bytes / num_values}
+    return rows, summary
+
+
+def _plot(rows: list[dict], path) -> None:
+    plt = common.pyplot()
+    profiles = sorted({r["profile"] for r in rows}, key=lambda p: p != "secure")
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), squeeze=False)
+    for ax, profile in zip(axes[0], profiles):
+        x = np.arange(len(STEPS))
+        for k, path in enumerate(("fedsim", "bare")):
+            v = [next(r["values_per_s"] for r in rows if r["profile"] == profile and
+                      r["step"] == s and r["path"] == path) / 1e6 for s in STEPS]
+            ax.bar(x + (k - 0.5) * 0.38, v, 0.38, label=path)
+        ax.set_xticks(x, STEPS, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("million values / s (one core)")
+        ax.set_title(f"CKKS {profile}: fedsim vs bare OpenFHE loop")
+        ax.legend()
+    fig.tight_layout()
+    common.save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = common.parser("crypto", __doc__)
+    p.add_argument("--values", type=int, help="values per client (default 2,000,000)")
+    p.add_argument("--clients", type=int, help="clients (default 10)")
+    p.add_argument("--key-holders", type=int, default=3)
+    p.add_argument("--profiles", default="secure,fast")
+    args = p.parse_args(argv)
+    out = common.out_dir(args, "crypto")
+    n = args.values or (100_000 if args.quick else 2_000_000)
+    clients = args.clients or (3 if args.quick else 10)
+    profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
+
+    rows, summaries = [], []
+    for profile in profiles:
+        r, s = measure_profile(profile, n, clients, args.key_holders)
+        rows += r
+        summaries.append(s)
+    common.write_table(out / "crypto.parquet", rows)
+    _plot(rows, out / "crypto.png")
+    table = [{**{k: r[k] for k in ("profile", "step", "path", "seconds")},
+              "Mvalues_per_s": r["values_per_s"] / 1e6, "fedsim/bare": r["fedsim_over_bare"]}
+             for r in rows]
+    err_rows = [{"profile": s["profile"], "bytes/value": s["bytes_per_value"],
+                 "max abs error fedsim": s["errors"]["fedsim"],
+                 "max abs error bare": s["errors"]["bare"]} for s in summaries]
+    md = "\n".join([
+        "# crypto (W3): CKKS pipeline throughput, fedsim vs bare OpenFHE",
+        "",
+        f"- settings: {n:,} float32 values ~ N(0, 0.01) per client, {clients} clients, "
+        f"{args.key_holders} key holders, one process, OMP_NUM_THREADS=1"
+        + (" (--quick)" if args.quick else ""),
+        f"- command: `python -m benchmarks.crypto{' --quick' if args.quick else ''}`",
+        *common.machine_lines(),
+        "- values/s: encrypt, serialize, deserialize and add over all clients' values; "
+        "partial_decrypt per key holder; fuse over the aggregate. See the module docstring "
+        "for what each step includes in each path.",
+        "",
+        common.md_table(table, ["profile", "step", "path", "seconds", "Mvalues_per_s",
+                                "fedsim/bare"],
+                        {"seconds": ".3f", "Mvalues_per_s": ".2f", "fedsim/bare": ".2f"}),
+        "",
+        "Error of the decrypted sum against a float64 sum of the float32 inputs:",
+        "",
+        common.md_table(err_rows, list(err_rows[0]),
+                        {"bytes/value": ".1f", "max abs error fedsim": ".2e",
+                         "max abs error bare": ".2e"}),
+        "",
+        "![throughput](crypto.png)",
+        "",
+    ])
+    common.write_text(out / "crypto.md", md)
+    for s in summaries:
+        print(f"crypto {s['profile']}: fedsim/bare encrypt = {s['encrypt']:.2f}  "
+              f"decrypt = {s['decrypt']:.2f}  fuse = {s['fuse']:.2f}  "
+              f"max error {s['errors']['fedsim']:.1e}")
+    head = summaries[0]
+    print(f"crypto {head['profile']}: fedsim/bare encrypt = {head['encrypt']:.2f}  "
+          f"decrypt = {head['decrypt']:.2f}")
+    return 0
+
+
+import openfhe as fhe  # noqa: E402  (after single_thread_env, which OpenMP reads)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,6 +20,11 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError
+
+try:
+    from ray.exceptions import AuthenticationError
+except ImportError:  # Ray before token authentication
+    AuthenticationError = ConnectionError  # type: ignore[misc,assignment]
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import Placement, plan
@@ -50,11 +55,36 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         kwargs["num_cpus"] = num_cpus
         if include_dashboard is not None:
             kwargs["include_dashboard"] = include_dashboard
+    else:
+        _use_token_if_available()
     try:
         ray.init(address=address, **kwargs)
-    except ConnectionError as err:
-        raise ProtocolError(f"cannot connect to Ray at {address}: {err}") from None
+    except (ConnectionError, AuthenticationError) as err:
+        hint = ""
+        if "auth" in str(err).lower():
+            hint = (" (the cluster uses token authentication: copy its token to "
+                    "~/.ray/auth_token or set RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token)")
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ProtocolError(f"cannot connect to Ray at {address}: {first}{hint}") from None
     return True
+
+
+def _use_token_if_available() -> None:
+    """Send the local token (~/.ray/auth_token, RAY_AUTH_TOKEN) when joining a cluster.
+
+    Ray 2.5x+ starts clusters with token authentication on, but a driver that joins
+    one only sends its token when RAY_AUTH_MODE=token; without it the connection is
+    refused. An explicit RAY_AUTH_MODE is respected.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # older Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def thread_env(res: ResourceSpec) -> dict[str, str]:

@@ -31,6 +31,7 @@ from fedsim.errors import ProtocolError
 _MIN_CPU = 0.001
 _ROLE_KEY = {"client": "resources.client", "aggregator": "resources.aggregator",
              "keyholder": "resources.keyholder"}
+_FIELD = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_mb"}
 
 
 def bundle(res: ResourceSpec) -> dict[str, float]:
@@ -87,8 +88,9 @@ def check_capacity(parties: Sequence[PartySpec]) -> None:
             lacking = {k: v for k, v in one.items() if max(
                 (n.get(k, 0.0) for n in nodes), default=0.0) + 1e-9 < v}
             largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in lacking}
-            problems.append(f"each {kind} asks for {_fmt(lacking)} ({_ROLE_KEY[kind]}) but "
-                            f"no node has that much (largest: {_fmt(largest)})")
+            keys = ", ".join(f"{_ROLE_KEY[kind]}.{_FIELD[k]}" for k in lacking)
+            problems.append(f"each {kind} asks for {_fmt(lacking)} ({keys}) but no node "
+                            f"has that much (largest: {_fmt(largest)})")
     for key, value in total.items():
         if value > have.get(key, 0.0) + 1e-9:
             problems.append(f"the run needs {_fmt({key: value})} in all, the cluster has "

@@ -95,7 +95,10 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
     per_ct = ctx.values_per_ciphertext
     encryptor = Encryptor(ctx, key)
     total = CiphertextSum(ctx, public_key=key)
-    secs = {(s, p): 0.0 for s in STEPS for p in ("fedsim", "bare")}
+    # Seconds per client (per key holder for partial decryption), one list per step and
+    # path; throughput comes from the median, which a busy shared machine disturbs least.
+    secs: dict[tuple[str, str], list[float]] = {(s, p): [] for s in STEPS
+                                                for p in ("fedsim", "bare")}
     bare_sum = None
     batch_bytes = 0
     for i, vector in enumerate(vectors):
@@ -106,23 +109,23 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 packed = packer.pack(scaled, 0.0)
                 pack_s = time.perf_counter() - t0
                 batch, times = encryptor.encrypt_timed(packed)
-                secs["encrypt", path] += pack_s + times["encode"] + times["encrypt"]
-                secs["serialize", path] += times["serialize"]
+                secs["encrypt", path].append(pack_s + times["encode"] + times["encrypt"])
+                secs["serialize", path].append(times["serialize"])
                 t0 = time.perf_counter()
                 load_ciphertexts(ctx, batch, kind="ciphertext")
-                secs["deserialize", path] += time.perf_counter() - t0
+                secs["deserialize", path].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 total.add(batch, contributor=f"c{i}")
-                secs["add", path] += time.perf_counter() - t0
+                secs["add", path].append(time.perf_counter() - t0)
                 batch_bytes = len(batch)
             else:
                 payloads, enc_s, ser_s = _bare_encrypt(cc, bare_pk, scaled, per_ct,
                                                        ctx.complex_packing)
-                secs["encrypt", path] += enc_s
-                secs["serialize", path] += ser_s
+                secs["encrypt", path].append(enc_s)
+                secs["serialize", path].append(ser_s)
                 t0 = time.perf_counter()
                 _bare_deserialize(payloads)
-                secs["deserialize", path] += time.perf_counter() - t0
+                secs["deserialize", path].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 cts = _bare_deserialize(payloads)
                 if bare_sum is None:
@@ -130,7 +133,7 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 else:
                     for acc, ct in zip(bare_sum, cts):
                         cc.EvalAddInPlace(acc, ct)
-                secs["add", path] += time.perf_counter() - t0
+                secs["add", path].append(time.perf_counter() - t0)
 
     aggregate = total.result()
     bare_aggregate = [fhe.Serialize(ct, fhe.BINARY) for ct in bare_sum]
@@ -147,36 +150,35 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 parts = cc.MultipartyDecryptLead(cts, sk) if lead else \
                     cc.MultipartyDecryptMain(cts, sk)
                 bare_shares.append([fhe.Serialize(s, fhe.BINARY) for s in parts])
-            secs["partial_decrypt", path] += (time.perf_counter() - t0) / holders
+            secs["partial_decrypt", path].append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    fused, _ = fuse_timed(ctx, shares)
-    fedsim_sum, _ = packer.unpack(fused)
-    secs["fuse", "fedsim"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loaded = [_bare_deserialize(s) for s in bare_shares]
-    bare_out = np.empty((len(bare_sum), per_ct))
-    for j, parts in enumerate(zip(*loaded)):
-        plain = cc.MultipartyDecryptFusion(list(parts))
-        plain.SetLength(ctx.slots)
-        bare_out[j] = plain.GetCKKSPackedValueArray().view(np.float64) if ctx.complex_packing \
-            else plain.GetRealPackedValueArray()
-    bare_vec = bare_out.reshape(-1)[:num_values]
-    secs["fuse", "bare"] = time.perf_counter() - t0
+    for _ in range(3):  # fusion is fast: repeat it for a steadier median
+        t0 = time.perf_counter()
+        fused, _ = fuse_timed(ctx, shares)
+        fedsim_sum, _ = packer.unpack(fused)
+        secs["fuse", "fedsim"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        loaded = [_bare_deserialize(s) for s in bare_shares]
+        bare_out = np.empty((len(bare_sum), per_ct))
+        for j, parts in enumerate(zip(*loaded)):
+            plain = cc.MultipartyDecryptFusion(list(parts))
+            plain.SetLength(ctx.slots)
+            bare_out[j] = plain.GetCKKSPackedValueArray().view(np.float64) \
+                if ctx.complex_packing else plain.GetRealPackedValueArray()
+        bare_vec = bare_out.reshape(-1)[:num_values]
+        secs["fuse", "bare"].append(time.perf_counter() - t0)
 
     exact = np.sum([v.astype(np.float64) for v in vectors], axis=0)
     errors = {"fedsim": float(np.abs(fedsim_sum / scale - exact).max()),
               "bare": float(np.abs(bare_vec / scale - exact).max())}
     # How many values each step processed in total (per holder for partial decryption).
-    counts = {"encrypt": clients, "serialize": clients, "deserialize": clients,
-              "add": clients, "partial_decrypt": 1, "fuse": 1}
     rows = []
     for step in STEPS:
         for path in ("fedsim", "bare"):
-            s = secs[step, path]
+            s = float(np.median(secs[step, path]))
             rows.append({"profile": profile, "step": step, "path": path,
-                         "values": counts[step] * num_values, "seconds": s,
-                         "values_per_s": counts[step] * num_values / s,
+                         "values": num_values, "seconds": s, "repeats": len(secs[step, path]),
+                         "values_per_s": num_values / s,
                          "bytes_per_value": batch_bytes / num_values,
                          "max_abs_error": errors[path], "error_bound": ctx.error_bound / scale,
                          "ring_dim": ctx.ring_dimension, "clients": clients,
@@ -244,9 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (--quick)" if args.quick else ""),
         f"- command: `python -m benchmarks.crypto{' --quick' if args.quick else ''}`",
         *common.machine_lines(),
-        "- values/s: encrypt, serialize, deserialize and add over all clients' values; "
-        "partial_decrypt per key holder; fuse over the aggregate. See the module docstring "
-        "for what each step includes in each path.",
+        "- values/s: values of one client's vector (or of the aggregate) over the median "
+        "seconds per client (encrypt, serialize, deserialize, add), per key holder "
+        "(partial_decrypt) or per repeat (fuse, 3 repeats); fedsim and bare calls alternate. "
+        "See the module docstring for what each step includes in each path.",
         "",
         common.md_table(table, ["profile", "step", "path", "seconds", "Mvalues_per_s",
                                 "fedsim/bare"],

@@ -1,0 +1,90 @@
+"""Placement on the session's single-node Ray (4 CPUs): spread policy, capacity, timeouts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from actors import RayBackend, check_capacity
+from fedsim.backend import PartySpec
+from fedsim.config import ResourceSpec
+from fedsim.errors import ProtocolError
+
+pytestmark = pytest.mark.ray
+
+
+def _party_class():
+    class Party:  # defined in a function so Ray ships it by value to its workers
+        def ping(self) -> str:
+            return "pong"
+
+    return Party
+
+
+def _parties(clients: int = 2, holders: int = 2, *, client_cpus: float = 0.25):
+    cls = _party_class()
+    specs = [PartySpec(f"client:h{i}", cls, resources=ResourceSpec(num_cpus=client_cpus))
+             for i in range(clients)]
+    specs += [PartySpec(f"keyholder:{i}", cls, resources=ResourceSpec(num_cpus=0.1),
+                        kind="keyholder") for i in range(holders)]
+    return specs
+
+
+def test_best_effort_spread_warns_before_starting_and_still_runs(ray_session):
+    warnings: list[str] = []
+    backend = RayBackend("pl-best", keyholder_spread="best_effort", on_warning=warnings.append)
+    try:
+        backend.start(_parties())
+        assert len(warnings) == 1
+        assert warnings[0].startswith("2 key holders but only 1 node(s) can host one")
+        assert ray_session.get(backend.call("keyholder:1", "ping")) == "pong"
+        nodes = backend.node_ids()
+        assert len(set(nodes.values())) == 1 and set(nodes) == {
+            "client:h0", "client:h1", "keyholder:0", "keyholder:1"}
+        named = ray_session.get_actor("pl-best/keyholder-0", namespace="fedsim")
+        assert ray_session.get(named.ping.remote()) == "pong"
+    finally:
+        backend.shutdown()
+    assert backend.placement is None
+
+
+def test_strict_spread_refuses_before_any_actor_starts(ray_session):
+    backend = RayBackend("pl-strict", keyholder_spread="strict")
+    with pytest.raises(ProtocolError, match=r"2 key holders but only 1 node\(s\).*"
+                                            r"resources.keyholder_spread: best_effort"):
+        backend.start(_parties())
+    assert backend.handles == {}
+    listed = {a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True)}
+    assert not any(n.startswith("pl-strict/") for n in listed)
+
+
+def test_capacity_error_names_the_config_key_and_the_shortfall(ray_session):
+    with pytest.raises(ProtocolError) as err:
+        check_capacity(_parties(clients=3, holders=0, client_cpus=8))
+    text = str(err.value)
+    assert "each client asks for CPU 8 (resources.client.num_cpus)" in text
+    assert "the run needs CPU 24 in all, the cluster has CPU 4" in text
+
+
+def test_unplaceable_group_fails_within_the_timeout_naming_missing_resources(ray_session):
+    @ray_session.remote(num_cpus=3)
+    class Blocker:
+        def ping(self) -> int:
+            return 1
+
+    blocker = Blocker.remote()
+    ray_session.get(blocker.ping.remote())  # 3 of the 4 CPUs now taken
+    backend = RayBackend("pl-late", placement_timeout_s=1.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ProtocolError) as err:
+            backend.start(_parties(clients=2, holders=0, client_cpus=1))
+    finally:
+        ray_session.kill(blocker)
+    assert time.monotonic() - t0 < 15
+    text = str(err.value)
+    assert text.startswith("actors not placed within 1.5s (resources.placement_timeout_s)")
+    assert "client:h0, client:h1" in text and "they need CPU 2" in text
+    groups = ray_session.util.placement_group_table().values()
+    assert all(g["state"] == "REMOVED" for g in groups if g["name"] == "pl-late/parties")

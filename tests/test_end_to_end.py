@@ -1,0 +1,79 @@
+"""The CLI on the shipped quick config, and encrypted vs plaintext over 20 rounds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim import load_config, load_run
+from fedsim.backend import InProcessBackend
+from fedsim.coordinator import Federation, run_rounds
+from fedsim.results import flatten_params
+from fedsim.runner import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "configs/quick.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`fedsim run configs/quick.yaml` exactly as the README's demo runs it (he, secure)."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", str(QUICK), "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_demo_reaches_auc_075_and_prints_a_reference(demo_run):
+    out, log = demo_run
+    run = load_run(out)
+    assert run.config.federation.mode == "he" and run.config.crypto.profile == "secure"
+    assert run.rounds.num_rows == 20
+    assert run.metrics["pooled"]["auc"] >= 0.75
+    assert "centralized logistic-regression reference" in log
+    assert run.manifest["reference_logistic_auc"] > 0.75
+    assert "round 20/20" in log and "crypto" in log
+    enc = run.rounds.column("t_encrypt_s").to_pylist()
+    pdec = run.rounds.column("t_partial_decrypt_s").to_pylist()
+    assert all(t > 0 for t in enc) and all(t > 0 for t in pdec)
+    assert json.loads((out / "metrics.json").read_text())["pooled"]["n"] > 1000
+
+
+def _plaintext_quick(rounds=20):
+    cfg = load_config(QUICK, ["federation.mode=plaintext"])
+    fed = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="plain")
+    fed.setup()
+    return fed, run_rounds(fed, rounds)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_secure_he_demo_matches_plaintext_auc(demo_run):
+    out, _ = demo_run
+    run = load_run(out)
+    plain, records = _plaintext_quick()
+    assert abs(run.metrics["pooled"]["auc"] - records[-1].metrics.auc) <= 1e-3
+    secure = np.concatenate([v.ravel() for v in flatten_params(run.params).values()])
+    exact = np.concatenate([v.ravel() for v in flatten_params(plain.params).values()])
+    # The secure profile floods each decryption with noise (about 1e-5 per value here);
+    # local SGD amplifies it a little each round, so only a loose bound holds.
+    assert np.max(np.abs(secure - exact)) < 0.05
+
+
+@pytest.mark.slow
+def test_fast_he_matches_plaintext_to_1e5_after_20_rounds():
+    cfg = load_config(QUICK, ["crypto.profile=fast"])
+    enc = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="fast")
+    enc.setup()
+    enc_records = run_rounds(enc, 20)
+    plain, records = _plaintext_quick()
+    assert np.max(np.abs(enc.state.params - plain.state.params)) <= 1e-5
+    assert round(enc_records[-1].metrics.auc, 3) == round(records[-1].metrics.auc, 3)

@@ -28,7 +28,6 @@ except ImportError:  # Ray before token authentication
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import Placement, plan
-
 from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
 from fedsim.errors import FedSimError, ProtocolError

@@ -76,13 +76,12 @@ def check_capacity(parties: Sequence[PartySpec]) -> None:
             have[key] = have.get(key, 0.0) + value
     problems = []
     total: dict[str, float] = {}
-    by_kind: dict[str, tuple[int, ResourceSpec]] = {}
+    by_kind: dict[str, ResourceSpec] = {}  # one resource spec per role in the config
     for p in parties:
-        count, _ = by_kind.get(p.kind, (0, p.resources))
-        by_kind[p.kind] = (count + 1, p.resources)
+        by_kind.setdefault(p.kind, p.resources)
         for key, value in bundle(p.resources).items():
             total[key] = total.get(key, 0.0) + value
-    for kind, (count, res) in by_kind.items():
+    for kind, res in by_kind.items():
         one = bundle(res)
         if not any(_fits(node, one) for node in nodes):
             lacking = {k: v for k, v in one.items() if max(

@@ -1,4 +1,4 @@
-"""Helpers: a real multi-node Ray cluster on loopback, started with ``ray start`` and stopped by pid.
+"""Helpers: a multi-node Ray cluster on loopback, from ``ray start``, stopped by pid.
 
 Each node is a ``ray start --block`` process in its own session; stopping kills those
 process groups (never ``ray stop``, which would end every Ray on the machine, including

@@ -12,8 +12,8 @@ from fedsim.metrics import BinaryMetrics
 
 
 def _record(**changes) -> RoundRecord:
-    metrics = BinaryMetrics(n=100, positives=20, loss=0.5, auc=0.75, pr_auc=0.5, balanced_accuracy=0.6,
-                            precision=0.5, recall=0.5, threshold=0.5)
+    metrics = BinaryMetrics(n=100, positives=20, loss=0.5, auc=0.75, pr_auc=0.5,
+                            balanced_accuracy=0.6, precision=0.5, recall=0.5, threshold=0.5)
     base = dict(round=3, wall_s=1.5, phases={"train": 1.0, "encrypt": 0.2}, clients=("a", "b"),
                 dropped=("c",), bytes_up=2000, bytes_down=800, loss=0.4, metrics=metrics,
                 extra={"epsilon": 1.25})

@@ -59,6 +59,7 @@ class SameSampling(FedAvg):
 
     def configure_fit(self, server_round, parameters, client_manager):
         self.starts.append(time.perf_counter())
+        client_manager.wait_for(self.clients, timeout=600)  # every supernode registered
         nodes = sorted(client_manager.all().items())  # stable node <-> client mapping
         chosen = _w2.sample_round(self.seed, server_round - 1, self.clients, self.per_round)
         return [(nodes[int(c)][1], FitIns(parameters, {"cid": int(c)})) for c in chosen]

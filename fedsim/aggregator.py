@@ -4,8 +4,9 @@ In `plaintext` mode a contribution is a float64 vector (weighted delta plus the
 weight as its last value), checked on arrival and summed in client-name order at
 `finish`, so the float result never depends on arrival order; in `he` mode it is a
 ciphertext batch (bytes) that is deserialized and added to a running encrypted sum
-immediately (CKKS addition is exact modular arithmetic, so order does not matter). `finish` returns the
-aggregate with a `Manifest` that the key holders check before they decrypt.
+immediately (CKKS addition is exact modular arithmetic, so order does not matter).
+`finish` returns the aggregate with a `Manifest` that the key holders check before
+they decrypt.
 """
 
 from __future__ import annotations

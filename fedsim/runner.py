@@ -14,8 +14,14 @@ from rich.console import Console
 
 from fedsim.config import RunConfig
 from fedsim.coordinator import Federation, RoundRecord
-from fedsim.data import ColumnSpec, FederatedDataset, SynthSpec, load_table, partition
-from fedsim.data import synthetic_dataset
+from fedsim.data import (
+    ColumnSpec,
+    FederatedDataset,
+    SynthSpec,
+    load_table,
+    partition,
+    synthetic_dataset,
+)
 from fedsim.progress import RoundProgress, summary_table
 from fedsim.results import RunWriter
 from fedsim.telemetry import RunTelemetry

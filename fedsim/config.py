@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from fedsim.data.loader import ColumnSpec
 from fedsim.errors import ConfigError
 
 
@@ -36,24 +37,13 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class ColumnsConfig:
-    """Which columns of a user's table mean what."""
-
-    hospital: str = "hospital"
-    label: str = "label"
-    codes: str | None = "codes"
-    numeric: tuple[str, ...] = ()
-    split: str | None = None
-
-
-@dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from: `synthetic` (generated in memory) or a Parquet/CSV path."""
 
     source: Literal["synthetic", "file"] = "synthetic"
     path: str | None = None
     synth: SynthConfig = field(default_factory=SynthConfig)
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
     hospitals: tuple[str, ...] | None = None
     vocab_size: int | None = None
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)

@@ -315,23 +315,23 @@ class Federation:
         """Current global parameters as a tree."""
         return self.unravel(self.state.params)
 
+    def _threshold(self, params: dict) -> float:
+        """The pooled-validation Youden point (0.5 without a validation split)."""
+        if not len(self.pooled_val):
+            return 0.5
+        val_probs = predict(self.model, params, self.pooled_val)
+        return youden_threshold(self.pooled_val.labels, val_probs)
+
     def evaluate(self) -> BinaryMetrics:
         """Pooled test metrics, thresholded at the pooled-validation Youden point."""
         params = self.params
-        threshold = 0.5
-        if len(self.pooled_val):
-            val_probs = predict(self.model, params, self.pooled_val)
-            threshold = youden_threshold(self.pooled_val.labels, val_probs)
         probs = predict(self.model, params, self.pooled_test)
-        return evaluate(self.pooled_test.labels, probs, threshold=threshold)
+        return evaluate(self.pooled_test.labels, probs, threshold=self._threshold(params))
 
     def final_report(self) -> dict:
         """Per-hospital and pooled test metrics with ROC points, for the final model."""
         params = self.params
-        threshold = 0.5
-        if len(self.pooled_val):
-            val_probs = predict(self.model, params, self.pooled_val)
-            threshold = youden_threshold(self.pooled_val.labels, val_probs)
+        threshold = self._threshold(params)
         report = {"threshold": threshold, "hospitals": {}}
         for c in self.dataset.clients:
             probs = predict(self.model, params, c.test)

@@ -7,7 +7,7 @@ backend. Ray is imported only when the Ray backend is chosen.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +15,6 @@ from rich.console import Console
 from fedsim.config import RunConfig
 from fedsim.coordinator import Federation, RoundRecord
 from fedsim.data import (
-    ColumnSpec,
     FederatedDataset,
     SynthSpec,
     load_table,
@@ -31,21 +30,9 @@ def load_dataset(cfg: RunConfig) -> FederatedDataset:
     """The federated dataset a config describes (generated or read from a file)."""
     d = cfg.data
     if d.source == "synthetic":
-        s = d.synth
-        spec = SynthSpec(
-            num_hospitals=s.num_hospitals,
-            patients_per_hospital=s.patients_per_hospital,
-            vocab_size=s.vocab_size,
-            mean_codes=s.mean_codes,
-            zipf_exponent=s.zipf_exponent,
-            numeric_features=s.numeric_features,
-            seed=cfg.seed,
-        )
+        spec = SynthSpec(**asdict(d.synth), seed=cfg.seed)
         return synthetic_dataset(spec, fractions=d.fractions, seed=cfg.seed)
-    c = d.columns
-    columns = ColumnSpec(hospital=c.hospital, label=c.label, codes=c.codes,
-                         numeric=tuple(c.numeric), split=c.split)
-    return partition(load_table(d.path), columns, vocab_size=d.vocab_size,
+    return partition(load_table(d.path), d.columns, vocab_size=d.vocab_size,
                      hospitals=d.hospitals, fractions=d.fractions, seed=cfg.seed)
 
 

@@ -219,37 +219,7 @@ class Federation:
                 f"round {round_idx}: {len(sampled)} client(s) sampled, "
                 f"min_clients is {fed.min_clients}"
             )
-        global_ref = self.backend.put(self.state.params)
-        self.backend.get(self.backend.call("aggregator", "begin", round_idx))
-        pending = {}
-        for name in sampled:
-            meta_h, payload_h = self.backend.call(f"client:{name}", "train", round_idx,
-                                                  global_ref, num_returns=2)
-            pending[meta_h] = (name, payload_h)
-
-        metas: dict[str, UpdateMeta] = {}
-        adds = {}
-        dropped: list[str] = []
-        waiting = list(pending)
-        while waiting:
-            ready, waiting = self.backend.wait(waiting)
-            for h in ready:
-                name, payload_h = pending[h]
-                try:
-                    metas[name] = self.backend.get(h)
-                except FedSimError as err:
-                    dropped.append(name)
-                    self._warn(f"round {round_idx}: dropped {name}: {err}")
-                    continue
-                adds[name] = self.backend.call("aggregator", "add", name, payload_h)
-        arrivals = {}
-        for name, h in adds.items():
-            try:
-                arrivals[name] = self.backend.get(h)
-            except (CryptoError, ProtocolError) as err:
-                dropped.append(name)
-                metas.pop(name, None)
-                self._warn(f"round {round_idx}: dropped {name}: {err}")
+        metas, arrivals, dropped = self._train_and_collect(round_idx, sampled)
         if len(metas) < fed.min_clients:
             last = f"; last problem: {self.warnings[-1]}" if self.warnings else ""
             raise ProtocolError(
@@ -300,6 +270,47 @@ class Federation:
             metrics=test_metrics,
             extra=extra,
         )
+
+    def _train_and_collect(self, round_idx: int, sampled: list[str]
+                           ) -> tuple[dict[str, UpdateMeta], dict[str, float], list[str]]:
+        """Steps 1-3: put the global parameters once, train, stream payloads to the aggregator.
+
+        A payload goes to the aggregator as soon as its client reports, as a handle: it
+        never passes through the coordinator. A client that fails, or whose payload the
+        aggregator rejects, is dropped with a warning naming it.
+        """
+        global_ref = self.backend.put(self.state.params)
+        self.backend.get(self.backend.call("aggregator", "begin", round_idx))
+        pending = {}
+        for name in sampled:
+            meta_h, payload_h = self.backend.call(f"client:{name}", "train", round_idx,
+                                                  global_ref, num_returns=2)
+            pending[meta_h] = (name, payload_h)
+        metas: dict[str, UpdateMeta] = {}
+        adds = {}
+        dropped: list[str] = []
+        waiting = list(pending)
+        while waiting:
+            ready, waiting = self.backend.wait(waiting)
+            for h in ready:
+                name, payload_h = pending[h]
+                try:
+                    metas[name] = self.backend.get(h)
+                except Exception as err:  # a refused update or a lost actor: drop it
+                    dropped.append(name)
+                    what = str(err) if isinstance(err, FedSimError) else type(err).__name__
+                    self._warn(f"round {round_idx}: dropped {name}: {what}")
+                    continue
+                adds[name] = self.backend.call("aggregator", "add", name, payload_h)
+        arrivals = {}
+        for name, h in adds.items():
+            try:
+                arrivals[name] = self.backend.get(h)
+            except (CryptoError, ProtocolError) as err:
+                dropped.append(name)
+                metas.pop(name, None)
+                self._warn(f"round {round_idx}: dropped {name}: {err}")
+        return metas, arrivals, dropped
 
     def _finish_aggregate(self):
         manifest_h, aggregate_h, seconds_h = self.backend.call("aggregator", "finish",

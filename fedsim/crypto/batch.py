@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from fedsim.errors import CryptoError
 
@@ -57,12 +57,26 @@ def _header(blob: bytes) -> tuple[int, int]:
 
 def decode_batch(blob: bytes, *, kind: str | None = "ciphertext") -> list[bytes]:
     """Split a batch into payloads, checking framing, CRCs and (unless None) the kind."""
+    return list(iter_batch(blob, kind=kind))
+
+
+def batch_count(blob: bytes, *, kind: str | None = "ciphertext") -> int:
+    """Number of items a batch's header announces (checks the header and the kind)."""
     found, count = _header(blob)
     if kind is not None and KINDS[found] != kind:
         raise CryptoError(f"expected a {kind} batch, got a {KINDS[found]} batch")
+    return count
+
+
+def iter_batch(blob: bytes, *, kind: str | None = "ciphertext") -> Iterator[bytes]:
+    """Yield a batch's payloads one at a time, with the checks of ``decode_batch``.
+
+    Lets a caller deserialize, use and drop one ciphertext at a time, so peak memory
+    stays near the size of the batch instead of a multiple of it.
+    """
+    count = batch_count(blob, kind=kind)
     view = memoryview(blob)
     offset = _HEAD.size
-    payloads = []
     for i in range(count):
         if offset + _ITEM.size > len(blob):
             raise CryptoError(f"batch truncated at item {i} of {count}")
@@ -73,8 +87,7 @@ def decode_batch(blob: bytes, *, kind: str | None = "ciphertext") -> list[bytes]
         payload = bytes(view[offset : offset + size])
         if zlib.crc32(payload) != crc:
             raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
-        payloads.append(payload)
         offset += size
+        yield payload
     if offset != len(blob):
         raise CryptoError(f"batch has {len(blob) - offset} trailing bytes after {count} items")
-    return payloads

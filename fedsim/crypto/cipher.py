@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import openfhe as fhe
 
-from fedsim.crypto.batch import batch_kind, decode_batch, encode_batch
+from fedsim.crypto.batch import batch_count, batch_kind, encode_batch, iter_batch
 from fedsim.crypto.context import CKKSContext
 from fedsim.errors import CryptoError
 
 
 def load_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> list[Any]:
     """Deserialize and sanity-check every ciphertext of a batch of ``kind``."""
+    return list(iter_ciphertexts(context, batch, kind=kind))
+
+
+def iter_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> Iterator[Any]:
+    """Deserialize and check a batch's ciphertexts one at a time (bounded memory)."""
     elements = 2 if kind == "ciphertext" else 1
-    cts = []
-    for i, payload in enumerate(decode_batch(batch, kind=kind)):
+    for i, payload in enumerate(iter_batch(batch, kind=kind)):
         try:
             ct = fhe.DeserializeCiphertextString(payload, fhe.BINARY)
         except RuntimeError as exc:  # OpenFHE reports malformed input as RuntimeError
@@ -44,8 +48,7 @@ def load_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> list[A
             or ct.GetEncodingType() != fhe.CKKS_PACKED_ENCODING
         ):
             raise CryptoError(f"item {i} is not a fresh-level {kind} of this context")
-        cts.append(ct)
-    return cts
+        yield ct
 
 
 class Encryptor:
@@ -207,25 +210,31 @@ def fuse_timed(
             f"fusion needs exactly one lead share, got {kinds.count('lead-share')} "
             f"among {len(partials)} partial decryptions"
         )
-    shares = [load_ciphertexts(context, p, kind=k) for p, k in zip(partials, kinds, strict=True)]
-    counts = {len(s) for s in shares}
+    counts = {batch_count(p, kind=k) for p, k in zip(partials, kinds, strict=True)}
     if len(counts) != 1:
         raise CryptoError(f"partial decryptions disagree on ciphertext count: {sorted(counts)}")
-    deserialize = time.perf_counter() - t0
+    # One ciphertext index at a time across all shares: memory stays near the inputs.
+    streams = [iter_ciphertexts(context, p, kind=k) for p, k in zip(partials, kinds, strict=True)]
     cc, slots = context.openfhe, context.slots
     out = np.empty((counts.pop(), context.values_per_ciphertext), dtype=np.float64)
+    deserialize = time.perf_counter() - t0
     fusion = decode = 0.0
-    for i, parts in enumerate(zip(*shares, strict=True)):
+    for i in range(out.shape[0]):
         t0 = time.perf_counter()
+        parts = [next(s) for s in streams]
+        t1 = time.perf_counter()
         try:
-            plain = cc.MultipartyDecryptFusion(list(parts))
+            plain = cc.MultipartyDecryptFusion(parts)
         except RuntimeError as exc:
             raise CryptoError(f"fusion of ciphertext {i} failed: {exc}") from exc
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
         plain.SetLength(slots)
         if context.complex_packing:
             out[i] = plain.GetCKKSPackedValueArray().view(np.float64)
         else:
             out[i] = plain.GetRealPackedValueArray()
-        fusion, decode = fusion + t1 - t0, decode + time.perf_counter() - t1
+        deserialize += t1 - t0
+        fusion, decode = fusion + t2 - t1, decode + time.perf_counter() - t2
+    for s in streams:  # runs each stream's end-of-batch checks (trailing bytes)
+        next(s, None)
     return out, {"deserialize": deserialize, "fusion": fusion, "decode": decode}

@@ -32,7 +32,7 @@ import openfhe as fhe
 
 from fedsim.crypto import _secret_key, shamir
 from fedsim.crypto.batch import encode_batch
-from fedsim.crypto.cipher import load_ciphertexts
+from fedsim.crypto.cipher import iter_ciphertexts
 from fedsim.crypto.context import CKKSContext
 from fedsim.errors import CryptoError
 
@@ -122,18 +122,17 @@ class KeyShareHolder:
             key = self._recovered[on_behalf_of]
         else:
             raise CryptoError(f"holder {self.index} has not recovered holder {on_behalf_of}")
-        cts = load_ciphertexts(self._context, aggregate, kind="ciphertext")
         cc = self._context.openfhe
-        try:
-            if lead:
-                shares = cc.MultipartyDecryptLead(cts, key)
-            else:
-                shares = cc.MultipartyDecryptMain(cts, key)
-        except RuntimeError as exc:
-            raise CryptoError(f"partial decryption failed: {exc}") from exc
-        return encode_batch(
-            [fhe.Serialize(s, fhe.BINARY) for s in shares], kind="lead-share" if lead else "share"
-        )
+        decrypt = cc.MultipartyDecryptLead if lead else cc.MultipartyDecryptMain
+        payloads = []
+        # One ciphertext at a time: peak memory stays near input + output bytes.
+        for ct in iter_ciphertexts(self._context, aggregate, kind="ciphertext"):
+            try:
+                (share,) = decrypt([ct], key)
+            except RuntimeError as exc:
+                raise CryptoError(f"partial decryption failed: {exc}") from exc
+            payloads.append(fhe.Serialize(share, fhe.BINARY))
+        return encode_batch(payloads, kind="lead-share" if lead else "share")
 
     # ---- t-of-n -------------------------------------------------------------------
     def shamir_shares(self) -> dict[int, bytes]:

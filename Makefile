@@ -22,7 +22,7 @@ demo: $(BIN)/fedsim
 	$(BIN)/fedsim run configs/quick.yaml
 
 test: $(BIN)/fedsim
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(BIN)/fedsim
 	$(BIN)/ruff check fedsim actors benchmarks tests

@@ -20,17 +20,17 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError
-
-try:
-    from ray.exceptions import AuthenticationError
-except ImportError:  # Ray before token authentication
-    AuthenticationError = ConnectionError  # type: ignore[misc,assignment]
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import Placement, plan
 from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
 from fedsim.errors import FedSimError, ProtocolError
+
+try:
+    from ray.exceptions import AuthenticationError
+except ImportError:  # Ray before token authentication
+    AuthenticationError = ConnectionError  # type: ignore[misc,assignment]
 
 NAMESPACE = "fedsim"
 

@@ -120,6 +120,8 @@ def plan(run_id: str, parties: Sequence[PartySpec], *, spread: str, timeout_s: f
     check_capacity(parties)
     packed = [p for p in parties if p.kind != "keyholder"]
     holders = [p for p in parties if p.kind == "keyholder"]
+    # Decide (and maybe refuse) before reserving anything, so a refusal leaks nothing.
+    strategy = _holder_strategy(holders, spread=spread, warn=warn) if holders else ""
     placement = Placement([], {})
     requests: list[tuple[PlacementGroup, str, list[PartySpec]]] = []
     if packed:
@@ -127,7 +129,6 @@ def plan(run_id: str, parties: Sequence[PartySpec], *, spread: str, timeout_s: f
                                 name=f"{run_id}/parties")
         requests.append((group, "PACK", packed))
     if holders:
-        strategy = _holder_strategy(holders, spread=spread, warn=warn)
         group = placement_group([bundle(p.resources) for p in holders], strategy=strategy,
                                 name=f"{run_id}/keyholders")
         requests.append((group, strategy, holders))
@@ -135,11 +136,11 @@ def plan(run_id: str, parties: Sequence[PartySpec], *, spread: str, timeout_s: f
         placement.groups.append(group)
         for i, p in enumerate(members):
             placement.slots[p.role] = (group, i)
-    for group, strategy, members in requests:
-        ready, _ = ray.wait([group.ready()], timeout=timeout_s)
-        if not ready:
-            placement.remove()
-            raise ProtocolError(_unplaced_message(strategy, members, timeout_s))
+    refs = {group.ready(): (strategy, members) for group, strategy, members in requests}
+    _, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    if late:
+        placement.remove()
+        raise ProtocolError(_unplaced_message(*refs[late[0]], timeout_s))
     return placement
 
 

@@ -48,7 +48,9 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
 
     from fedsim.results import atomic_write
 
-    table = pa.Table.from_pylist(rows)
+    # from_pylist takes its columns from the first row: use every row's keys.
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows])
     return atomic_write(path, lambda p: pq.write_table(table, p))
 
 
@@ -90,6 +92,9 @@ def machine_lines() -> list[str]:
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- machine: {m['platform']}, {m['processor']}, {m['cpus']} logical CPUs, "
         f"Python {m['python']}",
+        f"- load average (1/5/15 min) when written: "
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {m['cpus']} CPUs (the machine "
+        "is shared with other jobs; absolute times are noisy, same-run ratios less so)",
         "- packages: " + ", ".join(f"{k} {v[k]}" for k in ("ray", "jax", "flax", "openfhe",
                                                              "numpy")),
     ]

@@ -108,10 +108,8 @@ def prime(federation: Federation) -> None:
     warm-up round). Clients keep no state between rounds, so nothing else changes."""
     b = federation.backend
     ref = b.put(federation.state.params)
-    handles = [b.call(f"client:{n}", "train", 0, ref, num_returns=2)[0]
-               for n in federation.names]
-    for h in handles:
-        b.get(h)
+    for name in federation.names:  # one at a time: sealing a large model takes GBs
+        b.get(b.call(f"client:{name}", "train", 0, ref, num_returns=2)[0])
 
 
 def _actor_pids(backend: Any) -> dict[str, int]:

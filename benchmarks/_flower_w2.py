@@ -19,8 +19,12 @@ T0 = time.perf_counter()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flwr.client import ClientApp, NumPyClient  # noqa: E402
-from flwr.common import Context, FitIns, ndarrays_to_parameters  # noqa: E402
-from flwr.common import parameters_to_ndarrays  # noqa: E402
+from flwr.common import (  # noqa: E402
+    Context,
+    FitIns,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,  # noqa: E402
+)
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402

@@ -200,10 +200,10 @@ def _plot(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), squeeze=False)
     for ax, profile in zip(axes[0], profiles):
         x = np.arange(len(STEPS))
-        for k, path in enumerate(("fedsim", "bare")):
+        for k, which in enumerate(("fedsim", "bare")):
             v = [next(r["values_per_s"] for r in rows if r["profile"] == profile and
-                      r["step"] == s and r["path"] == path) / 1e6 for s in STEPS]
-            ax.bar(x + (k - 0.5) * 0.38, v, 0.38, label=path)
+                      r["step"] == s and r["path"] == which) / 1e6 for s in STEPS]
+            ax.bar(x + (k - 0.5) * 0.38, v, 0.38, label=which)
         ax.set_xticks(x, STEPS, rotation=30, ha="right")
         ax.set_yscale("log")
         ax.set_ylabel("million values / s (one core)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,7 @@ class LocalCluster:
         for proc in reversed(self.procs):
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

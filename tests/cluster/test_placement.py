@@ -7,6 +7,7 @@ import time
 import pytest
 
 from actors import RayBackend, check_capacity
+from actors.backend import thread_env
 from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
 from fedsim.errors import ProtocolError
@@ -18,6 +19,11 @@ def _party_class():
     class Party:  # defined in a function so Ray ships it by value to its workers
         def ping(self) -> str:
             return "pong"
+
+        def env(self, name: str) -> str | None:
+            import os
+
+            return os.environ.get(name)
 
     return Party
 
@@ -88,3 +94,28 @@ def test_unplaceable_group_fails_within_the_timeout_naming_missing_resources(ray
     assert "client:h0, client:h1" in text and "they need CPU 2" in text
     groups = ray_session.util.placement_group_table().values()
     assert all(g["state"] == "REMOVED" for g in groups if g["name"] == "pl-late/parties")
+
+
+def test_thread_env_caps_threads_and_never_preallocates_a_shared_gpu():
+    shared = thread_env(ResourceSpec(num_cpus=2.5, num_gpus=0.25))
+    assert shared["OMP_NUM_THREADS"] == "2" and shared["MKL_NUM_THREADS"] == "2"
+    assert "intra_op_parallelism_threads=2" in shared["XLA_FLAGS"]
+    assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert shared["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"  # 0.9 x its quarter
+    assert "JAX_PLATFORMS" not in shared
+    cpu = thread_env(ResourceSpec(num_cpus=0.25))
+    assert cpu["OMP_NUM_THREADS"] == "1" and cpu["JAX_PLATFORMS"] == "cpu"
+    assert "--xla_cpu_multi_thread_eigen=false" in cpu["XLA_FLAGS"]
+
+
+def test_actors_run_with_the_thread_env_of_their_resources(ray_session):
+    cls = _party_class()
+    backend = RayBackend("pl-env")
+    try:
+        backend.start([PartySpec("aggregator", cls, resources=ResourceSpec(num_cpus=2),
+                                 kind="aggregator")])
+        assert ray_session.get(backend.call("aggregator", "env", "OMP_NUM_THREADS")) == "2"
+        assert ray_session.get(backend.call(
+            "aggregator", "env", "XLA_PYTHON_CLIENT_PREALLOCATE")) == "false"
+    finally:
+        backend.shutdown()

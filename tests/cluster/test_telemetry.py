@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -75,8 +77,21 @@ def test_plaintext_round_without_dp_skips_epsilon_ciphertexts_and_nan_auc(monkey
 
 
 @pytest.mark.ray
-def test_real_ray_metrics_accept_a_record(ray_session):
+@pytest.mark.slow
+def test_records_reach_the_nodes_prometheus_endpoint(ray_session):
     t = telemetry.RunTelemetry("tele-ray", ciphertexts_per_update=1)
     assert t.enabled
     t.record(_record())
     t.record(_record(round=4))
+    port = ray_session.nodes()[0]["MetricsExportPort"]
+    values: dict[str, float] = {}
+    deadline = time.monotonic() + 30  # the export runs every few seconds
+    while time.monotonic() < deadline and len(values) < 3:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        for line in text.decode().splitlines():
+            if 'run_id="tele-ray"' in line:
+                values[line.split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+        time.sleep(1.0)
+    assert values.get("ray_fedsim_round") == 4.0
+    assert values.get("ray_fedsim_rounds_completed_total") == 2.0
+    assert values.get("ray_fedsim_ciphertexts_total") == 4.0  # 2 rounds x 2 clients x 1

@@ -1,0 +1,125 @@
+"""Each benchmark's --quick mode end to end: files written, columns present, numbers sane.
+
+No timing thresholds: only that times are positive, ratios equal the ratio of the
+measured columns, byte counts are positive and the headline is the last line printed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pyarrow.parquet as pq
+import pytest
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def _files(out, name, pngs=(None,)):
+    assert (out / f"{name}.md").read_text().startswith("# ")
+    assert "machine:" in (out / f"{name}.md").read_text()
+    for png in pngs:
+        assert (out / f"{png or name}.png").read_bytes()[:4] == b"\x89PNG"
+    return pq.read_table(out / f"{name}.parquet").to_pylist()
+
+
+def test_crypto_quick(tmp_path, capsys):
+    from benchmarks import crypto
+
+    assert crypto.main(["--quick", "--values", "20000", "--clients", "2",
+                        "--out", str(tmp_path)]) == 0
+    last = _last_line(capsys)
+    assert re.fullmatch(r"crypto secure: fedsim/bare encrypt = \d+\.\d\d  decrypt = \d+\.\d\d",
+                        last)
+    rows = _files(tmp_path, "crypto")
+    assert {r["profile"] for r in rows} == {"secure", "fast"}
+    assert {r["step"] for r in rows} == set(crypto.STEPS)
+    for r in rows:
+        assert r["seconds"] > 0 and r["values_per_s"] > 0 and r["bytes_per_value"] > 0
+        bare = next(b for b in rows if b["profile"] == r["profile"] and b["step"] == r["step"]
+                    and b["path"] == "bare")
+        expected = r["values_per_s"] / bare["values_per_s"] if r["path"] == "fedsim" else 1.0
+        assert math.isclose(r["fedsim_over_bare"], expected, rel_tol=1e-9)
+        # Decrypted sums are right: error within the context's stated bound.
+        assert 0 <= r["max_abs_error"] <= r["error_bound"]
+    head = next(r for r in rows if r["profile"] == "secure" and r["step"] == "encrypt"
+                and r["path"] == "fedsim")
+    assert f"encrypt = {head['fedsim_over_bare']:.2f}" in last
+
+
+def test_overhead_quick_inprocess(tmp_path, capsys):
+    from benchmarks import overhead
+
+    assert overhead.main(["--quick", "--backend", "inprocess", "--rounds", "1",
+                          "--out", str(tmp_path)]) == 0
+    last = _last_line(capsys)
+    m = re.fullmatch(r"overhead he-secure/plaintext = (\d+\.\d\d)  he-fast/plaintext = "
+                     r"(\d+\.\d\d)", last)
+    assert m
+    rows = _files(tmp_path, "overhead")
+    assert {r["variant"] for r in rows} == set(overhead.VARIANTS)
+    assert sum(r["warmup"] for r in rows) == len(overhead.VARIANTS)
+    for r in rows:
+        assert r["wall_s"] > 0 and r["bytes_up_per_client"] > 0
+    summary = {r["variant"]: r for r in pq.read_table(
+        tmp_path / "overhead_summary.parquet").to_pylist()}
+    base = summary["plaintext"]["median_s"]
+    for s in summary.values():
+        assert s["min_s"] <= s["median_s"] <= s["max_s"]
+        assert math.isclose(s["overhead"], s["median_s"] / base, rel_tol=1e-9)
+    assert m.group(1) == f"{summary['he-secure']['overhead']:.2f}"
+    # Encrypted uploads are larger than the float64 plaintext payload.
+    assert summary["he-secure"]["bytes_up_per_client"] > \
+        summary["plaintext"]["bytes_up_per_client"]
+    assert any("epsilon" in r and r["epsilon"] > 0 for r in rows
+               if r["variant"] == "he-secure-dp")
+
+
+def test_scaling_quick_inprocess(tmp_path, capsys):
+    from benchmarks import scaling
+
+    assert scaling.main(["--quick", "--backend", "inprocess", "--out", str(tmp_path)]) == 0
+    assert _last_line(capsys).startswith("scaling slopes: clients = ")
+    rows = _files(tmp_path, "scaling")
+    assert {r["sweep"] for r in rows} == {"clients", "model", "key_holders"}
+    for r in rows:
+        assert r["median_s"] > 0 and r["object_store_bytes_per_round"] > 0
+    clients = sorted((r for r in rows if r["sweep"] == "clients"), key=lambda r: r["x"])
+    assert [r["clients_per_round"] for r in clients] == [2, 3]
+    # More clients upload more ciphertext bytes.
+    assert clients[1]["object_store_bytes_per_round"] > clients[0]["object_store_bytes_per_round"]
+    models = sorted((r for r in rows if r["sweep"] == "model"), key=lambda r: r["x"])
+    assert models[0]["num_params"] < models[1]["num_params"]
+
+
+def test_many_clients_quick_inprocess(tmp_path, capsys):
+    from benchmarks import many_clients
+
+    assert many_clients.main(["--quick", "--backend", "inprocess", "--clients", "30",
+                              "--rounds", "3", "--out", str(tmp_path)]) == 0
+    assert _last_line(capsys).startswith("many_clients: fedsim plaintext ")
+    rows = _files(tmp_path, "many_clients")
+    assert [r["mode"] for r in rows] == ["plaintext", "he-secure"]
+    for r in rows:
+        assert r["total_s"] >= r["startup_s"] + r["rounds_s"] - 1e-6
+        assert r["s_per_round"] > 0 and 0 <= r["accuracy"] <= 1 and 0 <= r["auc"] <= 1
+    # Encryption must not change the model beyond CKKS noise: same sampled clients,
+    # same training, so the two modes score (nearly) alike.
+    assert abs(rows[0]["accuracy"] - rows[1]["accuracy"]) <= 0.01
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):
+    from benchmarks import many_clients, overhead
+
+    assert overhead.main(["--quick", "--rounds", "1", "--variants", "plaintext,he-fast",
+                          "--out", str(tmp_path / "o")]) == 0
+    assert _last_line(capsys).startswith("overhead he-secure/plaintext = nan  he-fast/")
+    assert ray_session.is_initialized()  # the benchmark reused the session's Ray
+    assert many_clients.main(["--quick", "--clients", "30", "--rounds", "2",
+                              "--out", str(tmp_path / "m")]) == 0
+    rows = pq.read_table(tmp_path / "m" / "many_clients.parquet").to_pylist()
+    assert all(r["backend"] == "ray" and r["s_per_round"] > 0 for r in rows)

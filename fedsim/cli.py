@@ -134,7 +134,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     if not _has_gpu_hint():
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may also follow options (`run CFG --out D k=v`): argparse stops the
+    # positional list at the first option, so collect KEY=VALUE leftovers here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*args.overrides, *extra]
     handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report, "bench": _cmd_bench,
                 "sweep": _cmd_sweep}
     try:

@@ -76,3 +76,8 @@ def test_a_csv_of_ones_own_runs_and_report_reads_it(tmp_path):
     report = fedsim("report", str(tmp_path / "run"))
     assert report.returncode == 0 and "status completed, 1 rounds" in report.stdout
     assert "pooled" in report.stdout
+
+
+def test_overrides_may_follow_options(tmp_path):
+    proc = fedsim("run", "configs/quick.yaml", "--out", str(tmp_path / "r"), "train.lr=-2")
+    assert "train.lr: must be > 0, got -2.0" in one_line_error(proc)

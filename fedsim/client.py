@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from fedsim.config import RunConfig
 from fedsim.data import ClientData
 from fedsim.dp import PrivacyPlan, privatize_update
+from fedsim.errors import ProtocolError
 from fedsim.model import build_model, init_params
 from fedsim.seeding import client_key, stream
 from fedsim.server import weighted_payload
@@ -108,6 +109,9 @@ class Client:
             new_params, loss = self.trainer.train(params, gather(self.data.train, plan))
         new_flat, _ = ravel_pytree(new_params)
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
+        if not np.all(np.isfinite(delta)):
+            raise ProtocolError(f"client {self.name}: local training diverged (non-finite "
+                                f"update in round {round_idx}); lower train.lr")
         norm = float(np.linalg.norm(delta))
         timings = {"train": time.perf_counter() - t0}
 

@@ -51,13 +51,19 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     # from_pylist takes its columns from the first row: use every row's keys.
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows])
-    return atomic_write(path, lambda p: pq.write_table(table, p))
+    return _readable(atomic_write(path, lambda p: pq.write_table(table, p)))
 
 
 def write_text(path: Path, text: str) -> Path:
     from fedsim.results import atomic_write
 
-    return atomic_write(path, lambda p: p.write_text(text))
+    return _readable(atomic_write(path, lambda p: p.write_text(text)))
+
+
+def _readable(path: Path) -> Path:
+    """Results are for sharing: 0644, not the 0600 of a temporary file."""
+    os.chmod(path, 0o644)
+    return path
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -69,7 +75,7 @@ def save_figure(fig: Any, path: Path) -> Path:
         fig.savefig(p, format="png", dpi=110)
 
     try:
-        return atomic_write(path, write)
+        return _readable(atomic_write(path, write))
     finally:
         plt.close(fig)
 

@@ -268,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"1 local epoch, batch {_w2.BATCH}, SGD {_w2.LR}; fedsim with {args.cohorts} cohort "
         f"actor(s) on {args.backend}; he uses the `{args.profile}` profile, 3 key holders",
         *common.machine_lines(),
-        "- total_s includes start-up (data, actors, JIT, key ceremony); rounds_s excludes "
+        "- total_s includes start-up (data, actors, JIT, key ceremony; for fedsim not ray.init, "
+        "done once before both modes); rounds_s excludes "
         "it; s_per_round is the mean over rounds after the first. Flower: its own venv "
         "(flwr 1.30, ray 2.51.1), run_simulation with one supernode per client, a strategy "
         "that sends each round to fedsim's sampled clients; its total_s includes its Ray "

@@ -19,7 +19,7 @@ import numpy as np
 
 from fedsim.aggregator import Manifest
 from fedsim.config import CryptoConfig
-from fedsim.crypto import CKKSContext, Encryptor, Packer, check_range, fuse_timed
+from fedsim.crypto import CKKSContext, Encryptor, Packer, check_range, fuse
 from fedsim.errors import CryptoError, FedSimError, ProtocolError
 
 
@@ -132,12 +132,11 @@ class AggregateOpener:
             partials[gone] = self._stand_in(backend, gone, manifest, aggregate,
                                             lead=(gone == lead), alive=sorted(partials))
         t1 = time.perf_counter()
-        packed, fuse_times = fuse_timed(self.context, [partials[i] for i in sorted(partials)])
+        packed = fuse(self.context, [partials[i] for i in sorted(partials)])
         vector, weight = self.packer.unpack(packed)
         vector /= self.scale
         weight /= self.scale
         t2 = time.perf_counter()
-        del fuse_times
         return vector, weight, {"partial_decrypt": t1 - t0, "fuse": t2 - t1}
 
     def _stand_in(self, backend: Any, gone: int, manifest: Manifest, aggregate: Any, *,

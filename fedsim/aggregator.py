@@ -49,6 +49,7 @@ class Aggregator:
     def __init__(self, run_id: str, context_bytes: bytes | None = None) -> None:
         self.run_id = run_id
         self._context_bytes = context_bytes
+        self._layout = None  # fedsim.crypto.raw.Layout once the public key is known
         self._round: int | None = None
         self._reset()
 
@@ -74,7 +75,30 @@ class Aggregator:
 
             if not hasattr(self, "_context"):
                 self._context = CKKSContext.from_bytes(self._context_bytes)
-            self._cipher = CiphertextSum(self._context)
+            self._cipher = CiphertextSum(self._context, layout=self._layout)
+
+    def use_public_key(self, public_key: bytes) -> bool:
+        """Sum later rounds in the serialized bytes, checked against this key's ciphertexts.
+
+        Learns where the residues of a fresh ciphertext under ``public_key`` sit (see
+        ``fedsim.crypto.raw``); every later batch must match such a ciphertext byte for
+        byte outside its residues. Returns False (and keeps OpenFHE objects) if the
+        layout cannot be learned and checked.
+        """
+        import openfhe as fhe
+
+        from fedsim.crypto import CKKSContext, raw
+
+        if not self.encrypted:
+            raise ProtocolError("aggregator: a public key in plaintext mode")
+        if not hasattr(self, "_context"):
+            self._context = CKKSContext.from_bytes(self._context_bytes)
+        try:
+            key = fhe.DeserializePublicKeyString(public_key, fhe.BINARY)
+        except RuntimeError as exc:
+            raise CryptoError(f"aggregator: public key does not deserialize: {exc}") from exc
+        self._layout = raw.learn_ciphertext(self._context.openfhe, key, self._context.slots)
+        return self._layout is not None
 
     def add(self, client: str, payload: bytes | np.ndarray) -> float:
         """Add one client's contribution; returns the arrival time (epoch seconds).

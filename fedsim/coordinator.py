@@ -181,6 +181,7 @@ class Federation:
             handles = [self.backend.call(f"client:{n}", "enable_encryption", context_bytes,
                                          public_key, update_bound=bound, scale=scale)
                        for n in self.names]
+            handles.append(self.backend.call("aggregator", "use_public_key", public_key))
             for h in handles:
                 self.backend.get(h)
         if self.aggregator_noise:

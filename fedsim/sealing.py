@@ -20,6 +20,7 @@ import numpy as np
 from fedsim.aggregator import Manifest
 from fedsim.config import CryptoConfig
 from fedsim.crypto import CKKSContext, Encryptor, Packer, check_range, fuse
+from fedsim.crypto.cipher import learn_share_layout
 from fedsim.errors import CryptoError, FedSimError, ProtocolError
 
 
@@ -83,6 +84,8 @@ class AggregateOpener:
         self.scale = 1.0  # set by the coordinator: see `slot_scale`
         self.missing: set[int] = set()
         self.recovered_by: dict[int, int] = {}
+        self._share_layout = None  # learned from the first round's shares
+        self._layout_checked = False
 
     @classmethod
     def create(cls, cfg: CryptoConfig, contributors: int, num_params: int,
@@ -132,7 +135,18 @@ class AggregateOpener:
             partials[gone] = self._stand_in(backend, gone, manifest, aggregate,
                                             lead=(gone == lead), alive=sorted(partials))
         t1 = time.perf_counter()
-        packed = fuse(self.context, [partials[i] for i in sorted(partials)])
+        shares = [partials[i] for i in sorted(partials)]
+        if not self._layout_checked:
+            self._share_layout = learn_share_layout(self.context, shares)
+            self._layout_checked = True
+        try:
+            packed = fuse(self.context, shares, layout=self._share_layout)
+        except CryptoError:
+            if self._share_layout is None:
+                raise
+            # A share made with a recovered key (t-of-n stand-in) serializes with other
+            # metadata: fuse this round through OpenFHE objects, which check everything.
+            packed = fuse(self.context, shares)
         vector, weight = self.packer.unpack(packed)
         vector /= self.scale
         weight /= self.scale

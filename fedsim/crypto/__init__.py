@@ -3,6 +3,7 @@
 No Ray and no JAX here: key holders and the aggregator import only this package.
 """
 
+from fedsim.crypto import raw
 from fedsim.crypto.batch import batch_kind, decode_batch, encode_batch
 from fedsim.crypto.cipher import CiphertextSum, Encryptor, fuse, fuse_timed
 from fedsim.crypto.context import PROFILES, CKKSContext
@@ -24,5 +25,6 @@ __all__ = [
     "flatten_tree",
     "fuse",
     "fuse_timed",
+    "raw",
     "unflatten_tree",
 ]

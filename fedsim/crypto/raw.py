@@ -1,0 +1,233 @@
+"""Sums of ciphertexts (or decryption shares) computed on their serialized bytes.
+
+Adding two CKKS ciphertexts of the same context, key, level and scale is residue-wise
+addition modulo each RNS modulus; OpenFHE's ``EvalAdd`` does exactly that and copies
+the metadata. The aggregator and the fusion step spent most of their time turning
+bytes into OpenFHE objects and back (deserialize 0.16 ms, add 0.02 ms, serialize
+0.15 ms per ciphertext of ring 4096), so fedsim adds the residue arrays in place in the
+serialized bytes with numpy instead: a whole batch at once, no OpenFHE object at all.
+
+Where the residues sit is learned per process, never assumed: ``learn`` takes one
+serialized item, reads its residues from OpenFHE's JSON serialization of the same
+object, finds each array in the BINARY bytes, and every other byte becomes the
+template that items must match exactly (context parameters, key tag, level, scale,
+slots, format). ``learn_ciphertext`` then checks the result against OpenFHE: the raw
+sum of two fresh ciphertexts must equal ``Serialize(EvalAdd(a, b))`` byte for byte.
+Callers fall back to OpenFHE objects when learning fails (another OpenFHE build).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import openfhe as fhe
+
+from fedsim.crypto.batch import _HEAD, _ITEM, _MAGIC, _VERSION, KINDS, batch_count
+from fedsim.errors import CryptoError
+
+_ROWS = 512  # items per numpy block: bounds temporaries to ~64 MB at ring 4096
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the residues of one serialized item sit, and the bytes around them."""
+
+    template: bytes
+    offsets: tuple[int, ...]  # byte offset of each residue array, element-major
+    moduli: tuple[int, ...]  # the modulus of each array
+    ring: int
+
+    @property
+    def size(self) -> int:
+        return len(self.template)
+
+    @property
+    def arrays(self) -> int:
+        return len(self.offsets)
+
+    def fixed(self) -> list[tuple[int, int]]:
+        """Byte ranges outside the residue arrays (they must equal the template's)."""
+        out, start = [], 0
+        for off in self.offsets:
+            out.append((start, off))
+            start = off + 8 * self.ring
+        out.append((start, self.size))
+        return [(a, b) for a, b in out if b > a]
+
+    def _moduli_column(self) -> np.ndarray:
+        return np.array(self.moduli, dtype=np.uint64)[:, None]
+
+
+def learn(item: bytes) -> Layout | None:
+    """The layout of a serialized ciphertext or share, or None if it cannot be found."""
+    try:
+        ct = fhe.DeserializeCiphertextString(item, fhe.BINARY)
+        frame = json.loads(fhe.Serialize(ct, fhe.JSON))
+        elements = frame["value0"]["ptr_wrapper"]["data"]["v"]
+        offsets, moduli, ring = [], [], None
+        start = 0
+        for element in elements:
+            for tower in element["v"]:
+                data = tower["v"]["ptr_wrapper"]["data"]
+                values = np.array(data["v"], dtype=np.uint64)
+                raw = values.astype("<u8").tobytes()
+                off = item.find(raw, start)
+                if off < 0 or item.find(raw, off + 1) >= 0:
+                    return None
+                ring = values.size if ring is None else ring
+                if values.size != ring:
+                    return None
+                offsets.append(off)
+                moduli.append(int(data["m"]["v"]))
+                start = off + len(raw)
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        return None
+    if not offsets or ring is None:
+        return None
+    template = bytearray(item)
+    for off in offsets:
+        template[off : off + 8 * ring] = bytes(8 * ring)
+    return Layout(bytes(template), tuple(offsets), tuple(moduli), ring)
+
+
+def learn_ciphertext(cc: Any, public_key: Any, slots: int) -> Layout | None:
+    """Learn the layout of fresh ciphertexts under ``public_key`` and check it.
+
+    The check: the raw sum of two fresh ciphertexts equals OpenFHE's ``EvalAdd`` of them,
+    serialized, byte for byte.
+    """
+    rng = np.random.default_rng()
+    a, b = (cc.Encrypt(public_key, cc.MakeCKKSPackedPlaintext(rng.uniform(-0.1, 0.1, slots)))
+            for _ in range(2))
+    item_a, item_b = fhe.Serialize(a, fhe.BINARY), fhe.Serialize(b, fhe.BINARY)
+    layout = learn(item_a)
+    if layout is None:
+        return None
+    expected = fhe.Serialize(cc.EvalAdd(a, b), fhe.BINARY)
+    try:
+        res = read_items(layout, [item_a, item_b])
+    except CryptoError:
+        return None
+    total = add_residues(res[:1].copy(), res[1:], layout)
+    if write_items(layout, total)[0] != expected:
+        return None
+    return layout
+
+
+def _rows(blob: bytes | memoryview, count: int, layout: Layout, offset: int) -> np.ndarray:
+    stride = _ITEM.size + layout.size
+    return np.frombuffer(blob, dtype=np.uint8, count=count * stride, offset=offset).reshape(
+        count, stride
+    )
+
+
+def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
+    """Residues of every item of a batch: uint64 ``[count, arrays, ring]`` (a new array).
+
+    Checks what ``iter_batch`` and ``iter_ciphertexts`` check: header, kind, framing,
+    CRCs, and beyond: every byte outside the residues equals the layout's template (so
+    the same context, key tag, level, scale and format), and every residue is below
+    its modulus. Raises ``CryptoError`` naming the first problem.
+    """
+    count = batch_count(blob, kind=kind)
+    stride = _ITEM.size + layout.size
+    if len(blob) != _HEAD.size + count * stride:
+        raise CryptoError(
+            f"batch of {count} items has {len(blob)} bytes, expected "
+            f"{_HEAD.size + count * stride} for items of this context and key"
+        )
+    rows = _rows(blob, count, layout, _HEAD.size)
+    sizes = rows[:, :4].copy().view("<u4")[:, 0]
+    if count and np.any(sizes != layout.size):
+        i = int(np.flatnonzero(sizes != layout.size)[0])
+        raise CryptoError(f"batch item {i} of {count} has {sizes[i]} bytes, expected {layout.size}")
+    view = memoryview(blob)
+    for i in range(count):
+        start = _HEAD.size + i * stride
+        (crc,) = struct.unpack_from("<I", blob, start + 4)
+        if zlib.crc32(view[start + _ITEM.size : start + stride]) != crc:
+            raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
+    return _residues(rows[:, _ITEM.size :], layout, count)
+
+
+def read_items(layout: Layout, items: list[bytes]) -> np.ndarray:
+    """Residues of loose serialized items (same checks as ``read_batch`` minus framing)."""
+    for i, item in enumerate(items):
+        if len(item) != layout.size:
+            raise CryptoError(f"item {i} has {len(item)} bytes, expected {layout.size}")
+    rows = np.frombuffer(b"".join(items), dtype=np.uint8).reshape(len(items), layout.size)
+    return _residues(rows, layout, len(items))
+
+
+def _residues(rows: np.ndarray, layout: Layout, count: int) -> np.ndarray:
+    template = np.frombuffer(layout.template, dtype=np.uint8)
+    out = np.empty((count, layout.arrays, layout.ring), dtype=np.uint64)
+    for lo in range(0, count, _ROWS):
+        block = rows[lo : lo + _ROWS]
+        for a, b in layout.fixed():
+            bad = np.any(block[:, a:b] != template[a:b], axis=1)
+            if bad.any():
+                i = lo + int(np.flatnonzero(bad)[0])
+                raise CryptoError(
+                    f"item {i} is not a ciphertext of this context and key (its metadata "
+                    "differs: another context, key, level, scale or format)"
+                )
+        for j, (off, q) in enumerate(zip(layout.offsets, layout.moduli, strict=True)):
+            dest = out[lo : lo + _ROWS, j]
+            dest[...] = block[:, off : off + 8 * layout.ring].view("<u8")
+            if dest.size and dest.max() >= q:
+                raise CryptoError("a residue is not reduced modulo its modulus (corrupted item)")
+    return out
+
+
+def add_residues(total: np.ndarray, more: np.ndarray, layout: Layout) -> np.ndarray:
+    """``total += more`` modulo each array's modulus, in place (moduli < 2**63)."""
+    moduli = layout._moduli_column()
+    spare = np.empty(total[:_ROWS].shape, dtype=np.uint64)
+    for lo in range(0, total.shape[0], _ROWS):
+        t = total[lo : lo + _ROWS]
+        t += more[lo : lo + _ROWS]
+        # t < 2q: t - q wraps to above t exactly when t < q, so the minimum is t mod q.
+        d = np.subtract(t, moduli, out=spare[: t.shape[0]])
+        np.minimum(t, d, out=t)
+    return total
+
+
+def write_items(layout: Layout, residues: np.ndarray) -> list[bytes]:
+    """Serialized items: the template with ``residues`` ([count, arrays, ring]) filled in."""
+    return [row.tobytes() for row in _fill(layout, residues)]
+
+
+def write_batch(layout: Layout, residues: np.ndarray, *, kind: str = "ciphertext") -> bytes:
+    """One batch (the ``fedsim.crypto.batch`` format) of items holding ``residues``."""
+    if kind not in KINDS:
+        raise CryptoError(f"unknown batch kind {kind!r}; allowed: {', '.join(KINDS)}")
+    count = residues.shape[0]
+    stride = _ITEM.size + layout.size
+    out = bytearray(_HEAD.size + count * stride)
+    _HEAD.pack_into(out, 0, _MAGIC, _VERSION, KINDS.index(kind), count)
+    rows = np.frombuffer(out, dtype=np.uint8, offset=_HEAD.size).reshape(count, stride)
+    _fill(layout, residues, rows[:, _ITEM.size :])
+    view = memoryview(out)
+    for i in range(count):
+        start = _HEAD.size + i * stride
+        crc = zlib.crc32(view[start + _ITEM.size : start + stride])
+        _ITEM.pack_into(out, start, layout.size, crc)
+    del rows, view
+    return bytes(out)
+
+
+def _fill(layout: Layout, residues: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    if rows is None:
+        rows = np.empty((residues.shape[0], layout.size), dtype=np.uint8)
+    template = np.frombuffer(layout.template, dtype=np.uint8)
+    for a, b in layout.fixed():
+        rows[:, a:b] = template[a:b]
+    for j, off in enumerate(layout.offsets):
+        rows[:, off : off + 8 * layout.ring].view("<u8")[...] = residues[:, j]
+    return rows

@@ -1,0 +1,125 @@
+"""Sums in serialized bytes (fedsim.crypto.raw) against OpenFHE's own arithmetic."""
+
+import struct
+import zlib
+
+import numpy as np
+import openfhe as fhe
+import pytest
+
+from fedsim.crypto import CiphertextSum, CKKSContext, Encryptor, Packer, encode_batch, fuse, raw
+from fedsim.crypto.batch import _HEAD, _ITEM, decode_batch
+from fedsim.crypto.cipher import learn_share_layout
+from fedsim.errors import CryptoError
+
+
+def ciphertext_layout(ctx: CKKSContext, key: bytes) -> raw.Layout:
+    layout = raw.learn_ciphertext(
+        ctx.openfhe, fhe.DeserializePublicKeyString(key, fhe.BINARY), ctx.slots
+    )
+    assert layout is not None
+    return layout
+
+
+@pytest.mark.parametrize("name", ["test_ctx", "fast_ctx", "secure_ctx"])
+def test_byte_sums_equal_openfhe_sums_and_fuse_to_the_same_values(name, request, make_holders):
+    ctx: CKKSContext = request.getfixturevalue(name)
+    holders, key = make_holders(ctx)
+    layout = ciphertext_layout(ctx, key)
+    # two ciphertext arrays (c0, c1) of one ring each, one 60-bit tower
+    assert layout.arrays == 2 and layout.ring == ctx.ring_dimension
+    assert all(q < 2**63 for q in layout.moduli)
+    n = 2 * ctx.values_per_ciphertext + 5
+    packer = Packer(n, ctx.values_per_ciphertext)
+    encryptor = Encryptor(ctx, key)
+    rng = np.random.default_rng(11)
+    bound = min(ctx.value_bound, 1.0) / 3
+    vectors = [rng.uniform(-bound, bound, n) for _ in range(3)]
+    batches = [encryptor.encrypt(packer.pack(v, 0.1)) for v in vectors]
+    by_objects, by_bytes = CiphertextSum(ctx), CiphertextSum(ctx, layout=layout)
+    for i, batch in enumerate(batches):
+        assert by_objects.add(batch, contributor=str(i)) == by_bytes.add(batch, contributor=str(i))
+    aggregate = by_bytes.result()
+    assert aggregate == by_objects.result()  # byte for byte
+
+    shares = [h.partial_decrypt(aggregate, lead=i == 0) for i, h in enumerate(holders)]
+    share_layout = learn_share_layout(ctx, shares)
+    assert share_layout is not None and share_layout.arrays == 1
+    fused_objects = fuse(ctx, shares)
+    fused_bytes = fuse(ctx, shares, layout=share_layout)
+    vector, weight = packer.unpack(fused_bytes)
+    assert np.abs(vector - sum(vectors)).max() < ctx.error_bound
+    assert abs(weight - 0.3) < ctx.error_bound
+    if ctx.flooding:  # decoding adds fresh noise: equal within the error bound
+        assert np.abs(fused_bytes - fused_objects).max() < 2 * ctx.error_bound
+    else:
+        np.testing.assert_array_equal(fused_bytes, fused_objects)
+
+
+@pytest.fixture
+def raw_summing(test_ctx, holders):
+    holders, key = holders
+    layout = ciphertext_layout(test_ctx, key)
+    packer = Packer(700, test_ctx.values_per_ciphertext)  # 2 ciphertexts
+    encryptor = Encryptor(test_ctx, key)
+    total = CiphertextSum(test_ctx, layout=layout)
+    good = encryptor.encrypt(packer.pack(np.full(700, 0.01), 0.1))
+    total.add(good, contributor="first")
+    return total, encryptor, packer, good, layout
+
+
+def rejected(total, batch, contributor, match):
+    before = (total.result(), total.count, total.digests)
+    with pytest.raises(CryptoError, match=match) as info:
+        total.add(batch, contributor=contributor)
+    assert contributor in str(info.value)
+    assert (total.result(), total.count, total.digests) == before
+
+
+def with_crc(blob: bytearray, item: int, size: int) -> bytes:
+    start = _HEAD.size + item * (_ITEM.size + size)
+    payload = bytes(blob[start + _ITEM.size : start + _ITEM.size + size])
+    struct.pack_into("<I", blob, start + 4, zlib.crc32(payload))
+    return bytes(blob)
+
+
+def test_bad_batches_are_rejected_in_bytes_too(test_ctx, raw_summing, make_holders):
+    total, encryptor, packer, good, layout = raw_summing
+    rejected(total, good[:-10], "truncated-client", "expected")
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x04
+    rejected(total, bytes(flipped), "flipped-client", "corrupted")
+    _, other_key = make_holders(test_ctx)
+    foreign = Encryptor(test_ctx, other_key).encrypt(packer.pack(np.zeros(700), 0.1))
+    rejected(total, foreign, "foreign-client", "metadata differs")
+    short = encryptor.encrypt(Packer(10, test_ctx.values_per_ciphertext).pack(np.zeros(10), 0.1))
+    rejected(total, short, "short-client", "1 ciphertexts, expected 2")
+    rejected(total, good, "first", "already added")
+    twin = CKKSContext.create("test", allow_insecure=True)  # same ring, another estimate
+    _, twin_key = make_holders(twin)
+    other = Encryptor(twin, twin_key).encrypt(packer.pack(np.zeros(700), 0.1))
+    rejected(total, other, "twin-context-client", "metadata differs")
+    rejected(
+        total, encode_batch(decode_batch(good), kind="share"), "share-client", "got a share batch"
+    )
+    # a residue equal to its modulus: well framed, right metadata, not a valid ciphertext
+    unreduced = bytearray(good)
+    at = _HEAD.size + _ITEM.size + layout.offsets[1] + 8 * 5
+    struct.pack_into("<Q", unreduced, at, layout.moduli[1])
+    rejected(total, with_crc(unreduced, 0, layout.size), "unreduced-client", "not reduced")
+
+
+def test_residues_wrap_modulo_q(test_ctx, holders):
+    _, key = holders
+    layout = ciphertext_layout(test_ctx, key)
+    q = np.uint64(layout.moduli[0])
+    total = np.full((1, layout.arrays, layout.ring), q - np.uint64(1), dtype=np.uint64)
+    more = np.full_like(total, q - np.uint64(2))
+    raw.add_residues(total, more, layout)
+    assert np.all(total == q - np.uint64(3))
+    back = raw.read_items(layout, raw.write_items(layout, total))
+    np.testing.assert_array_equal(back, total)
+
+
+def test_learn_gives_up_on_bytes_it_cannot_read():
+    assert raw.learn(b"not a ciphertext") is None

@@ -1,5 +1,4 @@
 import hashlib
-import time
 
 import numpy as np
 import openfhe as fhe
@@ -67,7 +66,6 @@ def test_three_clients_three_holders_decrypt_the_weighted_sum(test_ctx, holders)
 @pytest.mark.parametrize("name", ["secure_ctx", "fast_ctx"])
 def test_one_small_round_in_the_real_profiles(name, request, make_holders):
     ctx: CKKSContext = request.getfixturevalue(name)
-    start = time.perf_counter()
     holders, key = make_holders(ctx)
     rng = np.random.default_rng(3)
     bound = min(ctx.value_bound, 1.0) / 3
@@ -75,7 +73,6 @@ def test_one_small_round_in_the_real_profiles(name, request, make_holders):
     (vector, weight), _ = run_round(ctx, vectors, [0.1, 0.1, 0.1], holders, key)
     assert np.abs(vector - sum(vectors)).max() < ctx.error_bound
     assert abs(weight - 0.3) < ctx.error_bound
-    assert time.perf_counter() - start < 5.0
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ class Measured:
     num_params: int
     setup_s: float
     peak_rss: dict[str, int] = field(default_factory=dict)  # label -> bytes
+    cpu_s: list[float] = field(default_factory=list)  # machine CPU-seconds per measured round
 
 
 def data_key(cfg: RunConfig) -> tuple:
@@ -93,13 +94,29 @@ class Session:
                 pids = {"driver": os.getpid(), **_actor_pids(backend)}
                 sampler = RssSampler(lambda: pids)
                 sampler.__enter__()
-            done = [federation.run_round(r) for r in range(warmup + rounds)]
+            done, cpu = [], []
+            for r in range(warmup + rounds):
+                before = busy_cpu_seconds()
+                done.append(federation.run_round(r))
+                cpu.append(busy_cpu_seconds() - before)
         finally:
             if sampler is not None:
                 sampler.__exit__(None, None, None)
             backend.shutdown()
         return Measured(done[warmup:], done[:warmup], federation.num_params, setup_s,
-                        dict(sampler.peak) if sampler is not None else {})
+                        dict(sampler.peak) if sampler is not None else {}, cpu[warmup:])
+
+
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has spent not idle since boot (all processes).
+
+    Per round, the difference says how much CPU work the round took, whoever did it;
+    on a machine with C cores no schedule can finish it in less than that / C seconds.
+    """
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
 def prime(federation: Federation) -> None:

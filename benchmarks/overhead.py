@@ -15,6 +15,7 @@ from benchmarks._common import single_thread_env
 
 single_thread_env()
 
+import os  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -36,6 +37,7 @@ VARIANTS = {
 QUICK = ["model.depth=2", "model.width=64", "data.synth.patients_per_hospital=300",
          "train.local_steps=5", "train.batch_size=32"]
 STACK = PHASES + ("other",)
+CORES = os.cpu_count() or 1
 PAPER_STEPS = 200
 
 
@@ -48,7 +50,9 @@ def summarise(rows: list[dict]) -> list[dict]:
         row = {"variant": variant, "rounds": len(mine), "median_s": float(np.median(walls)),
                "min_s": float(walls.min()), "max_s": float(walls.max()),
                "bytes_up_per_client": int(np.median([r["bytes_up_per_client"] for r in mine])),
-               "num_params": mine[0]["num_params"], "local_steps": mine[0]["local_steps"]}
+               "num_params": mine[0]["num_params"], "local_steps": mine[0]["local_steps"],
+               "cpu_s": float(np.median([r["cpu_s"] for r in mine]))}
+        row["cpu_busy"] = row["cpu_s"] / (row["median_s"] * CORES)
         for p in STACK:
             row[f"{p}_s"] = float(np.median([r[f"t_{p}_s"] for r in mine]))
         out.append(row)
@@ -61,6 +65,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         extra = plain["train_s"] / plain["local_steps"] * (PAPER_STEPS - plain["local_steps"])
     for row in out:
         row["overhead"] = row["median_s"] / base
+        # No schedule runs a round's CPU work on CORES cores in less than cpu_s / CORES.
+        row["cpu_floor_overhead"] = row["cpu_s"] / CORES / base
         row["projected_200_steps_s"] = row["median_s"] + extra
         row["projected_overhead"] = (row["median_s"] + extra) / (base + extra)
     return out
@@ -120,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = load_config(CONFIG, overrides + VARIANTS[variant])
             cfg = replace(cfg, [f"federation.rounds={rounds + 1}"])
             m = session.measure(cfg, rounds=rounds, warmup=1)
-            for rec, warm in [(r, True) for r in m.warmup] + [(r, False) for r in m.records]:
+            cpu = [float("nan")] * len(m.warmup) + m.cpu_s
+            pairs = [(r, True) for r in m.warmup] + [(r, False) for r in m.records]
+            for (rec, warm), cpu_s in zip(pairs, cpu, strict=True):
                 row = {"variant": variant, "round": rec.round, "warmup": warm,
-                       "wall_s": rec.wall_s, "setup_s": m.setup_s,
+                       "wall_s": rec.wall_s, "setup_s": m.setup_s, "cpu_s": cpu_s,
                        **{f"t_{k}_s": v for k, v in phase_row(rec).items()},
                        "bytes_up_per_client": int(rec.extra["bytes_up_per_client"]),
                        "bytes_aggregate": int(rec.extra.get("bytes_aggregate", 0)),
@@ -149,9 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_md(out: Path, summary: list[dict], args, overrides: list[str]) -> None:
     cols = ["variant", "rounds", "median_s", "min_s", "max_s", "overhead",
-            "projected_overhead", "bytes_up_per_client"] + [f"{p}_s" for p in STACK]
+            "projected_overhead", "cpu_s", "cpu_busy", "cpu_floor_overhead",
+            "bytes_up_per_client"] + [f"{p}_s" for p in STACK]
     fmt = {c: ".2f" for c in cols if c.endswith("_s")}
-    fmt.update({"overhead": ".2f", "projected_overhead": ".2f", "bytes_up_per_client": ",d"})
+    fmt.update({"overhead": ".2f", "projected_overhead": ".2f", "bytes_up_per_client": ",d",
+                "cpu_busy": ".2f", "cpu_floor_overhead": ".2f"})
     s0 = summary[0]
     cmd = "python -m benchmarks.overhead " + " ".join(
         a for a in (["--quick"] if args.quick else []) +
@@ -176,6 +186,10 @@ def write_md(out: Path, summary: list[dict], args, overrides: list[str]) -> None
         f"- projected_overhead: the same ratio if local work were the paper's {PAPER_STEPS} "
         "steps, adding the measured plaintext train time per step for the missing steps to "
         "every variant (an extrapolation, not a measurement; equals overhead at 200 steps).",
+        f"- cpu_s: CPU-seconds the whole machine spent per round (psutil, all processes; "
+        f"median over measured rounds); cpu_busy = cpu_s / (median_s x {CORES} cores); "
+        f"cpu_floor_overhead = cpu_s / {CORES} / plaintext median_s: the overhead no "
+        "scheduling or overlap can beat on this machine, only less CPU work can.",
         "- phases: client phases (train, encode, encrypt, serialize) are means over the "
         "sampled clients, which run in parallel on Ray; `other` is round time not covered "
         "by any phase (scheduling, waiting for the slowest client, object transfer).",

@@ -33,7 +33,7 @@ from fedsim.train import predict
 
 CLIENT_PHASES = ("train", "encode", "encrypt", "serialize")
 PHASES = CLIENT_PHASES + (
-    "transfer", "aggregate", "partial_decrypt", "fuse", "server_update", "evaluate",
+    "transfer", "aggregate", "dp_noise", "partial_decrypt", "fuse", "server_update", "evaluate",
 )
 
 
@@ -227,8 +227,10 @@ class Federation:
                 f"round {round_idx}: only {len(metas)} valid update(s) "
                 f"({', '.join(dropped)} dropped); min_clients is {fed.min_clients}{last}"
             )
-        if self.aggregator_noise:
+        t0 = time.perf_counter()
+        if self.aggregator_noise:  # drawn (and encrypted in he mode) by the aggregator
             self.backend.get(self.backend.call("aggregator", "add_dp_noise"))
+        noise_s = time.perf_counter() - t0
         manifest, aggregate_h, add_s = self._finish_aggregate()
 
         phases = {p: float(np.mean([m.timings.get(p, 0.0) for m in metas.values()]))
@@ -236,6 +238,7 @@ class Federation:
         phases["transfer"] = float(np.mean(
             [max(0.0, arrivals[n] - metas[n].finished_at) for n in metas]))
         phases["aggregate"] = add_s
+        phases["dp_noise"] = noise_s
         if self.encrypted:
             summed, total_weight, crypto_times = self.crypto.open(self.backend, manifest,
                                                                   aggregate_h)

@@ -13,13 +13,15 @@ Steps (values per second):
 - ``serialize``: ciphertexts to one batch of bytes (bare: ``Serialize`` per ciphertext).
 - ``deserialize``: bytes to checked ciphertexts (``load_ciphertexts``; bare:
   ``DeserializeCiphertextString``).
-- ``add``: a client's bytes into the running sum (``CiphertextSum.add``: deserialize,
-  checks, ``EvalAddInPlace``; bare: deserialize + ``EvalAddInPlace``).
+- ``add``: a client's bytes into the running sum (``CiphertextSum.add`` as the aggregator
+  runs it: residues added in the serialized bytes with every check, see
+  ``fedsim.crypto.raw``; bare: deserialize + ``EvalAddInPlace``).
 - ``partial_decrypt``: aggregate bytes to share bytes, per key holder
   (``KeyShareHolder.partial_decrypt``; bare: deserialize, ``MultipartyDecryptLead/Main``,
   ``Serialize``).
-- ``fuse``: share bytes to decoded values (``fuse_timed`` + ``Packer.unpack``; bare:
-  deserialize, ``MultipartyDecryptFusion``, decode).
+- ``fuse``: share bytes to decoded values (``fuse_timed`` with the share layout the
+  coordinator learns once per run, + ``Packer.unpack``; bare: deserialize,
+  ``MultipartyDecryptFusion``, decode).
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
         KeyShareHolder,
         Packer,
         fuse_timed,
+        raw,
     )
-    from fedsim.crypto.cipher import load_ciphertexts
+    from fedsim.crypto.cipher import learn_share_layout, load_ciphertexts
 
     ctx = CKKSContext.create(profile, max_contributors=clients, max_key_holders=holders)
     cc = ctx.openfhe
@@ -94,7 +97,8 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
     packer = Packer(num_values, ctx.values_per_ciphertext)
     per_ct = ctx.values_per_ciphertext
     encryptor = Encryptor(ctx, key)
-    total = CiphertextSum(ctx, public_key=key)
+    layout = raw.learn_ciphertext(cc, fhe.DeserializePublicKeyString(key, fhe.BINARY), ctx.slots)
+    total = CiphertextSum(ctx, public_key=key, layout=layout)
     # Seconds per client (per key holder for partial decryption), one list per step and
     # path; throughput comes from the median, which a busy shared machine disturbs least.
     secs: dict[tuple[str, str], list[float]] = {(s, p): [] for s in STEPS
@@ -152,9 +156,10 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 bare_shares.append([fhe.Serialize(s, fhe.BINARY) for s in parts])
             secs["partial_decrypt", path].append(time.perf_counter() - t0)
 
+    share_layout = learn_share_layout(ctx, shares)  # once per run, as the coordinator does
     for _ in range(3):  # fusion is fast: repeat it for a steadier median
         t0 = time.perf_counter()
-        fused, _ = fuse_timed(ctx, shares)
+        fused, _ = fuse_timed(ctx, shares, layout=share_layout)
         fedsim_sum, _ = packer.unpack(fused)
         secs["fuse", "fedsim"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()

@@ -42,9 +42,9 @@ BASE = {
                   "keyholder": {"num_cpus": 0.05}},
 }
 # (vocab, width, depth): roughly 1e4 .. 2e7 parameters.
-MODELS_FULL = [(500, 16, 2), (2000, 64, 2), (10000, 128, 2), (24428, 256, 4)]
+MODELS_FULL = [(500, 16, 2), (2000, 64, 2), (10000, 128, 2), (24428, 256, 4), (24428, 800, 2)]
 MODELS_QUICK = [(200, 16, 2), (1000, 32, 2)]
-SWEEPS_FULL = {"clients": [2, 3, 4, 6, 8], "key_holders": [2, 3, 5, 7], "workers": [1, 2]}
+SWEEPS_FULL = {"clients": [1, 2, 4, 8, 16], "key_holders": [2, 3, 5, 7], "workers": [1, 2]}
 SWEEPS_QUICK = {"clients": [2, 3], "key_holders": [2, 3], "workers": []}
 QUICK = ["data.synth.num_hospitals=3", "data.synth.patients_per_hospital=100",
          "data.synth.vocab_size=500", "model.width=16", "train.local_steps=5"]
@@ -53,6 +53,7 @@ QUICK = ["data.synth.num_hospitals=3", "data.synth.patients_per_hospital=100",
 def point_config(base: RunConfig, sweep: str, value) -> RunConfig:
     if sweep == "clients":
         return replace(base, [f"federation.clients_per_round={value}",
+                              f"federation.min_clients={min(value, base.federation.min_clients)}",
                               f"data.synth.num_hospitals={max(value, base.num_hospitals)}"])
     if sweep == "model":
         vocab, width, depth = value
@@ -77,6 +78,9 @@ def _row(sweep: str, x: float, label: str, m, cfg: RunConfig, backend: str) -> d
         "key_holders": cfg.crypto.key_holders, "rounds": len(walls),
         "median_s": float(np.median(walls)), "min_s": float(np.min(walls)),
         "max_s": float(np.max(walls)), "setup_s": m.setup_s,
+        "cpu_s": float(np.median(m.cpu_s)) if m.cpu_s else float("nan"),
+        "cpu_busy": (float(np.median(m.cpu_s)) / (float(np.median(walls)) * (os.cpu_count() or 1))
+                     if m.cpu_s else float("nan")),
         **{f"{k}_s": float(np.median([p[k] for p in phases])) for k in phases[0]},
         "peak_rss_driver_mb": peaks.get("driver", 0) / 2**20,
         "peak_rss_largest_actor_mb": actors.get(largest, 0) / 2**20,
@@ -200,11 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.write_table(out / "scaling.parquet", rows)
     slopes = _plot(rows, out / "scaling.png")
     cols = ["sweep", "label", "num_params", "clients_per_round", "key_holders", "median_s",
-            "train_s", "encrypt_s", "partial_decrypt_s", "fuse_s", "other_s",
+            "cpu_busy", "train_s", "encrypt_s", "partial_decrypt_s", "fuse_s", "other_s",
             "peak_rss_driver_mb", "peak_rss_largest_actor_mb", "largest_actor",
             "object_store_bytes_per_round"]
     fmt = {c: ".2f" for c in cols if c.endswith("_s")}
-    fmt.update({"peak_rss_driver_mb": ".0f", "peak_rss_largest_actor_mb": ".0f",
+    fmt.update({"cpu_busy": ".2f", "peak_rss_driver_mb": ".0f", "peak_rss_largest_actor_mb": ".0f",
                 "num_params": ",d", "object_store_bytes_per_round": ",d"})
     cmd = "python -m benchmarks.scaling" + (" --quick" if args.quick else "") + \
         (f" --backend {args.backend}" if args.backend != "ray" else "") + \
@@ -225,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "- memory: peak RSS (psutil, 0.2 s sampling over the measured rounds) of the driver "
         "and of the largest actor; object-store bytes per round = bytes uploaded by all "
         "clients + the aggregate (a proxy: the global-parameter broadcast is not counted).",
+        "- cpu_busy: CPU-seconds the whole machine spent per round (psutil, all processes) "
+        "over round time x cores; near 1 means the round is CPU-bound on this machine.",
         "",
         "## Reading",
         "",

@@ -149,17 +149,34 @@ class Aggregator:
             self._noise_sealer = UpdateSealer(self._context_bytes, public_key,
                                               update_bound=update_bound, scale=scale)
 
-    def add_dp_noise(self) -> None:
-        """Draw this round's noise and add it (encrypted in he mode) to the sum."""
+    def prepare_dp_noise(self) -> None:
+        """Draw (and in he mode encrypt) this round's noise ahead of `add_dp_noise`.
+
+        The noise depends on nothing the clients send, so the coordinator asks for it
+        right after `begin`: the aggregator then encrypts it while the clients train,
+        instead of on the round's critical path after the last update arrives.
+        """
         from fedsim.dp import aggregator_noise
 
+        if self._round is None:
+            raise ProtocolError("aggregator: prepare_dp_noise() before begin()")
         plan, num_params, seed = self._dp
         noise = aggregator_noise(plan, num_params, seed=seed, round_idx=self._round)
         if self._noise_sealer is not None:
-            blob, _ = self._noise_sealer.seal(noise, 1.0, client="aggregator-noise", count=False)
-            self.add_noise(blob)
+            payload, _ = self._noise_sealer.seal(noise, 1.0, client="aggregator-noise",
+                                                 count=False)
         else:
-            self.add_noise(np.append(noise, 0.0))
+            payload = np.append(noise, 0.0)
+        self._prepared_noise = (self._round, payload)
+
+    def add_dp_noise(self) -> None:
+        """Add this round's noise (prepared earlier, or drawn now) to the sum."""
+        prepared = getattr(self, "_prepared_noise", None)
+        if prepared is None or prepared[0] != self._round:
+            self.prepare_dp_noise()
+        _, payload = self._prepared_noise
+        self._prepared_noise = None
+        self.add_noise(payload)
 
     def add_noise(self, payload: bytes | np.ndarray) -> None:
         """Add DP noise (already encrypted in he mode) to the sum; recorded in the manifest."""

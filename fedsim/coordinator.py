@@ -228,7 +228,8 @@ class Federation:
                 f"({', '.join(dropped)} dropped); min_clients is {fed.min_clients}{last}"
             )
         t0 = time.perf_counter()
-        if self.aggregator_noise:  # drawn (and encrypted in he mode) by the aggregator
+        if self.aggregator_noise:  # drawn and encrypted by the aggregator while clients train
+            self.backend.get(self._noise_ready)
             self.backend.get(self.backend.call("aggregator", "add_dp_noise"))
         noise_s = time.perf_counter() - t0
         manifest, aggregate_h, add_s = self._finish_aggregate()
@@ -285,6 +286,8 @@ class Federation:
         """
         global_ref = self.backend.put(self.state.params)
         self.backend.get(self.backend.call("aggregator", "begin", round_idx))
+        if self.aggregator_noise:  # not awaited here: it overlaps local training
+            self._noise_ready = self.backend.call("aggregator", "prepare_dp_noise")
         pending = {}
         for name in sampled:
             meta_h, payload_h = self.backend.call(f"client:{name}", "train", round_idx,

@@ -36,6 +36,8 @@ from fedsim.crypto.cipher import iter_ciphertexts
 from fedsim.crypto.context import CKKSContext
 from fedsim.errors import CryptoError
 
+_BLOCK = 64  # ciphertexts per MultipartyDecrypt call
+
 
 class KeyShareHolder:
     """Holds secret-key share ``index`` of ``num_holders`` (t-of-n when ``threshold``)."""
@@ -124,14 +126,25 @@ class KeyShareHolder:
             raise CryptoError(f"holder {self.index} has not recovered holder {on_behalf_of}")
         cc = self._context.openfhe
         decrypt = cc.MultipartyDecryptLead if lead else cc.MultipartyDecryptMain
-        payloads = []
-        # One ciphertext at a time: peak memory stays near input + output bytes.
-        for ct in iter_ciphertexts(self._context, aggregate, kind="ciphertext"):
+        payloads: list[bytes] = []
+        block: list[Any] = []
+
+        def flush() -> None:
             try:
-                (share,) = decrypt([ct], key)
+                shares = decrypt(block, key)
             except RuntimeError as exc:
                 raise CryptoError(f"partial decryption failed: {exc}") from exc
-            payloads.append(fhe.Serialize(share, fhe.BINARY))
+            payloads.extend(fhe.Serialize(share, fhe.BINARY) for share in shares)
+            block.clear()
+
+        # A block of ciphertexts per OpenFHE call (fewer crossings of the Python
+        # boundary); peak memory stays near input + output bytes.
+        for ct in iter_ciphertexts(self._context, aggregate, kind="ciphertext"):
+            block.append(ct)
+            if len(block) == _BLOCK:
+                flush()
+        if block:
+            flush()
         return encode_batch(payloads, kind="lead-share" if lead else "share")
 
     # ---- t-of-n -------------------------------------------------------------------

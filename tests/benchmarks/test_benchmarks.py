@@ -69,6 +69,10 @@ def test_overhead_quick_inprocess(tmp_path, capsys):
     for s in summary.values():
         assert s["min_s"] <= s["median_s"] <= s["max_s"]
         assert math.isclose(s["overhead"], s["median_s"] / base, rel_tol=1e-9)
+        # the CPU floor: the machine's CPU-seconds per round over its cores, per plaintext
+        assert s["cpu_s"] > 0 and 0 < s["cpu_busy"]
+        assert math.isclose(s["cpu_floor_overhead"], s["cpu_s"] / overhead.CORES / base,
+                            rel_tol=1e-9)
     assert m.group(1) == f"{summary['he-secure']['overhead']:.2f}"
     # Encrypted uploads are larger than the float64 plaintext payload.
     assert summary["he-secure"]["bytes_up_per_client"] > \

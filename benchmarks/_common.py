@@ -99,8 +99,9 @@ def machine_lines() -> list[str]:
         f"- machine: {m['platform']}, {m['processor']}, {m['cpus']} logical CPUs, "
         f"Python {m['python']}",
         f"- load average (1/5/15 min) when written: "
-        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {m['cpus']} CPUs (the machine "
-        "is shared with other jobs; absolute times are noisy, same-run ratios less so)",
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {m['cpus']} CPUs, the "
+        "benchmark's own work included (a load well above the CPU count while it ran means "
+        "other jobs shared the cores: trust same-run ratios over absolute seconds)",
         "- packages: " + ", ".join(f"{k} {v[k]}" for k in ("ray", "jax", "flax", "openfhe",
                                                              "numpy")),
     ]

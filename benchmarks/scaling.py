@@ -52,7 +52,10 @@ QUICK = ["data.synth.num_hospitals=3", "data.synth.patients_per_hospital=100",
 
 def point_config(base: RunConfig, sweep: str, value) -> RunConfig:
     if sweep == "clients":
+        # many client actors on few cores: shrink each one's CPU share so they all fit
+        share = min(base.resources.client.num_cpus, round(1.6 / value, 3))
         return replace(base, [f"federation.clients_per_round={value}",
+                              f"resources.client.num_cpus={share}",
                               f"federation.min_clients={min(value, base.federation.min_clients)}",
                               f"data.synth.num_hospitals={max(value, base.num_hospitals)}"])
     if sweep == "model":

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from builders import tiny_config
 
 from fedsim.aggregator import Aggregator, digest
+from fedsim.dp import plan_privacy
 from fedsim.errors import ProtocolError
 
 
@@ -53,3 +55,26 @@ def test_begin_forgets_the_previous_round():
     agg.begin(1)
     with pytest.raises(ProtocolError, match="no contribution"):
         agg.finish()
+
+
+def test_noise_prepared_while_clients_train_equals_noise_drawn_at_the_end():
+    cfg = tiny_config(privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0})
+    plan = plan_privacy(cfg, 3, [100, 100, 100])
+    payload = np.append(np.full(50, 0.01), 0.3)
+    totals = []
+    for prepare in (True, False):
+        agg = Aggregator("run")
+        agg.enable_noise(plan, 50, seed=7)
+        with pytest.raises(ProtocolError, match="before begin"):
+            agg.prepare_dp_noise()
+        agg.begin(2)
+        if prepare:
+            agg.prepare_dp_noise()  # what the coordinator asks for right after begin
+        agg.add("a", payload)
+        agg.add_dp_noise()
+        manifest, total, _ = agg.finish()
+        assert manifest.noise_added
+        totals.append(total)
+    np.testing.assert_array_equal(totals[0], totals[1])
+    assert np.abs(totals[0][:-1] - 0.01).max() > 0  # the noise is there
+    assert totals[0][-1] == 0.3  # and never in the weight slot

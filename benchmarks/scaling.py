@@ -119,15 +119,12 @@ def run(args) -> list[dict]:
     models = MODELS_QUICK if args.quick else MODELS_FULL
     rounds = args.rounds or (1 if args.quick else 2)
     rows = []
+    # Model sizes go last: a process keeps its peak heap, so the driver's peak RSS of
+    # every later point would show the largest model's instead of its own.
     with Session(args.backend, num_cpus=args.num_cpus) as session:
         for m in sweeps["clients"]:
             rows.append(_measure(session, "clients", m, str(m),
                                  point_config(cfg0, "clients", m), rounds, args.backend))
-        for spec in models:
-            cfg = point_config(cfg0, "model", spec)
-            rows.append(_measure(session, "model", 0, "x".join(map(str, spec)), cfg, rounds,
-                                 args.backend))
-            rows[-1]["x"] = float(rows[-1]["num_params"])
         if cfg0.federation.mode == "he":
             for k in sweeps["key_holders"]:
                 rows.append(_measure(session, "key_holders", k, str(k),
@@ -146,6 +143,12 @@ def run(args) -> list[dict]:
                                          _workers_config(cfg0, w), rounds, "ray"))
         finally:
             os.sched_setaffinity(0, original)
+    with Session(args.backend, num_cpus=args.num_cpus) as session:
+        for spec in models:
+            cfg = point_config(cfg0, "model", spec)
+            rows.append(_measure(session, "model", 0, "x".join(map(str, spec)), cfg, rounds,
+                                 args.backend))
+            rows[-1]["x"] = float(rows[-1]["num_params"])
     return rows
 
 
@@ -177,21 +180,32 @@ def _plot(rows: list[dict], path: Path) -> dict[str, float]:
     return slopes
 
 
+PHASE_NAMES = ("train", "encode", "encrypt", "serialize", "transfer", "aggregate",
+               "partial_decrypt", "fuse", "server_update", "evaluate", "other")
+
+
 def reading(rows: list[dict], slopes: dict[str, float]) -> list[str]:
-    """A short, data-driven reading of where the time goes at the end of each sweep."""
+    """A short, data-driven reading of where the time goes as each swept quantity grows."""
     lines = []
     for sweep, slope in slopes.items():
         pts = sorted((r for r in rows if r["sweep"] == sweep), key=lambda r: r["x"])
-        if not pts:
+        if len(pts) < 2:
             continue
-        last = pts[-1]
-        phases = {k[:-2]: last[k] for k in last if k.endswith("_s") and k[:-2] in
-                  ("train", "encode", "encrypt", "serialize", "transfer", "aggregate",
-                   "partial_decrypt", "fuse", "server_update", "evaluate", "other")}
-        top = sorted(phases.items(), key=lambda kv: -kv[1])[:3]
-        share = ", ".join(f"{k} {v / max(last['median_s'], 1e-9):.0%}" for k, v in top)
-        lines.append(f"- {sweep}: log-log slope {slope:.2f}; at {sweep}={last['label']} the "
-                     f"round takes {last['median_s']:.2f}s, mostly {share}.")
+        first, last = pts[0], pts[-1]
+        growth = {p: last[f"{p}_s"] - first[f"{p}_s"] for p in PHASE_NAMES
+                  if f"{p}_s" in last}
+        total = last["median_s"] - first["median_s"]
+        moved = sorted(growth.items(), key=lambda kv: -abs(kv[1]))[:2]
+        top = max(PHASE_NAMES, key=lambda p: last.get(f"{p}_s", 0.0))
+        share = last.get(f"{top}_s", 0.0) / max(last["median_s"], 1e-9)
+        lines.append(
+            f"- {sweep} ({first['label']} to {last['label']}): log-log slope {slope:.2f}; the "
+            f"round goes from {first['median_s']:.2f}s to {last['median_s']:.2f}s "
+            f"({total:+.2f}s), mostly "
+            + ", ".join(f"{p} {v:+.2f}s" for p, v in moved)
+            + f"; at the largest point {top} is {share:.0%} of the round; machine CPU busy "
+            f"{last.get('cpu_busy', float('nan')):.0%}."
+        )
     return lines
 
 

@@ -74,7 +74,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def _plot(summary: list[dict], path: Path) -> None:
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     x = np.arange(len(summary))
     bottom = np.zeros(len(summary))
     cmap = plt.get_cmap("tab20")
@@ -85,6 +85,9 @@ def _plot(summary: list[dict], path: Path) -> None:
         ax.bar(x, v, 0.6, bottom=bottom, label=phase, color=cmap(k))
         bottom += v
     for i, s in enumerate(summary):
+        if s.get("cpu_s", 0) == s.get("cpu_s", 0) and s.get("cpu_s", 0) > 0:  # not NaN
+            ax.hlines(s["cpu_s"] / CORES, i - 0.38, i + 0.38, colors="black",
+                      linestyles="dashed", label="CPU floor: cpu_s / cores" if i == 0 else None)
         ax.errorbar(i, s["median_s"], yerr=[[s["median_s"] - s["min_s"]],
                                             [s["max_s"] - s["median_s"]]],
                     color="black", capsize=4)
@@ -92,7 +95,7 @@ def _plot(summary: list[dict], path: Path) -> None:
     ax.set_xticks(x, [s["variant"] for s in summary])
     ax.set_ylabel("seconds per round (median; bar = range)")
     ax.set_title("W1 round time by phase (client phases: mean over sampled clients)")
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     common.save_figure(fig, path)
 

@@ -35,7 +35,8 @@ VARIANTS = {
                      "privacy.noise_multiplier=1.0", "privacy.clip=1.0"],
 }
 QUICK = ["model.depth=2", "model.width=64", "data.synth.patients_per_hospital=300",
-         "train.local_steps=5", "train.batch_size=32"]
+         "data.synth.vocab_size=2000", "data.synth.num_hospitals=3", "train.local_steps=5",
+         "train.batch_size=32"]
 STACK = PHASES + ("other",)
 CORES = os.cpu_count() or 1
 PAPER_STEPS = 200
@@ -103,7 +104,8 @@ def _plot(summary: list[dict], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = common.parser("overhead", __doc__)
     p.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
-    p.add_argument("--rounds", type=int, help="measured rounds per variant (default 3)")
+    p.add_argument("--rounds", type=int,
+                   help="measured rounds per variant (default 3; --quick 2)")
     p.add_argument("--local-steps", type=int, help="override train.local_steps")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {', '.join(VARIANTS)}")
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
     args = p.parse_args(argv)
     out = common.out_dir(args, "overhead")
-    rounds = args.rounds or 3
+    rounds = args.rounds or (2 if args.quick else 3)
     overrides = (QUICK if args.quick else []) + list(args.set)
     if args.local_steps:
         overrides.append(f"train.local_steps={args.local_steps}")

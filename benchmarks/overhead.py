@@ -86,7 +86,7 @@ def _plot(summary: list[dict], path: Path) -> None:
         ax.bar(x, v, 0.6, bottom=bottom, label=phase, color=cmap(k))
         bottom += v
     for i, s in enumerate(summary):
-        if s.get("cpu_s", 0) == s.get("cpu_s", 0) and s.get("cpu_s", 0) > 0:  # not NaN
+        if np.isfinite(s.get("cpu_s", np.nan)) and s["cpu_s"] > 0:
             ax.hlines(s["cpu_s"] / CORES, i - 0.38, i + 0.38, colors="black",
                       linestyles="dashed", label="CPU floor: cpu_s / cores" if i == 0 else None)
         ax.errorbar(i, s["median_s"], yerr=[[s["median_s"] - s["min_s"]],

@@ -92,18 +92,14 @@ def _row(sweep: str, x: float, label: str, m, cfg: RunConfig, backend: str) -> d
     }
 
 
-_MEASURED: dict[tuple[str, str], object] = {}  # (backend, config) -> Measured, per process
-
-
 def _measure(session: Session, sweep: str, x, label: str, cfg: RunConfig, rounds: int,
-             backend: str) -> dict:
-    # A point whose configuration another sweep already measured reuses that measurement
-    # (the base setting sits in several sweeps).
-    key = (f"{backend}/{session.num_cpus}/{rounds}", repr(cfg))
-    m = _MEASURED.get(key)
+             backend: str, done: dict) -> dict:
+    # A point whose configuration another sweep of this run already measured reuses that
+    # measurement (the base setting sits in several sweeps).
+    key = (session.num_cpus, repr(cfg))
+    m = done.get(key)
     if m is None:
-        m = _MEASURED[key] = session.measure(cfg, rounds=rounds, warmup=1,
-                                             memory=backend == "ray")
+        m = done[key] = session.measure(cfg, rounds=rounds, warmup=1, memory=backend == "ray")
     row = _row(sweep, x, label, m, cfg, backend)
     print(f"  {sweep}={label}: {row['median_s']:.2f}s/round ({m.num_params:,} params)",
           flush=True)
@@ -127,18 +123,18 @@ def run(args) -> list[dict]:
     sweeps = SWEEPS_QUICK if args.quick else SWEEPS_FULL
     models = MODELS_QUICK if args.quick else MODELS_FULL
     rounds = args.rounds or (1 if args.quick else 2)
-    rows = []
+    rows, done = [], {}
     # Model sizes go last: a process keeps its peak heap, so the driver's peak RSS of
     # every later point would show the largest model's instead of its own.
     with Session(args.backend, num_cpus=args.num_cpus) as session:
         for m in sweeps["clients"]:
             rows.append(_measure(session, "clients", m, str(m),
-                                 point_config(cfg0, "clients", m), rounds, args.backend))
+                                 point_config(cfg0, "clients", m), rounds, args.backend, done))
         if cfg0.federation.mode == "he":
             for k in sweeps["key_holders"]:
                 rows.append(_measure(session, "key_holders", k, str(k),
                                      point_config(cfg0, "key_holders", k), rounds,
-                                     args.backend))
+                                     args.backend, done))
     if args.backend == "ray" and sweeps["workers"] and hasattr(os, "sched_setaffinity"):
         original = os.sched_getaffinity(0)
         cores = sorted(original)
@@ -149,14 +145,14 @@ def run(args) -> list[dict]:
                 os.sched_setaffinity(0, set(cores[:w]))
                 with Session("ray", num_cpus=w) as session:
                     rows.append(_measure(session, "workers", w, str(w),
-                                         _workers_config(cfg0, w), rounds, "ray"))
+                                         _workers_config(cfg0, w), rounds, "ray", done))
         finally:
             os.sched_setaffinity(0, original)
     with Session(args.backend, num_cpus=args.num_cpus) as session:
         for spec in models:
             cfg = point_config(cfg0, "model", spec)
             rows.append(_measure(session, "model", 0, "x".join(map(str, spec)), cfg, rounds,
-                                 args.backend))
+                                 args.backend, done))
             rows[-1]["x"] = float(rows[-1]["num_params"])
     return rows
 

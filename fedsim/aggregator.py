@@ -71,11 +71,17 @@ class Aggregator:
         self._round = round_idx
         self._reset()
         if self.encrypted:
-            from fedsim.crypto import CiphertextSum, CKKSContext
+            from fedsim.crypto import CiphertextSum
 
-            if not hasattr(self, "_context"):
-                self._context = CKKSContext.from_bytes(self._context_bytes)
-            self._cipher = CiphertextSum(self._context, layout=self._layout)
+            self._cipher = CiphertextSum(self._ckks(), layout=self._layout)
+
+    def _ckks(self):
+        """This run's CKKS context (fedsim.crypto.CKKSContext), built on first use."""
+        if not hasattr(self, "_context"):
+            from fedsim.crypto import CKKSContext
+
+            self._context = CKKSContext.from_bytes(self._context_bytes)
+        return self._context
 
     def use_public_key(self, public_key: bytes) -> bool:
         """Sum later rounds in the serialized bytes, checked against this key's ciphertexts.
@@ -87,17 +93,16 @@ class Aggregator:
         """
         import openfhe as fhe
 
-        from fedsim.crypto import CKKSContext, raw
+        from fedsim.crypto import raw
 
         if not self.encrypted:
             raise ProtocolError("aggregator: a public key in plaintext mode")
-        if not hasattr(self, "_context"):
-            self._context = CKKSContext.from_bytes(self._context_bytes)
+        context = self._ckks()
         try:
             key = fhe.DeserializePublicKeyString(public_key, fhe.BINARY)
         except RuntimeError as exc:
             raise CryptoError(f"aggregator: public key does not deserialize: {exc}") from exc
-        self._layout = raw.learn_ciphertext(self._context.openfhe, key, self._context.slots)
+        self._layout = raw.learn_ciphertext(context.openfhe, key, context.slots)
         return self._layout is not None
 
     def add(self, client: str, payload: bytes | np.ndarray) -> float:

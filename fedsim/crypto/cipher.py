@@ -164,14 +164,20 @@ class CiphertextSum:
         self._digests[contributor] = digest
         return digest
 
+    def _check_count(self, found: int) -> None:
+        """The first batch (or ``num_ciphertexts``) fixes how many ciphertexts a batch has."""
+        expected = self._expected_count
+        if self._residues is not None:
+            expected = self._residues.shape[0]
+        elif self._sum is not None:
+            expected = len(self._sum)
+        if expected is not None and found != expected:
+            raise CryptoError(f"{found} ciphertexts, expected {expected}")
+
     def _add_raw(self, batch: bytes, contributor: str) -> None:
         try:
             res = raw.read_batch(batch, self._layout, kind="ciphertext")
-            expected = self._expected_count
-            if self._residues is not None:
-                expected = self._residues.shape[0]
-            if expected is not None and res.shape[0] != expected:
-                raise CryptoError(f"{res.shape[0]} ciphertexts, expected {expected}")
+            self._check_count(res.shape[0])
         except CryptoError as exc:
             raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
         if self._residues is None:
@@ -182,11 +188,7 @@ class CiphertextSum:
     def _add_objects(self, batch: bytes, contributor: str) -> None:
         try:
             cts = load_ciphertexts(self._context, batch, kind="ciphertext")
-            expected = self._expected_count
-            if self._sum is not None:
-                expected = len(self._sum)
-            if expected is not None and len(cts) != expected:
-                raise CryptoError(f"{len(cts)} ciphertexts, expected {expected}")
+            self._check_count(len(cts))
             tags = {ct.GetKeyTag() for ct in cts}
             tag = self._key_tag or next(iter(tags), None)
             if tags - {tag}:
@@ -271,12 +273,11 @@ def fuse_timed(
     cc = context.openfhe
     out = np.empty((count, context.values_per_ciphertext), dtype=np.float64)
     if layout is not None:
-        lead = kinds.index("lead-share")
         try:
-            total = raw.read_batch(partials[lead], layout, kind="lead-share")
-            for j, (p, k) in enumerate(zip(partials, kinds, strict=True)):
-                if j != lead:
-                    raw.add_residues(total, raw.read_batch(p, layout, kind=k), layout)
+            total = raw.sum_in_place(
+                (raw.read_batch(p, layout, kind=k) for p, k in zip(partials, kinds, strict=True)),
+                layout,
+            )
         except CryptoError as exc:
             raise CryptoError(f"partial decryptions rejected: {exc}") from exc
         deserialize, fusion, decode = time.perf_counter() - t0, 0.0, 0.0
@@ -329,10 +330,7 @@ def learn_share_layout(context: CKKSContext, partials: Sequence[bytes]) -> raw.L
         res = raw.read_items(layout, firsts)
     except CryptoError:
         return None
-    total = res[lead : lead + 1].copy()
-    for j in range(len(firsts)):
-        if j != lead:
-            raw.add_residues(total, res[j : j + 1], layout)
+    total = raw.sum_in_place((res[j : j + 1] for j in range(len(firsts))), layout)
     cc = context.openfhe
     summed = fhe.DeserializeCiphertextString(raw.write_items(layout, total)[0], fhe.BINARY)
     via_bytes = np.empty(context.values_per_ciphertext)

@@ -19,8 +19,8 @@ Callers fall back to OpenFHE objects when learning fails (another OpenFHE build)
 from __future__ import annotations
 
 import json
-import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,7 +149,7 @@ def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
     view = memoryview(blob)
     for i in range(count):
         start = _HEAD.size + i * stride
-        (crc,) = struct.unpack_from("<I", blob, start + 4)
+        _, crc = _ITEM.unpack_from(blob, start)
         if zlib.crc32(view[start + _ITEM.size : start + stride]) != crc:
             raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
     return _residues(rows[:, _ITEM.size :], layout, count)
@@ -195,6 +195,18 @@ def add_residues(total: np.ndarray, more: np.ndarray, layout: Layout) -> np.ndar
         # t < 2q: t - q wraps to above t exactly when t < q, so the minimum is t mod q.
         d = np.subtract(t, moduli, out=spare[: t.shape[0]])
         np.minimum(t, d, out=t)
+    return total
+
+
+def sum_in_place(parts: Iterable[np.ndarray], layout: Layout) -> np.ndarray:
+    """The modular sum of ``parts`` (residue arrays of one shape), accumulated in the first.
+
+    Addition modulo q is commutative, so the order (which share is the lead) is free.
+    """
+    parts = iter(parts)
+    total = next(parts)
+    for more in parts:
+        add_residues(total, more, layout)
     return total
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedsim.crypto import CKKSContext, KeyShareHolder
+from fedsim.errors import CryptoError
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,18 @@ def make_holders():
 @pytest.fixture
 def holders(test_ctx: CKKSContext) -> tuple[list[KeyShareHolder], bytes]:
     return _make_holders(test_ctx)
+
+
+def _rejected(total, batch, contributor: str, match: str) -> None:
+    """``total.add`` refuses ``batch`` naming ``contributor``, and the sum is unchanged."""
+    before = (total.result(), total.count, total.digests)
+    with pytest.raises(CryptoError, match=match) as info:
+        total.add(batch, contributor=contributor)
+    assert contributor in str(info.value)
+    assert (total.result(), total.count, total.digests) == before
+
+
+@pytest.fixture
+def rejected():
+    """The ``_rejected`` check (a fixture, so tests need no conftest import)."""
+    return _rejected

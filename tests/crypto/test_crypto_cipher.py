@@ -86,16 +86,8 @@ def summing(test_ctx, holders):
     return total, encryptor, packer, good
 
 
-def rejected(total, batch, contributor, match):
-    before = (total.result(), total.count, total.digests)
-    with pytest.raises(CryptoError, match=match) as info:
-        total.add(batch, contributor=contributor)
-    assert contributor in str(info.value)
-    assert (total.result(), total.count, total.digests) == before
-
-
 def test_bad_batches_are_rejected_by_name_and_leave_the_sum_unchanged(
-    test_ctx, summing, make_holders
+    test_ctx, summing, make_holders, rejected
 ):
     total, encryptor, packer, good = summing
     rejected(total, good[:-10], "truncated-client", "truncated")
@@ -160,7 +152,9 @@ def test_encryptor_refuses_bad_input(test_ctx, holders):
         Encryptor(test_ctx, b"not a key")
 
 
-def test_a_refused_add_midway_is_rolled_back(test_ctx, summing, monkeypatch, make_holders):
+def test_a_refused_add_midway_is_rolled_back(
+    test_ctx, summing, monkeypatch, make_holders, rejected
+):
     total, encryptor, packer, good = summing
     twin = CKKSContext.create("test", allow_insecure=True)
     _, twin_key = make_holders(twin)

@@ -10,7 +10,6 @@ import pytest
 from fedsim.crypto import CiphertextSum, CKKSContext, Encryptor, Packer, encode_batch, fuse, raw
 from fedsim.crypto.batch import _HEAD, _ITEM, decode_batch
 from fedsim.crypto.cipher import learn_share_layout
-from fedsim.errors import CryptoError
 
 
 def ciphertext_layout(ctx: CKKSContext, key: bytes) -> raw.Layout:
@@ -68,22 +67,14 @@ def raw_summing(test_ctx, holders):
     return total, encryptor, packer, good, layout
 
 
-def rejected(total, batch, contributor, match):
-    before = (total.result(), total.count, total.digests)
-    with pytest.raises(CryptoError, match=match) as info:
-        total.add(batch, contributor=contributor)
-    assert contributor in str(info.value)
-    assert (total.result(), total.count, total.digests) == before
-
-
 def with_crc(blob: bytearray, item: int, size: int) -> bytes:
     start = _HEAD.size + item * (_ITEM.size + size)
     payload = bytes(blob[start + _ITEM.size : start + _ITEM.size + size])
-    struct.pack_into("<I", blob, start + 4, zlib.crc32(payload))
+    _ITEM.pack_into(blob, start, size, zlib.crc32(payload))
     return bytes(blob)
 
 
-def test_bad_batches_are_rejected_in_bytes_too(test_ctx, raw_summing, make_holders):
+def test_bad_batches_are_rejected_in_bytes_too(test_ctx, raw_summing, make_holders, rejected):
     total, encryptor, packer, good, layout = raw_summing
     rejected(total, good[:-10], "truncated-client", "expected")
     flipped = bytearray(good)

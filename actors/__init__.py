@@ -1,6 +1,6 @@
 """Ray placement of fedsim's parties: thin shells, no protocol logic.
 
-`RayBackend` implements `fedsim.backend.Backend` with one long-lived actor per party:
+`RayBackend` implements `fedsim.protocol.backend.Backend` with one long-lived actor per party:
 clients, the aggregator and the key holders. Every decision lives in `fedsim`; this
 package only chooses names, resources, thread limits and placement.
 """

@@ -23,9 +23,9 @@ from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import Placement, plan
-from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
 from fedsim.errors import FedSimError, ProtocolError
+from fedsim.protocol.backend import PartySpec
 
 try:
     from ray.exceptions import AuthenticationError
@@ -105,7 +105,7 @@ def thread_env(res: ResourceSpec) -> dict[str, str]:
 
 
 class RayBackend:
-    """Runs parties as Ray actors; implements `fedsim.backend.Backend`."""
+    """Runs parties as Ray actors; implements `fedsim.protocol.backend.Backend`."""
 
     def __init__(self, run_id: str, *, placement_timeout_s: float = 60.0,
                  keyholder_spread: str = "best_effort",

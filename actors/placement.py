@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
-from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
 from fedsim.errors import ProtocolError
+from fedsim.protocol.backend import PartySpec
 
 # A bundle must ask for something; actors that ask for nothing get this sliver of CPU.
 _MIN_CPU = 0.001

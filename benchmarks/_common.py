@@ -2,7 +2,7 @@
 
 Each benchmark writes ``<name>.parquet`` (one row per measurement), ``<name>.md`` (a
 table with the settings, machine and date) and PNG plots to its output directory,
-every file through `fedsim.results.atomic_write`, and prints its headline last.
+every file through `fedsim.run.results.atomic_write`, and prints its headline last.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fedsim.results import atomic_write
+    from fedsim.run.results import atomic_write
 
     # from_pylist takes its columns from the first row: use every row's keys.
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -55,7 +55,7 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    from fedsim.results import atomic_write
+    from fedsim.run.results import atomic_write
 
     return _readable(atomic_write(path, lambda p: p.write_text(text)))
 
@@ -69,7 +69,7 @@ def _readable(path: Path) -> Path:
 def save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from fedsim.results import atomic_write
+    from fedsim.run.results import atomic_write
 
     def write(p: Path) -> None:
         fig.savefig(p, format="png", dpi=110)
@@ -90,7 +90,7 @@ def pyplot() -> Any:
 
 
 def machine_lines() -> list[str]:
-    from fedsim.results import machine, versions
+    from fedsim.run.results import machine, versions
 
     m = machine()
     v = versions()

@@ -1,8 +1,10 @@
 """Timing whole fedsim rounds: one `Federation` per setting, on Ray or in-process.
 
 `Session` owns the backend choice and (for Ray) one local Ray for the whole benchmark;
-`Session.measure(cfg)` starts the parties, runs warm-up and measured rounds and returns
-the `RoundRecord`s, with peak memory of the driver and of every actor when asked.
+`Session.measure(cfg)` starts the parties, runs warm-up and measured rounds through
+fedsim's round loop (`fedsim.protocol.loop.run_rounds`, the loop ``fedsim run`` uses,
+with the same evaluation callback) and returns the `RoundRecord`s, with the machine's
+CPU-seconds per round and, when asked, peak memory of the driver and of every actor.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsim.config import RunConfig
-from fedsim.coordinator import PHASES, Federation, RoundRecord
-from fedsim.runner import load_dataset
+from fedsim.learning.evaluation import CentralEvaluator
+from fedsim.protocol.federation import Federation
+from fedsim.protocol.loop import Callback, run_rounds
+from fedsim.protocol.records import PHASES, RoundRecord
+from fedsim.run.callbacks import Evaluate
+from fedsim.run.runner import load_dataset, make_backend
 
 
 @dataclass
@@ -65,22 +71,13 @@ class Session:
             self._data = {key: load_dataset(cfg)}  # keep one: datasets can be large
         return self._data[key]
 
-    def _make_backend(self, run_id: str, cfg: RunConfig) -> Any:
-        if self.backend == "ray":
-            from actors import RayBackend
-
-            return RayBackend(run_id, placement_timeout_s=cfg.resources.placement_timeout_s)
-        from fedsim.backend import InProcessBackend
-
-        return InProcessBackend()
-
     def measure(self, cfg: RunConfig, *, rounds: int, warmup: int = 1,
                 memory: bool = False) -> Measured:
         """Set up ``cfg``'s parties, run ``warmup`` + ``rounds`` rounds, tear down."""
         self._runs += 1
         run_id = f"bench{os.getpid()}-{self._runs}"
         dataset = self.dataset(cfg)
-        backend = self._make_backend(run_id, cfg)
+        backend = make_backend(self.backend, run_id, cfg)
         sampler = None
         try:
             t0 = time.perf_counter()
@@ -94,17 +91,32 @@ class Session:
                 pids = {"driver": os.getpid(), **_actor_pids(backend)}
                 sampler = RssSampler(lambda: pids)
                 sampler.__enter__()
-            done, cpu = [], []
-            for r in range(warmup + rounds):
-                before = busy_cpu_seconds()
-                done.append(federation.run_round(r))
-                cpu.append(busy_cpu_seconds() - before)
+            total = warmup + rounds
+            meter = CpuMeter()
+            evaluate = Evaluate(CentralEvaluator(federation.model, dataset),
+                                every=cfg.evaluation.every, rounds=total)
+            done = run_rounds(federation, total, [evaluate, meter])
         finally:
             if sampler is not None:
                 sampler.__exit__(None, None, None)
             backend.shutdown()
         return Measured(done[warmup:], done[:warmup], federation.num_params, setup_s,
-                        dict(sampler.peak) if sampler is not None else {}, cpu[warmup:])
+                        dict(sampler.peak) if sampler is not None else {},
+                        meter.seconds[warmup:])
+
+
+class CpuMeter(Callback):
+    """The machine's CPU-seconds per round (after evaluation), whoever spent them."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._before = 0.0
+
+    def on_round_begin(self, federation: Federation, round_idx: int) -> None:
+        self._before = busy_cpu_seconds()
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        self.seconds.append(busy_cpu_seconds() - self._before)
 
 
 def busy_cpu_seconds() -> float:
@@ -123,10 +135,15 @@ def prime(federation: Federation) -> None:
     """Train (and seal) once on every client, results discarded, so that no measured
     round pays a client's first-call JIT compilation (only sampled clients train in the
     warm-up round). Clients keep no state between rounds, so nothing else changes."""
+    from fedsim.aggregate.steps import RoundContext
+
     b = federation.backend
     ref = b.put(federation.state.params)
-    for name in federation.names:  # one at a time: sealing a large model takes GBs
-        b.get(b.call(f"client:{name}", "train", 0, ref, num_returns=2)[0])
+    context = RoundContext(0, federation.pipeline.round_params(federation.step_states))
+    groups = federation.population.groups(federation.names)
+    for role, clients in groups.items():  # one party at a time: sealing takes GBs
+        some = clients[: federation.cfg.federation.clients_per_round]
+        b.get(b.call(role, "train", 0, ref, some, context, num_returns=len(some) + 1)[0])
 
 
 def _actor_pids(backend: Any) -> dict[str, int]:

@@ -1,12 +1,17 @@
-"""W2's pieces, shared by fedsim and the peer frameworks: data, model, local training.
+"""W2 for the peer frameworks: data, model, local training, client sampling.
 
 Only numpy, JAX, Flax and optax: the Flower peer imports this module from its own
-virtual environment (no fedsim, no OpenFHE there), so both sides train with the very
-same function. See /work/shared/BENCHMARKS.md, "W2".
+virtual environment (no fedsim, no OpenFHE there). fedsim runs W2 from
+``configs/w2.yaml`` through its own round loop; everything here is written to equal
+what fedsim does there (tests/benchmarks check it): the teacher data of
+`fedsim.data.teacher`, fedsim's MLP (`fedsim.learning.model.EHRMLP` with no codes: the
+same parameter names, initialised from the same key), one epoch in data order, and
+fedsim's seeded client sampling (`fedsim.protocol.sampling`). See BENCHMARKS.md, "W2".
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import partial
 
 import flax.linen as nn
@@ -50,20 +55,24 @@ def test_data() -> tuple[np.ndarray, np.ndarray]:
 
 
 class MLP(nn.Module):
-    """64 -> 64 -> 64 -> 1, ReLU."""
+    """64 -> 64 -> 64 -> 1, ReLU, laid out as fedsim's ``EHRMLP(depth=3, width=64)``."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        for _ in range(3):
-            x = nn.relu(nn.Dense(64)(x))
-        return nn.Dense(1)(x)[..., 0]
+        h = nn.Dense(64, use_bias=False, name="numeric")(x)
+        h = nn.relu(h + self.param("bias_0", nn.initializers.zeros, (64,))[None, :])
+        for i in (1, 2):
+            h = nn.relu(nn.Dense(64, name=f"dense_{i}")(h))
+        return nn.Dense(1, name="logit")(h)[..., 0]
 
 
 MODEL = MLP()
 
 
-def init_params() -> dict:
-    return MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, FEATURES), jnp.float32))["params"]
+def init_params(seed: int = 0) -> dict:
+    """Initial parameters from fedsim's key: ``fold_in(PRNGKey(seed), 0)``."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    return MODEL.init(key, jnp.zeros((1, FEATURES), jnp.float32))["params"]
 
 
 def _loss(params, x, y):
@@ -107,6 +116,8 @@ def scores(params) -> dict[str, float]:
 
 
 def sample_round(seed: int, round_idx: int, clients: int, per_round: int) -> np.ndarray:
-    """The clients of one round: uniform without replacement, seeded by (seed, round)."""
-    rng = np.random.default_rng([seed, round_idx])
+    """The clients of one round: uniform without replacement, from fedsim's stream
+    ``SeedSequence([seed, crc32("sampling"), round])``."""
+    tag = zlib.crc32(b"sampling")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, tag, round_idx]))
     return np.sort(rng.choice(clients, size=per_round, replace=False))

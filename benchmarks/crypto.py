@@ -13,14 +13,14 @@ Steps (values per second):
 - ``serialize``: ciphertexts to one batch of bytes (bare: ``Serialize`` per ciphertext).
 - ``deserialize``: bytes to checked ciphertexts (``load_ciphertexts``; bare:
   ``DeserializeCiphertextString``).
-- ``add``: a client's bytes into the running sum (``CiphertextSum.add`` as the aggregator
+- ``add``: a client's bytes into the running sum (``ByteSum.add`` as the aggregator
   runs it: residues added in the serialized bytes with every check, see
   ``fedsim.crypto.raw``; bare: deserialize + ``EvalAddInPlace``).
 - ``partial_decrypt``: aggregate bytes to share bytes, per key holder
   (``KeyShareHolder.partial_decrypt``; bare: deserialize, ``MultipartyDecryptLead/Main``,
   ``Serialize``).
-- ``fuse``: share bytes to decoded values (``fuse_timed`` with the share layout the
-  coordinator learns once per run, + ``Packer.unpack``; bare: deserialize,
+- ``fuse``: share bytes to decoded values (``fuse_bytes_timed`` with the share layout
+  the coordinator learns once per run, + ``Packer.unpack``; bare: deserialize,
   ``MultipartyDecryptFusion``, decode).
 """
 
@@ -67,13 +67,13 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                     seed: int = 0) -> tuple[list[dict], dict]:
     """One profile: rows (one per step and path) and a summary dict."""
     from fedsim.crypto import (
-        CiphertextSum,
+        ByteSum,
         CKKSContext,
         Encryptor,
         KeyShareHolder,
         Packer,
-        fuse_timed,
-        raw,
+        fuse_bytes_timed,
+        summation_for,
     )
     from fedsim.crypto.cipher import learn_share_layout, load_ciphertexts
 
@@ -97,8 +97,9 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
     packer = Packer(num_values, ctx.values_per_ciphertext)
     per_ct = ctx.values_per_ciphertext
     encryptor = Encryptor(ctx, key)
-    layout = raw.learn_ciphertext(cc, fhe.DeserializePublicKeyString(key, fhe.BINARY), ctx.slots)
-    total = CiphertextSum(ctx, public_key=key, layout=layout)
+    total = summation_for(ctx, key)()  # the aggregator's sum: in the bytes when it can
+    if not isinstance(total, ByteSum):
+        raise RuntimeError("the byte-level sum is unavailable with this OpenFHE build")
     # Seconds per client (per key holder for partial decryption), one list per step and
     # path; throughput comes from the median, which a busy shared machine disturbs least.
     secs: dict[tuple[str, str], list[float]] = {(s, p): [] for s in STEPS
@@ -159,7 +160,7 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
     share_layout = learn_share_layout(ctx, shares)  # once per run, as the coordinator does
     for _ in range(3):  # fusion is fast: repeat it for a steadier median
         t0 = time.perf_counter()
-        fused, _ = fuse_timed(ctx, shares, layout=share_layout)
+        fused, _ = fuse_bytes_timed(ctx, shares, share_layout)
         fedsim_sum, _ = packer.unpack(fused)
         secs["fuse", "fedsim"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()

@@ -1,12 +1,13 @@
 """W2: 1000 small clients, 10 per round, 100 rounds; fedsim (cohort + vmap) against Flower.
 
-fedsim runs the clients inside `fedsim.cohort.Cohort` actors (one jitted, vmapped call
-trains a round's sampled clients) placed by `actors.RayBackend`; the server side is
-fedsim's own: `fedsim.server` FedAvg maths, and in ``he`` mode `fedsim.aggregator`,
-`fedsim.keyholder` key holders and `fedsim.sealing.AggregateOpener` threshold decryption.
-The peer (``--peer flower``) is Flower's simulation engine in its own virtual environment
+fedsim runs ``configs/w2.yaml`` through the same round loop as ``fedsim run``
+(`fedsim.protocol.loop.run_rounds` over a `Federation`): the clients live in
+`fedsim.protocol.cohort.Cohort` actors (one jitted, vmapped call trains a round's
+sampled clients), and in ``he`` mode the run's key ceremony, aggregator, key holders
+and threshold decryption are those of every encrypted run. The peer (``--peer
+flower``) is Flower's simulation engine in its own virtual environment
 (``.venv-flower``, created on demand: flwr 1.30 pins ray 2.51.1), with the same data,
-the same training function (`benchmarks._w2.local_train`) and the same client sampling.
+model, initialisation, training (`benchmarks._w2`) and client sampling.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -29,114 +31,56 @@ from benchmarks import _common as common  # noqa: E402
 from benchmarks import _w2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "w2.yaml"
 FLOWER_VENV = ROOT / ".venv-flower"
 FLOWER_REQS = ["flwr[simulation]==1.30.0", "jax==0.6.2", "jaxlib==0.6.2", "flax==0.10.7",
                "optax==0.2.8", "scikit-learn>=1.4,<2"]
 
 
+def w2_config(mode: str, *, clients: int, per_round: int, rounds: int, cohorts: int = 1,
+              profile: str = "secure", seed: int = 0) -> Any:
+    """configs/w2.yaml with the benchmark's settings."""
+    from fedsim.config import load_config
+
+    return load_config(CONFIG, [f"federation.mode={mode}", f"crypto.profile={profile}",
+                                f"data.teacher.num_clients={clients}",
+                                f"federation.clients_per_round={per_round}",
+                                f"federation.rounds={rounds}", f"federation.cohorts={cohorts}",
+                                f"seed={seed}"])
+
+
 def run_fedsim(mode: str, *, clients: int, per_round: int, rounds: int, backend: str,
                cohorts: int = 1, profile: str = "secure", seed: int = 0) -> dict:
-    """One fedsim run of W2; returns timings and final test scores."""
-    from jax.flatten_util import ravel_pytree
-
-    from fedsim.backend import PartySpec
-    from fedsim.cohort import Cohort
-    from fedsim.config import CryptoConfig, FederationConfig, ResourceSpec
-    from fedsim.server import average, make_server_optimizer, server_init, server_update
+    """One fedsim run of W2 through fedsim's round loop; timings and final test scores."""
+    from fedsim.learning.evaluation import CentralEvaluator
+    from fedsim.protocol.federation import Federation
+    from fedsim.protocol.loop import run_rounds
+    from fedsim.run.callbacks import Evaluate
+    from fedsim.run.runner import load_dataset, make_backend
 
     t_start = time.perf_counter()
-    data = [_w2.client_data(i) for i in range(clients)]
-    xs = np.stack([d[0] for d in data])
-    ys = np.stack([d[1] for d in data])
-    template = _w2.init_params()
-    flat0, unravel = ravel_pytree(template)
-    num_params = int(flat0.size)
-    bounds = np.linspace(0, clients, cohorts + 1).astype(int)
-    res = ResourceSpec(num_cpus=1.0)
-    parties = [PartySpec(f"cohort:{k}", Cohort,
-                         (_w2.local_train, template, xs[a:b], ys[a:b]),
-                         {"first": int(a), "weight_norm": float(per_round * _w2.SAMPLES),
-                          "pad_to": per_round}, resources=res, kind="client")
-               for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-    crypto = CryptoConfig(profile=profile, key_holders=3)
-    opener = None
-    run_id = f"w2-{os.getpid()}-{mode}"
-    if mode == "he":
-        from fedsim.aggregator import Aggregator
-        from fedsim.keyholder import KeyHolder
-        from fedsim.sealing import AggregateOpener
-
-        opener = AggregateOpener.create(crypto, per_round, num_params, rounds=rounds)
-        blob = opener.context_bytes
-        parties.append(PartySpec("aggregator", Aggregator, (run_id, blob),
-                                 resources=ResourceSpec(num_cpus=0.25), kind="aggregator"))
-        for i in range(crypto.key_holders):
-            parties.append(PartySpec(f"keyholder:{i}", KeyHolder, (run_id, blob),
-                                     {"index": i, "num_holders": crypto.key_holders,
-                                      "threshold": None, "min_clients": 2},
-                                     resources=ResourceSpec(num_cpus=0.1), kind="keyholder"))
-    if backend == "ray":
-        from actors import RayBackend
-
-        parties_backend = RayBackend(run_id)
-    else:
-        from fedsim.backend import InProcessBackend
-
-        parties_backend = InProcessBackend()
-    b = parties_backend
+    cfg = w2_config(mode, clients=clients, per_round=per_round, rounds=rounds,
+                    cohorts=cohorts, profile=profile, seed=seed)
+    dataset = load_dataset(cfg)
+    parties = make_backend(backend, f"w2-{os.getpid()}-{mode}", cfg)
     try:
-        b.start(parties)
-        if opener is not None:
-            from fedsim.sealing import slot_scale
-
-            key = None
-            for i in range(crypto.key_holders):
-                key = b.get(b.call(f"keyholder:{i}", "keygen", key))
-            opener.scale = slot_scale(opener.context, crypto.update_bound)
-            for k in range(cohorts):
-                b.get(b.call(f"cohort:{k}", "enable_encryption", opener.context_bytes, key,
-                             update_bound=crypto.update_bound, scale=opener.scale))
-        opt = make_server_optimizer(FederationConfig())  # FedAvg, server rate 1.0
-        state = server_init(opt, np.asarray(flat0))
+        federation = Federation(cfg, dataset, parties, run_id=f"w2-{os.getpid()}-{mode}")
+        federation.setup()
         startup_s = time.perf_counter() - t_start
-        round_s = []
-        for r in range(rounds):
-            t0 = time.perf_counter()
-            chosen = _w2.sample_round(seed, r, clients, per_round)
-            owner = np.searchsorted(bounds, chosen, side="right") - 1
-            global_ref = b.put(state.params)
-            groups = {k: [int(c) for c in chosen[owner == k]] for k in np.unique(owner)}
-            if opener is None:
-                handles = [b.call(f"cohort:{k}", "train_sum", global_ref, g)
-                           for k, g in groups.items()]
-                summed = np.sum([b.get(h) for h in handles], axis=0)
-                avg = average(summed[:-1], float(summed[-1]))
-            else:
-                b.get(b.call("aggregator", "begin", r))
-                adds = []
-                for k, g in groups.items():
-                    outs = b.call(f"cohort:{k}", "train_sealed", global_ref, g,
-                                  num_returns=len(g) + 1)
-                    adds += [b.call("aggregator", "add", f"client-{c}", h)
-                             for c, h in zip(g, outs[:-1])]
-                for h in adds:
-                    b.get(h)
-                manifest_h, aggregate_h, _ = b.call("aggregator", "finish", num_returns=3)
-                summed, weight, _ = opener.open(b, b.get(manifest_h), aggregate_h)
-                avg = average(summed, weight)
-            state = server_update(opt, state, avg)
-            round_s.append(time.perf_counter() - t0)
+        evaluate = Evaluate(CentralEvaluator(federation.model, dataset), every=0, rounds=rounds)
+        records = run_rounds(federation, rounds, [evaluate])
     finally:
-        b.shutdown()
-    scores = _w2.scores(unravel(state.params))
+        parties.shutdown()
+    round_s = [r.wall_s - r.phases.get("evaluate", 0.0) for r in records]
+    metrics = records[-1].metrics
     total = time.perf_counter() - t_start
     return {"framework": "fedsim", "mode": mode if mode == "plaintext" else f"he-{profile}",
             "backend": backend, "clients": clients, "per_round": per_round, "rounds": rounds,
-            "cohorts": cohorts, "num_params": num_params, "total_s": total,
+            "cohorts": cohorts, "num_params": federation.num_params, "total_s": total,
             "startup_s": startup_s, "rounds_s": float(sum(round_s)),
             "first_round_s": round_s[0],
             "s_per_round": float(np.mean(round_s[1:])) if rounds > 1 else round_s[0],
-            **scores}
+            "accuracy": metrics.accuracy, "auc": metrics.auc}
 
 
 def ensure_flower_venv() -> Path:

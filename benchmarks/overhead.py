@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from benchmarks import _common as common  # noqa: E402
 from benchmarks._federation import Session, phase_row  # noqa: E402
 from fedsim.config import load_config, replace  # noqa: E402
-from fedsim.coordinator import PHASES  # noqa: E402
+from fedsim.protocol.records import PHASES  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
 VARIANTS = {

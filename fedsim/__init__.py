@@ -1,7 +1,14 @@
 """fedsim: privacy-preserving federated learning among hospitals, simulated on Ray.
 
-The public API is what ``__all__`` lists; everything else lives in submodules.
+The public API is what ``__all__`` lists; everything else lives in submodules. Heavy
+names (the run loop, JAX) load on first use: the aggregator and key holders import
+``fedsim`` without importing JAX.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from fedsim.config import RunConfig, load_config
 from fedsim.errors import (
@@ -12,29 +19,53 @@ from fedsim.errors import (
     PrivacyError,
     ProtocolError,
 )
-from fedsim.results import Run, load_run
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Run": "fedsim.run.results",
+    "load_run": "fedsim.run.results",
+    "run_federated": "fedsim.run.runner",
+    "Federation": "fedsim.protocol.federation",
+    "Callback": "fedsim.protocol.loop",
+    "run_rounds": "fedsim.protocol.loop",
+    "RoundRecord": "fedsim.protocol.records",
+    "InProcessBackend": "fedsim.protocol.backend",
+    "Step": "fedsim.aggregate.steps",
+    "register_server_optimizer": "fedsim.aggregate.optimizers",
+    "Mechanism": "fedsim.privacy.mechanisms",
+    "register_mechanism": "fedsim.privacy.mechanisms",
+    "Profile": "fedsim.crypto.profiles",
+    "register_profile": "fedsim.crypto.profiles",
+}
+
 __all__ = [
+    "Callback",
     "ConfigError",
     "CryptoError",
     "DataError",
     "FedSimError",
+    "Federation",
+    "InProcessBackend",
+    "Mechanism",
     "PrivacyError",
+    "Profile",
     "ProtocolError",
+    "RoundRecord",
     "Run",
     "RunConfig",
+    "Step",
     "load_config",
     "load_run",
+    "register_mechanism",
+    "register_profile",
+    "register_server_optimizer",
     "run_federated",
+    "run_rounds",
 ]
 
 
-def __getattr__(name: str):
-    # Lazy: importing fedsim must not pull in JAX for key holders and the aggregator.
-    if name == "run_federated":
-        from fedsim.runner import run_federated
-
-        return run_federated
-    raise AttributeError(name)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

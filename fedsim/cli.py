@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedsim.config import load_config
-    from fedsim.runner import run_federated
+    from fedsim.run.runner import run_federated
 
     cfg = load_config(args.config, args.overrides)
     run_federated(cfg, out_dir=args.out, backend=args.backend, address=args.address,
@@ -74,7 +74,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from fedsim.sweep import load_sweep, run_sweep, sweep_config
+    from fedsim.run.sweep import load_sweep, run_sweep, sweep_config
 
     spec = load_sweep(args.sweep_file)
     for eps in spec.target_epsilons:
@@ -102,8 +102,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fedsim.progress import summary_table
-    from fedsim.results import load_run
+    from fedsim.run.progress import summary_table
+    from fedsim.run.results import load_run
 
     run = load_run(args.run_dir)
     console = Console()

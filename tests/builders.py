@@ -1,8 +1,11 @@
-"""Small configs for tests."""
+"""Small configs and federations for tests."""
 
 from __future__ import annotations
 
 from fedsim.config import RunConfig, from_dict
+from fedsim.protocol.backend import InProcessBackend
+from fedsim.protocol.federation import Federation
+from fedsim.run.runner import load_dataset
 
 
 def tiny_config(**sections) -> RunConfig:
@@ -24,3 +27,35 @@ def tiny_config(**sections) -> RunConfig:
         merged.update(values)
         base[name] = merged
     return from_dict(base)
+
+
+def federation(cfg: RunConfig, backend=None, run_id: str = "t") -> Federation:
+    """A set-up `Federation` of ``cfg`` (in process unless ``backend`` is given)."""
+    fed = Federation(cfg, load_dataset(cfg), backend or InProcessBackend(), run_id=run_id)
+    fed.setup()
+    return fed
+
+
+def train_one(fed: Federation, name: str, round_idx: int, params=None):
+    """What client ``name`` would contribute this round: ``(report, payload)``.
+
+    Called on the party object directly (in-process backend), outside the round.
+    """
+    from fedsim.aggregate.steps import RoundContext
+
+    role = fed.population.roles[name]
+    context = RoundContext(round_idx, fed.pipeline.round_params(fed.step_states))
+    party = fed.backend.parties[role]
+    out = party.train(round_idx, fed.state.params if params is None else params, [name],
+                      context)
+    return out[0][0], out[1]
+
+
+def scored_rounds(fed: Federation, rounds: int, *, start: int = 0) -> list:
+    """``run_rounds`` with the model scored after every round, as ``fedsim run`` does."""
+    from fedsim.learning.evaluation import CentralEvaluator
+    from fedsim.protocol.loop import run_rounds
+    from fedsim.run.callbacks import Evaluate
+
+    evaluate = Evaluate(CentralEvaluator(fed.model, fed.dataset), every=1, rounds=rounds)
+    return run_rounds(fed, rounds, [evaluate], start=start)

@@ -1,4 +1,6 @@
-"""Test set-up: JAX on CPU with a strict numpy API; Ray started once, only if needed."""
+"""Test set-up: JAX on CPU and strict (rank promotion raises, as in equinox's tests;
+warnings raised from fedsim code are errors, see pyproject.toml); Ray started once,
+only if needed."""
 
 from __future__ import annotations
 
@@ -8,8 +10,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")  # also in subprocesses
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import federation, scored_rounds
 
 from fedsim import load_config, load_run
-from fedsim.backend import InProcessBackend
-from fedsim.coordinator import Federation, run_rounds
-from fedsim.results import flatten_params
-from fedsim.runner import load_dataset
+from fedsim.run.results import flatten_params
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "configs/quick.yaml"
@@ -48,10 +46,8 @@ def test_demo_reaches_auc_075_and_prints_a_reference(demo_run):
 
 
 def _plaintext_quick(rounds=20):
-    cfg = load_config(QUICK, ["federation.mode=plaintext"])
-    fed = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="plain")
-    fed.setup()
-    return fed, run_rounds(fed, rounds)
+    fed = federation(load_config(QUICK, ["federation.mode=plaintext"]), run_id="plain")
+    return fed, scored_rounds(fed, rounds)
 
 
 @pytest.mark.slow
@@ -70,10 +66,8 @@ def test_secure_he_demo_matches_plaintext_auc(demo_run):
 
 @pytest.mark.slow
 def test_fast_he_matches_plaintext_to_1e5_after_20_rounds():
-    cfg = load_config(QUICK, ["crypto.profile=fast"])
-    enc = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="fast")
-    enc.setup()
-    enc_records = run_rounds(enc, 20)
+    enc = federation(load_config(QUICK, ["crypto.profile=fast"]), run_id="fast")
+    enc_records = scored_rounds(enc, 20)
     plain, records = _plaintext_quick()
     assert np.max(np.abs(enc.state.params - plain.state.params)) <= 1e-5
     assert round(enc_records[-1].metrics.auc, 3) == round(records[-1].metrics.auc, 3)

@@ -1,30 +1,50 @@
-"""CKKS threshold encryption for fedsim: context profiles, packing, batches, key holders.
+"""CKKS threshold encryption for fedsim: profiles, contexts, packing, batches, key shares.
 
-No Ray and no JAX here: key holders and the aggregator import only this package.
+No Ray and no JAX here: key holders and the aggregator import only this package. Names
+load on first use, so `fedsim.crypto.profiles` (read by the config) needs no OpenFHE.
 """
 
-from fedsim.crypto import raw
-from fedsim.crypto.batch import batch_kind, decode_batch, encode_batch
-from fedsim.crypto.cipher import CiphertextSum, Encryptor, fuse, fuse_timed
-from fedsim.crypto.context import PROFILES, CKKSContext
-from fedsim.crypto.keys import KeyShareHolder
-from fedsim.crypto.packing import Packer, TreeSpec, check_range, flatten_tree, unflatten_tree
+from __future__ import annotations
 
-__all__ = [
-    "PROFILES",
-    "CKKSContext",
-    "CiphertextSum",
-    "Encryptor",
-    "KeyShareHolder",
-    "Packer",
-    "TreeSpec",
-    "batch_kind",
-    "check_range",
-    "decode_batch",
-    "encode_batch",
-    "flatten_tree",
-    "fuse",
-    "fuse_timed",
-    "raw",
-    "unflatten_tree",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CKKSContext": "context",
+    "ByteSum": "cipher",
+    "CiphertextSum": "cipher",
+    "Encryptor": "cipher",
+    "ObjectSum": "cipher",
+    "fuse": "cipher",
+    "fuse_bytes": "cipher",
+    "fuse_bytes_timed": "cipher",
+    "fuse_timed": "cipher",
+    "learn_share_layout": "cipher",
+    "summation_for": "cipher",
+    "KeyShareHolder": "keys",
+    "Packer": "packing",
+    "TreeSpec": "packing",
+    "check_range": "packing",
+    "flatten_tree": "packing",
+    "unflatten_tree": "packing",
+    "batch_kind": "batch",
+    "decode_batch": "batch",
+    "encode_batch": "batch",
+    "Profile": "profiles",
+    "get_profile": "profiles",
+    "profile_names": "profiles",
+    "register_profile": "profiles",
+    "Opener": "opening",
+    "UpdateSealer": "sealing",
+    "slot_scale": "sealing",
+}
+
+__all__ = sorted([*_WHERE, "raw"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "raw":
+        return importlib.import_module(f"{__name__}.raw")
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from fedsim.crypto import CiphertextSum, CKKSContext, Encryptor, KeyShareHolder, Packer, fuse_timed
+from fedsim.crypto import CKKSContext, Encryptor, KeyShareHolder, ObjectSum, Packer, fuse_timed
 
 
 def measure(profile: str, num_values: int = 2_000_000, clients: int = 3) -> dict[str, float]:
@@ -27,7 +27,7 @@ def measure(profile: str, num_values: int = 2_000_000, clients: int = 3) -> dict
     scale = min(ctx.value_bound, 1.0) / (clients * 0.06)  # 6 sigma of N(0, 0.01) fits
     vectors = [rng.normal(0, 0.01, num_values).astype(np.float32) * scale for _ in range(clients)]
     encryptor = Encryptor(ctx, key)
-    total = CiphertextSum(ctx, public_key=key)
+    total = ObjectSum(ctx, public_key=key)
     t_enc, t_add, steps = 0.0, 0.0, {"encode": 0.0, "encrypt": 0.0, "serialize": 0.0}
     for i, vector in enumerate(vectors):
         t0 = time.perf_counter()

@@ -22,30 +22,35 @@ from fedsim.errors import CryptoError
 KINDS = ("ciphertext", "lead-share", "share")
 _MAGIC = b"FSCB"
 _VERSION = 1
-_HEAD = struct.Struct("<4sHHI")
-_ITEM = struct.Struct("<II")
+HEAD = struct.Struct("<4sHHI")  # magic, version, kind, count
+ITEM = struct.Struct("<II")  # length, crc32 of one payload
 
 
 def encode_batch(payloads: Sequence[bytes], *, kind: str = "ciphertext") -> bytes:
     """Frame ``payloads`` as one batch of ``kind``."""
-    if kind not in KINDS:
-        raise CryptoError(f"unknown batch kind {kind!r}; allowed: {', '.join(KINDS)}")
-    parts = [_HEAD.pack(_MAGIC, _VERSION, KINDS.index(kind), len(payloads))]
+    parts = [header(kind, len(payloads))]
     for payload in payloads:
-        parts.append(_ITEM.pack(len(payload), zlib.crc32(payload)))
+        parts.append(ITEM.pack(len(payload), zlib.crc32(payload)))
         parts.append(payload)
     return b"".join(parts)
 
 
+def header(kind: str, count: int) -> bytes:
+    """The header of a batch of ``count`` items of ``kind``."""
+    if kind not in KINDS:
+        raise CryptoError(f"unknown batch kind {kind!r}; allowed: {', '.join(KINDS)}")
+    return HEAD.pack(_MAGIC, _VERSION, KINDS.index(kind), count)
+
+
 def batch_kind(blob: bytes) -> str:
     """The kind in ``blob``'s header."""
-    return KINDS[_header(blob)[0]]
+    return KINDS[_read_header(blob)[0]]
 
 
-def _header(blob: bytes) -> tuple[int, int]:
-    if len(blob) < _HEAD.size:
+def _read_header(blob: bytes) -> tuple[int, int]:
+    if len(blob) < HEAD.size:
         raise CryptoError(f"batch truncated: {len(blob)} bytes, no complete header")
-    magic, version, kind, count = _HEAD.unpack_from(blob)
+    magic, version, kind, count = HEAD.unpack_from(blob)
     if magic != _MAGIC:
         raise CryptoError("not a fedsim ciphertext batch (bad magic)")
     if version != _VERSION:
@@ -62,7 +67,7 @@ def decode_batch(blob: bytes, *, kind: str | None = "ciphertext") -> list[bytes]
 
 def batch_count(blob: bytes, *, kind: str | None = "ciphertext") -> int:
     """Number of items a batch's header announces (checks the header and the kind)."""
-    found, count = _header(blob)
+    found, count = _read_header(blob)
     if kind is not None and KINDS[found] != kind:
         raise CryptoError(f"expected a {kind} batch, got a {KINDS[found]} batch")
     return count
@@ -76,12 +81,12 @@ def iter_batch(blob: bytes, *, kind: str | None = "ciphertext") -> Iterator[byte
     """
     count = batch_count(blob, kind=kind)
     view = memoryview(blob)
-    offset = _HEAD.size
+    offset = HEAD.size
     for i in range(count):
-        if offset + _ITEM.size > len(blob):
+        if offset + ITEM.size > len(blob):
             raise CryptoError(f"batch truncated at item {i} of {count}")
-        size, crc = _ITEM.unpack_from(blob, offset)
-        offset += _ITEM.size
+        size, crc = ITEM.unpack_from(blob, offset)
+        offset += ITEM.size
         if offset + size > len(blob):
             raise CryptoError(f"batch truncated inside item {i} of {count}")
         payload = bytes(view[offset : offset + size])

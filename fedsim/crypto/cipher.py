@@ -4,20 +4,24 @@ Everything that leaves a function is bytes (a batch, see ``fedsim.crypto.batch``
 OpenFHE objects stay inside the process that made them.
 
 * ``Encryptor(context, public_key).encrypt(packed)``: one batch, one ciphertext per row.
-* ``CiphertextSum(context)``: the aggregator's running sum. ``add`` checks a batch
-  completely before touching the sum, so a bad batch leaves it unchanged. Given a
-  ``fedsim.crypto.raw.Layout`` it adds residues in the serialized bytes (no OpenFHE
-  objects; about 10x faster), otherwise it deserializes and uses ``EvalAddInPlace``.
+* ``CiphertextSum``: the aggregator's running sum. ``add`` checks a batch completely
+  before touching the sum, so a bad batch leaves it unchanged. `ByteSum` adds residues
+  in the serialized bytes (no OpenFHE objects; about 10x faster), `ObjectSum`
+  deserializes and uses ``EvalAddInPlace``; ``summation_for(context, public_key)``
+  picks one for a key.
 * ``fuse(context, partials)``: OpenFHE's ``MultipartyDecryptFusion`` per ciphertext,
-  decoded to a float64 array ``[num_ciphertexts, values_per_ciphertext]``.
+  decoded to a float64 array ``[num_ciphertexts, values_per_ciphertext]``;
+  ``fuse_bytes`` sums the shares in their bytes first (``learn_share_layout``).
 """
 
 from __future__ import annotations
 
+import abc
+import functools
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, final
 
 import numpy as np
 import openfhe as fhe
@@ -59,10 +63,7 @@ class Encryptor:
 
     def __init__(self, context: CKKSContext, public_key: bytes) -> None:
         self._context = context
-        try:
-            self._key = fhe.DeserializePublicKeyString(public_key, fhe.BINARY)
-        except RuntimeError as exc:
-            raise CryptoError(f"public key does not deserialize: {exc}") from exc
+        self._key = _public_key(public_key)
 
     def encrypt(self, packed: np.ndarray) -> bytes:
         """Encrypt each row of ``packed`` ([n, values_per_ciphertext]) into one batch."""
@@ -101,35 +102,19 @@ class Encryptor:
         return blob, {"encode": encode, "encrypt": encrypt, "serialize": serialize}
 
 
-class CiphertextSum:
-    """Streaming sum of ciphertext batches (the aggregator's state).
+class CiphertextSum(abc.ABC):
+    """Streaming sum of ciphertext batches (the aggregator's state); abstract.
 
-    The first batch fixes the ciphertext count (unless ``num_ciphertexts`` is given) and
-    the key tag (unless ``public_key`` is given); every later batch must match both. At
-    most ``context.max_contributors + 1`` batches are accepted: the flooding noise is
-    sized for that many.
+    The first batch fixes the ciphertext count (unless ``num_ciphertexts`` is given);
+    every later batch must match it. At most ``context.max_contributors + 1`` batches
+    are accepted: the flooding noise is sized for that many. Two final kinds:
+    `ByteSum` adds residues in the serialized bytes, `ObjectSum` adds OpenFHE objects;
+    `summation_for` picks the first when the key's layout can be learned and checked.
     """
 
-    def __init__(
-        self,
-        context: CKKSContext,
-        *,
-        public_key: bytes | None = None,
-        num_ciphertexts: int | None = None,
-        layout: raw.Layout | None = None,
-    ) -> None:
+    def __init__(self, context: CKKSContext, *, num_ciphertexts: int | None = None) -> None:
         self._context = context
-        self._layout = layout
-        self._residues: np.ndarray | None = None
         self._expected_count = num_ciphertexts
-        self._key_tag: str | None = None
-        if public_key is not None:
-            try:
-                key = fhe.DeserializePublicKeyString(public_key, fhe.BINARY)
-            except RuntimeError as exc:
-                raise CryptoError(f"public key does not deserialize: {exc}") from exc
-            self._key_tag = key.GetKeyTag()
-        self._sum: list[Any] | None = None
         self._digests: dict[str, str] = {}
 
     @property
@@ -156,49 +141,80 @@ class CiphertextSum:
                 f"batch from {contributor}: the sum already holds {self.count} batches, the "
                 f"most this context's flooding is sized for (max_contributors + 1)"
             )
-        if self._layout is not None:
-            self._add_raw(batch, contributor)
-        else:
-            self._add_objects(batch, contributor)
+        try:
+            self._add(batch)
+        except CryptoError as exc:
+            raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
         digest = hashlib.sha256(batch).hexdigest()
         self._digests[contributor] = digest
         return digest
 
-    def _check_count(self, found: int) -> None:
+    def _check_count(self, found: int, summed: int | None) -> None:
         """The first batch (or ``num_ciphertexts``) fixes how many ciphertexts a batch has."""
-        expected = self._expected_count
-        if self._residues is not None:
-            expected = self._residues.shape[0]
-        elif self._sum is not None:
-            expected = len(self._sum)
+        expected = summed if summed is not None else self._expected_count
         if expected is not None and found != expected:
             raise CryptoError(f"{found} ciphertexts, expected {expected}")
 
-    def _add_raw(self, batch: bytes, contributor: str) -> None:
-        try:
-            res = raw.read_batch(batch, self._layout, kind="ciphertext")
-            self._check_count(res.shape[0])
-        except CryptoError as exc:
-            raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
+    @abc.abstractmethod
+    def _add(self, batch: bytes) -> None:
+        """Check ``batch`` completely, then add it; raise CryptoError leaving the sum as is."""
+
+    @abc.abstractmethod
+    def result(self) -> bytes:
+        """The sum as a ciphertext batch."""
+
+
+@final
+class ByteSum(CiphertextSum):
+    """Adds the residue arrays inside the serialized bytes (see `fedsim.crypto.raw`)."""
+
+    def __init__(self, context: CKKSContext, layout: raw.Layout, *,
+                 num_ciphertexts: int | None = None) -> None:
+        super().__init__(context, num_ciphertexts=num_ciphertexts)
+        self._layout = layout
+        self._residues: np.ndarray | None = None
+
+    def _add(self, batch: bytes) -> None:
+        res = raw.read_batch(batch, self._layout, kind="ciphertext")
+        self._check_count(res.shape[0],
+                          None if self._residues is None else self._residues.shape[0])
         if self._residues is None:
             self._residues = res
         else:
             raw.add_residues(self._residues, res, self._layout)
 
-    def _add_objects(self, batch: bytes, contributor: str) -> None:
-        try:
-            cts = load_ciphertexts(self._context, batch, kind="ciphertext")
-            self._check_count(len(cts))
-            tags = {ct.GetKeyTag() for ct in cts}
-            tag = self._key_tag or next(iter(tags), None)
-            if tags - {tag}:
-                raise CryptoError("ciphertexts encrypted under another public key")
-            if self._sum is None:
-                self._sum = cts
-            else:
-                self._add_in_place(cts)
-        except CryptoError as exc:
-            raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
+    def result(self) -> bytes:
+        if self._residues is None:
+            raise CryptoError("no batch has been added; nothing to return")
+        return raw.write_batch(self._layout, self._residues)
+
+
+@final
+class ObjectSum(CiphertextSum):
+    """Deserializes each batch and adds OpenFHE ciphertexts in place.
+
+    The first batch fixes the key tag unless ``public_key`` is given.
+    """
+
+    def __init__(self, context: CKKSContext, *, public_key: bytes | None = None,
+                 num_ciphertexts: int | None = None) -> None:
+        super().__init__(context, num_ciphertexts=num_ciphertexts)
+        self._key_tag: str | None = None
+        if public_key is not None:
+            self._key_tag = _public_key(public_key).GetKeyTag()
+        self._sum: list[Any] | None = None
+
+    def _add(self, batch: bytes) -> None:
+        cts = load_ciphertexts(self._context, batch, kind="ciphertext")
+        self._check_count(len(cts), None if self._sum is None else len(self._sum))
+        tags = {ct.GetKeyTag() for ct in cts}
+        tag = self._key_tag or next(iter(tags), None)
+        if tags - {tag}:
+            raise CryptoError("ciphertexts encrypted under another public key")
+        if self._sum is None:
+            self._sum = cts
+        else:
+            self._add_in_place(cts)
         self._key_tag = tag
 
     def _add_in_place(self, cts: list[Any]) -> None:
@@ -217,18 +233,41 @@ class CiphertextSum:
             raise CryptoError(f"ciphertexts from another context: {exc}") from exc
 
     def result(self) -> bytes:
-        """The sum as a ciphertext batch."""
-        if self._residues is not None:
-            return raw.write_batch(self._layout, self._residues)
         if self._sum is None:
             raise CryptoError("no batch has been added; nothing to return")
         return encode_batch([fhe.Serialize(ct, fhe.BINARY) for ct in self._sum])
 
 
-def fuse(context: CKKSContext, partials: Sequence[bytes], *,
-         layout: raw.Layout | None = None) -> np.ndarray:
+def summation_for(context: CKKSContext, public_key: bytes) -> Callable[[], CiphertextSum]:
+    """A maker of empty sums for ciphertexts under ``public_key``.
+
+    `ByteSum` when the residue layout of a fresh ciphertext under the key is learned
+    and checked against OpenFHE's ``EvalAdd`` (``raw.learn_ciphertext``); `ObjectSum`
+    otherwise (another OpenFHE build).
+    """
+    layout = raw.learn_ciphertext(context.openfhe, _public_key(public_key), context.slots)
+    if layout is None:
+        return functools.partial(ObjectSum, context, public_key=public_key)
+    return functools.partial(ByteSum, context, layout)
+
+
+def _public_key(blob: bytes) -> Any:
+    try:
+        return fhe.DeserializePublicKeyString(blob, fhe.BINARY)
+    except RuntimeError as exc:
+        raise CryptoError(f"public key does not deserialize: {exc}") from exc
+
+
+def fuse(context: CKKSContext, partials: Sequence[bytes]) -> np.ndarray:
     """Fuse one partial-decryption batch per key holder (exactly one lead) into values."""
-    return fuse_timed(context, partials, layout=layout)[0]
+    return fuse_timed(context, partials)[0]
+
+
+def fuse_bytes(context: CKKSContext, partials: Sequence[bytes],
+               layout: raw.Layout) -> np.ndarray:
+    """``fuse``, with the shares first summed in their serialized bytes (``layout`` from
+    ``learn_share_layout``)."""
+    return fuse_bytes_timed(context, partials, layout)[0]
 
 
 def _check_partials(partials: Sequence[bytes]) -> tuple[list[str], int]:
@@ -259,39 +298,47 @@ def _fusion(cc: Any, parts: list[Any], i: int) -> Any:
         raise CryptoError(f"fusion of ciphertext {i} failed: {exc}") from exc
 
 
-def fuse_timed(
-    context: CKKSContext, partials: Sequence[bytes], *, layout: raw.Layout | None = None
+def fuse_bytes_timed(
+    context: CKKSContext, partials: Sequence[bytes], layout: raw.Layout
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """``fuse`` plus seconds spent in "deserialize", "fusion" and "decode".
+    """``fuse_bytes`` plus seconds spent in "deserialize", "fusion" and "decode".
 
-    With a share ``layout`` (see ``learn_share_layout``) the shares are first summed in
-    their serialized bytes, so OpenFHE deserializes and fuses one share per ciphertext
-    instead of one per key holder; the result is the same to the last bit.
+    OpenFHE deserializes and fuses one summed share per ciphertext instead of one per
+    key holder; the result is the same to the last bit as ``fuse``'s.
     """
     t0 = time.perf_counter()
     kinds, count = _check_partials(partials)
     cc = context.openfhe
     out = np.empty((count, context.values_per_ciphertext), dtype=np.float64)
-    if layout is not None:
-        try:
-            total = raw.sum_in_place(
-                (raw.read_batch(p, layout, kind=k) for p, k in zip(partials, kinds, strict=True)),
-                layout,
-            )
-        except CryptoError as exc:
-            raise CryptoError(f"partial decryptions rejected: {exc}") from exc
-        deserialize, fusion, decode = time.perf_counter() - t0, 0.0, 0.0
-        for lo in range(0, count, 512):
-            for i, item in enumerate(raw.write_items(layout, total[lo : lo + 512]), start=lo):
-                t0 = time.perf_counter()
-                ct = fhe.DeserializeCiphertextString(item, fhe.BINARY)
-                t1 = time.perf_counter()
-                plain = _fusion(cc, [ct], i)
-                t2 = time.perf_counter()
-                _decode(context, plain, out[i])
-                deserialize += t1 - t0
-                fusion, decode = fusion + t2 - t1, decode + time.perf_counter() - t2
-        return out, {"deserialize": deserialize, "fusion": fusion, "decode": decode}
+    try:
+        total = raw.sum_in_place(
+            (raw.read_batch(p, layout, kind=k) for p, k in zip(partials, kinds, strict=True)),
+            layout,
+        )
+    except CryptoError as exc:
+        raise CryptoError(f"partial decryptions rejected: {exc}") from exc
+    deserialize, fusion, decode = time.perf_counter() - t0, 0.0, 0.0
+    for lo in range(0, count, 512):
+        for i, item in enumerate(raw.write_items(layout, total[lo : lo + 512]), start=lo):
+            t0 = time.perf_counter()
+            ct = fhe.DeserializeCiphertextString(item, fhe.BINARY)
+            t1 = time.perf_counter()
+            plain = _fusion(cc, [ct], i)
+            t2 = time.perf_counter()
+            _decode(context, plain, out[i])
+            deserialize += t1 - t0
+            fusion, decode = fusion + t2 - t1, decode + time.perf_counter() - t2
+    return out, {"deserialize": deserialize, "fusion": fusion, "decode": decode}
+
+
+def fuse_timed(
+    context: CKKSContext, partials: Sequence[bytes]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``fuse`` plus seconds spent in "deserialize", "fusion" and "decode"."""
+    t0 = time.perf_counter()
+    kinds, count = _check_partials(partials)
+    cc = context.openfhe
+    out = np.empty((count, context.values_per_ciphertext), dtype=np.float64)
     # One ciphertext index at a time across all shares: memory stays near the inputs.
     streams = [iter_ciphertexts(context, p, kind=k) for p, k in zip(partials, kinds, strict=True)]
     deserialize = time.perf_counter() - t0

@@ -37,9 +37,9 @@ import numpy as np
 import openfhe as fhe
 
 from fedsim.crypto import _secret_key
+from fedsim.crypto.profiles import Profile, get_profile
 from fedsim.errors import CryptoError
 
-PROFILES = ("secure", "fast", "test")
 FIRST_MOD_BITS = 60
 SCALE_MOD_BITS = 50
 STATISTICAL_SECURITY = 30  # bits; OpenFHE's default for NOISE_FLOODING_DECRYPT
@@ -52,19 +52,11 @@ _VERSION = 1
 _HEAD = struct.Struct("<4sHI")
 
 
-@dataclass(frozen=True)
-class _Profile:
-    ring_dim: int  # 0: chosen by OpenFHE for the security level
-    security: Any
-    complex_packing: bool
-    flooding: bool
-    insecure: bool
-
-
-_PROFILES = {
-    "secure": _Profile(0, fhe.HEStd_128_classic, False, True, False),
-    "fast": _Profile(0, fhe.HEStd_128_classic, True, False, False),
-    "test": _Profile(1024, fhe.HEStd_NotSet, False, True, True),
+_SECURITY = {
+    0: fhe.HEStd_NotSet,
+    128: fhe.HEStd_128_classic,
+    192: fhe.HEStd_192_classic,
+    256: fhe.HEStd_256_classic,
 }
 
 
@@ -78,14 +70,14 @@ class _Meta:
 
 
 def _params(meta: _Meta, mode: Any) -> Any:
-    spec = _PROFILES[meta.profile]
+    spec = get_profile(meta.profile)
     p = fhe.CCParamsCKKSRNS()
     p.SetMultiplicativeDepth(0)
     p.SetScalingTechnique(fhe.FIXEDMANUAL)
     p.SetFirstModSize(FIRST_MOD_BITS)
     p.SetScalingModSize(SCALE_MOD_BITS)
     p.SetKeySwitchTechnique(fhe.BV)
-    p.SetSecurityLevel(spec.security)
+    p.SetSecurityLevel(_SECURITY[spec.security_bits])
     if spec.ring_dim:
         p.SetRingDim(spec.ring_dim)
     p.SetCKKSDataType(fhe.COMPLEX if spec.complex_packing else fhe.REAL)
@@ -149,7 +141,8 @@ class CKKSContext:
         self._meta = meta
         self._cc = cc
         self._cc_bytes = cc_bytes
-        spec = _PROFILES[meta.profile]
+        spec = get_profile(meta.profile)
+        self._spec = spec
         self._slots = int(cc.GetBatchSize())
         self._ring_dim = int(cc.GetRingDimension())
         self._scale = float(cc.GetScalingFactorReal(0))
@@ -202,9 +195,8 @@ class CKKSContext:
         ``max_decryptions``: ciphertexts decrypted under one key over its life (rounds
         times ciphertexts per round); flooding noise grows with its square root.
         """
-        if profile not in _PROFILES:
-            raise CryptoError(f"unknown crypto profile {profile!r}; allowed: {', '.join(PROFILES)}")
-        if _PROFILES[profile].insecure and not allow_insecure:
+        spec = get_profile(profile)
+        if spec.insecure and not allow_insecure:
             raise CryptoError(
                 f"crypto profile {profile!r} is insecure (small ring, no security level); "
                 "pass allow_insecure=True to use it in tests"
@@ -217,7 +209,7 @@ class CKKSContext:
             if int(value) != value or value < 1:
                 raise CryptoError(f"{name} must be a positive integer, got {value!r}")
         meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, None)
-        if _PROFILES[profile].flooding:
+        if spec.flooding:
             estimate, ring_dim = _estimate_noise(meta)
             estimate += ESTIMATE_MARGIN_BITS
             meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, estimate)
@@ -249,10 +241,9 @@ class CKKSContext:
             meta = _Meta(**fields)
         except (ValueError, TypeError) as exc:
             raise CryptoError(f"context metadata unreadable: {exc}") from exc
-        if meta.profile not in _PROFILES:
-            raise CryptoError(f"unknown crypto profile {meta.profile!r} in context bytes")
+        spec = get_profile(meta.profile)
         stored = bytes(blob[_HEAD.size + size :])
-        mode = fhe.EXEC_EVALUATION if _PROFILES[meta.profile].flooding else None
+        mode = fhe.EXEC_EVALUATION if spec.flooding else None
         cc = _generate(_params(meta, mode))
         if fhe.Serialize(cc, fhe.BINARY) != stored:
             raise CryptoError(
@@ -288,14 +279,19 @@ class CKKSContext:
         return self._meta.profile
 
     @property
+    def spec(self) -> Profile:
+        """The registered `Profile` this context was built from."""
+        return self._spec
+
+    @property
     def complex_packing(self) -> bool:
         """True when each slot carries two reals (``fast``)."""
-        return _PROFILES[self._meta.profile].complex_packing
+        return self._spec.complex_packing
 
     @property
     def flooding(self) -> bool:
         """True when decryption shares are noise-flooded (``secure``, ``test``)."""
-        return _PROFILES[self._meta.profile].flooding
+        return self._spec.flooding
 
     @property
     def slots(self) -> int:

@@ -9,7 +9,8 @@ any ciphertext exists.
   restores the exact structure, shapes and dtypes (integer and bool leaves are rounded
   to the nearest value first, since decrypted sums are approximate).
 * ``Packer`` lays a vector out as ``[num_ciphertexts, values_per_ciphertext]`` rows with
-  the contribution weight in the last slot of the last row, zeros elsewhere.
+  ``reserved`` values (by default one: the contribution weight) in the last slots of
+  the last row, zeros elsewhere.
 * ``check_range`` refuses packed updates whose sum over ``contributors`` could leave the
   range a context decrypts correctly: CKKS wraps silently, so this must be checked.
 """
@@ -149,41 +150,52 @@ def check_range(packed: np.ndarray, contributors: int, bound: float) -> None:
 
 
 class Packer:
-    """Lays a vector of ``num_values`` floats and one weight out in CKKS slot rows."""
+    """Lays a vector of ``num_values`` floats and ``reserved`` more values in CKKS slot rows.
+
+    The reserved values fill the last ``reserved`` slots of the last row, in order; by
+    convention the contribution weight is the last of them.
+    """
 
     check_range = staticmethod(check_range)
 
-    def __init__(self, num_values: int, values_per_ciphertext: int) -> None:
-        if num_values < 0 or values_per_ciphertext < 1:
+    def __init__(self, num_values: int, values_per_ciphertext: int, *, reserved: int = 1) -> None:
+        if num_values < 0 or values_per_ciphertext < 1 or reserved < 1:
             raise CryptoError(
                 f"bad packing: num_values={num_values}, "
-                f"values_per_ciphertext={values_per_ciphertext}"
+                f"values_per_ciphertext={values_per_ciphertext}, reserved={reserved}"
             )
         self.num_values = num_values
         self.values_per_ciphertext = values_per_ciphertext
-        # One extra slot for the weight.
-        self.num_ciphertexts = -(-(num_values + 1) // values_per_ciphertext)
+        self.reserved = reserved
+        self.num_ciphertexts = -(-(num_values + reserved) // values_per_ciphertext)
 
     @property
     def shape(self) -> tuple[int, int]:
         """Shape of a packed array."""
         return (self.num_ciphertexts, self.values_per_ciphertext)
 
-    def pack(self, vector: np.ndarray, weight: float) -> np.ndarray:
-        """Return a float64 array of ``shape``: values, zero padding, weight last."""
+    def pack(self, vector: np.ndarray, *reserved: float) -> np.ndarray:
+        """Return a float64 array of ``shape``: values, zero padding, reserved values last."""
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (self.num_values,):
             raise CryptoError(f"expected a vector of {self.num_values} values, got {vector.shape}")
+        if len(reserved) != self.reserved:
+            raise CryptoError(f"expected {self.reserved} reserved value(s), got {len(reserved)}")
         packed = np.zeros(self.shape, dtype=np.float64)
         flat = packed.reshape(-1)
         flat[: self.num_values] = vector
-        flat[-1] = weight
+        flat[flat.size - self.reserved :] = reserved
         return packed
 
-    def unpack(self, packed: np.ndarray) -> tuple[np.ndarray, float]:
-        """Return ``(vector, weight)`` from a packed (or decrypted, summed) array."""
+    def unpack_all(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(vector, reserved values)`` from a packed (or decrypted, summed) array."""
         packed = np.asarray(packed, dtype=np.float64)
         if packed.shape != self.shape:
             raise CryptoError(f"expected packed shape {self.shape}, got {packed.shape}")
         flat = packed.reshape(-1)
-        return flat[: self.num_values].copy(), float(flat[-1])
+        return flat[: self.num_values].copy(), flat[flat.size - self.reserved :].copy()
+
+    def unpack(self, packed: np.ndarray) -> tuple[np.ndarray, float]:
+        """Return ``(vector, weight)``: the vector and the last reserved value."""
+        vector, reserved = self.unpack_all(packed)
+        return vector, float(reserved[-1])

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import openfhe as fhe
 
-from fedsim.crypto.batch import _HEAD, _ITEM, _MAGIC, _VERSION, KINDS, batch_count
+from fedsim.crypto.batch import HEAD, ITEM, batch_count, header
 from fedsim.errors import CryptoError
 
 _ROWS = 512  # items per numpy block: bounds temporaries to ~64 MB at ring 4096
@@ -120,7 +120,7 @@ def learn_ciphertext(cc: Any, public_key: Any, slots: int) -> Layout | None:
 
 
 def _rows(blob: bytes | memoryview, count: int, layout: Layout, offset: int) -> np.ndarray:
-    stride = _ITEM.size + layout.size
+    stride = ITEM.size + layout.size
     return np.frombuffer(blob, dtype=np.uint8, count=count * stride, offset=offset).reshape(
         count, stride
     )
@@ -135,24 +135,24 @@ def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
     its modulus. Raises ``CryptoError`` naming the first problem.
     """
     count = batch_count(blob, kind=kind)
-    stride = _ITEM.size + layout.size
-    if len(blob) != _HEAD.size + count * stride:
+    stride = ITEM.size + layout.size
+    if len(blob) != HEAD.size + count * stride:
         raise CryptoError(
             f"batch of {count} items has {len(blob)} bytes, expected "
-            f"{_HEAD.size + count * stride} for items of this context and key"
+            f"{HEAD.size + count * stride} for items of this context and key"
         )
-    rows = _rows(blob, count, layout, _HEAD.size)
+    rows = _rows(blob, count, layout, HEAD.size)
     sizes = rows[:, :4].copy().view("<u4")[:, 0]
     if count and np.any(sizes != layout.size):
         i = int(np.flatnonzero(sizes != layout.size)[0])
         raise CryptoError(f"batch item {i} of {count} has {sizes[i]} bytes, expected {layout.size}")
     view = memoryview(blob)
     for i in range(count):
-        start = _HEAD.size + i * stride
-        _, crc = _ITEM.unpack_from(blob, start)
-        if zlib.crc32(view[start + _ITEM.size : start + stride]) != crc:
+        start = HEAD.size + i * stride
+        _, crc = ITEM.unpack_from(blob, start)
+        if zlib.crc32(view[start + ITEM.size : start + stride]) != crc:
             raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
-    return _residues(rows[:, _ITEM.size :], layout, count)
+    return _residues(rows[:, ITEM.size :], layout, count)
 
 
 def read_items(layout: Layout, items: list[bytes]) -> np.ndarray:
@@ -217,19 +217,18 @@ def write_items(layout: Layout, residues: np.ndarray) -> list[bytes]:
 
 def write_batch(layout: Layout, residues: np.ndarray, *, kind: str = "ciphertext") -> bytes:
     """One batch (the ``fedsim.crypto.batch`` format) of items holding ``residues``."""
-    if kind not in KINDS:
-        raise CryptoError(f"unknown batch kind {kind!r}; allowed: {', '.join(KINDS)}")
     count = residues.shape[0]
-    stride = _ITEM.size + layout.size
-    out = bytearray(_HEAD.size + count * stride)
-    _HEAD.pack_into(out, 0, _MAGIC, _VERSION, KINDS.index(kind), count)
-    rows = np.frombuffer(out, dtype=np.uint8, offset=_HEAD.size).reshape(count, stride)
-    _fill(layout, residues, rows[:, _ITEM.size :])
+    head = header(kind, count)
+    stride = ITEM.size + layout.size
+    out = bytearray(len(head) + count * stride)
+    out[: len(head)] = head
+    rows = np.frombuffer(out, dtype=np.uint8, offset=HEAD.size).reshape(count, stride)
+    _fill(layout, residues, rows[:, ITEM.size :])
     view = memoryview(out)
     for i in range(count):
-        start = _HEAD.size + i * stride
-        crc = zlib.crc32(view[start + _ITEM.size : start + stride])
-        _ITEM.pack_into(out, start, layout.size, crc)
+        start = HEAD.size + i * stride
+        crc = zlib.crc32(view[start + ITEM.size : start + stride])
+        ITEM.pack_into(out, start, layout.size, crc)
     del rows, view
     return bytes(out)
 

@@ -7,6 +7,7 @@ from fedsim.data.dataset import SPLITS, ClientData, FederatedDataset, Split
 from fedsim.data.loader import ColumnSpec, DataWarning, load_table, partition, synthetic_dataset
 from fedsim.data.reference import reference_logistic_auc
 from fedsim.data.synth import SynthSpec, generate_ehr, write_table
+from fedsim.data.teacher import TeacherSpec, teacher_dataset
 
 __all__ = [
     "SPLITS",
@@ -16,10 +17,12 @@ __all__ = [
     "FederatedDataset",
     "Split",
     "SynthSpec",
+    "TeacherSpec",
     "generate_ehr",
     "load_table",
     "partition",
     "reference_logistic_auc",
     "synthetic_dataset",
+    "teacher_dataset",
     "write_table",
 ]

@@ -91,13 +91,16 @@ class FederatedDataset:
     """All clients, in sorted hospital-name order, with the shapes the model needs.
 
     ``vocab_size`` is the number of code embeddings (0 without a codes column),
-    ``num_numeric`` is F and ``max_codes`` is L.
+    ``num_numeric`` is F and ``max_codes`` is L. ``holdout``, when given, is a test set
+    that no client holds (a benchmark's public test set); evaluation then uses it
+    instead of the clients' pooled test splits.
     """
 
     clients: tuple[ClientData, ...]
     vocab_size: int
     num_numeric: int
     max_codes: int
+    holdout: Split | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -112,3 +115,7 @@ class FederatedDataset:
     def pooled(self, which: str) -> Split:
         """Concatenation of every client's ``which`` split (train, val or test)."""
         return Split.concatenate([c.split(which) for c in self.clients])
+
+    def test_set(self) -> Split:
+        """What the global model is scored on: the holdout, or the pooled test splits."""
+        return self.holdout if self.holdout is not None else self.pooled("test")

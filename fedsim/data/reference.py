@@ -39,7 +39,7 @@ def reference_logistic_auc(dataset: FederatedDataset, *, seed: int = 0) -> float
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    train, val, test = (dataset.pooled(s) for s in ("train", "val", "test"))
+    train, val, test = dataset.pooled("train"), dataset.pooled("val"), dataset.test_set()
     for name, split in (("train", train), ("test", test)):
         if np.unique(split.labels).size < 2:
             raise DataError(f"the pooled {name} split has a single class; AUC is undefined")

@@ -32,7 +32,6 @@ from fedsim.privacy.events import (
     _check_rounds,
     _composed,
 )
-from fedsim.privacy.mechanisms import Mechanism
 
 __all__ = [
     "Accountant",
@@ -176,7 +175,7 @@ def calibrate_noise_multiplier(
     delta: float,
     rounds: int,
     *,
-    mechanism: Mechanism = "gaussian",
+    mechanism: str = "gaussian",
     sampling: Sampling = "poisson",
     sampling_probability: float | None = None,
     population: int | None = None,

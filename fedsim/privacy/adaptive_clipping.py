@@ -16,10 +16,11 @@ indicator sum with noise ``sigma_b``; each client's centred indicator has magnit
 (``AccountingSpec.noise_multiplier``) and noise the updates with
 ``update_noise_multiplier(z, sigma_b)`` > ``z``.
 
-The indicator noise is an ordinary :class:`NoiseSpec` (sensitivity 1/2, multiplier
-``2 sigma_b``), so :func:`central_noise` or :func:`noise_share` place it in the
-encrypted sum exactly like the update noise. ``expected_clients`` must be a fixed,
-public number (``q * n`` or ``m``), never the realised count.
+The indicator noise is an ordinary Gaussian `Mechanism` (sensitivity 1/2, multiplier
+``2 sigma_b``), so its ``sample`` or ``share`` places it in the encrypted sum exactly
+like the update noise (`fedsim.privacy.steps.ClientLevelDP` does).
+``expected_clients`` must be a fixed, public number (``q * n`` or ``m``), never the
+realised count.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from fedsim.errors import PrivacyError
-from fedsim.privacy.mechanisms import NoiseSpec
+from fedsim.privacy.mechanisms import Mechanism, make_mechanism
 
 __all__ = [
     "AdaptiveClipSpec",
@@ -66,9 +67,10 @@ class AdaptiveClipSpec:
                 f"private), got {self.indicator_noise_stddev}"
             )
 
-    def indicator_noise_spec(self) -> NoiseSpec:
+    def indicator_noise_spec(self) -> Mechanism:
         """Noise for the indicator sum: Gaussian, sensitivity 1/2, stddev ``sigma_b``."""
-        return NoiseSpec("gaussian", clip=0.5, noise_multiplier=2.0 * self.indicator_noise_stddev)
+        return make_mechanism("gaussian", clip=0.5,
+                              noise_multiplier=2.0 * self.indicator_noise_stddev)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Literal
 import dp_accounting
 
 from fedsim.errors import PrivacyError
-from fedsim.privacy.mechanisms import Mechanism, check_mechanism
+from fedsim.privacy.mechanisms import mechanism_class
 
 __all__ = [
     "ACCOUNTANTS",
@@ -80,7 +80,7 @@ class AccountingSpec:
     """Client-level DP of one round; validated (and checked supported) when built.
 
     Attributes:
-        mechanism: ``"gaussian"`` or ``"laplace"``.
+        mechanism: a registered mechanism name (``"gaussian"``, ``"laplace"``, ...).
         noise_multiplier: ``z`` > 0, noise scale over the clip bound.
         delta: target delta in (0, 1).
         sampling: ``"poisson"`` (each client joins with probability
@@ -93,7 +93,7 @@ class AccountingSpec:
         pld_discretization: PLD value discretization interval (dp-accounting default).
     """
 
-    mechanism: Mechanism
+    mechanism: str
     noise_multiplier: float
     delta: float
     sampling: Sampling = "poisson"
@@ -104,7 +104,7 @@ class AccountingSpec:
     pld_discretization: float = 1e-4
 
     def __post_init__(self) -> None:
-        check_mechanism(self.mechanism)
+        mechanism_class(self.mechanism)
         _check_common(self.noise_multiplier, self.delta, self.accountant, self.pld_discretization)
         if self.sampling == "poisson":
             _check_q(self.sampling_probability, "sampling_probability")
@@ -122,22 +122,15 @@ class AccountingSpec:
         self._check_supported()
 
     def _check_supported(self) -> None:
-        if self.sampling == "fixed" and self.mechanism == "laplace":
-            raise PrivacyError(
-                "mechanism='laplace' with sampling='fixed' is not supported: dp-accounting "
-                "bounds sampling without replacement only for the Gaussian mechanism; use "
-                "sampling='poisson' with accountant='pld', or mechanism='gaussian'"
-            )
+        problem = mechanism_class(self.mechanism).unsupported(
+            sampling=self.sampling, accountant=self.accountant, q=self.q)
+        if problem is not None:
+            raise PrivacyError(problem)
         if self.sampling == "fixed" and self.accountant == "pld":
             raise PrivacyError(
                 "sampling='fixed' is not supported by the PLD accountant (dp-accounting has "
                 "no PLD for sampling without replacement); use accountant='rdp' or "
                 "sampling='poisson'"
-            )
-        if self.mechanism == "laplace" and self.accountant == "rdp" and self.q < 1.0:
-            raise PrivacyError(
-                "mechanism='laplace' with Poisson subsampling (q < 1) is not supported by "
-                "the RDP accountant; use accountant='pld'"
             )
 
     @property
@@ -161,16 +154,12 @@ class AccountingSpec:
 
     def unit_event(self) -> dp_accounting.DpEvent:
         """The event of one round (see the module table)."""
+        event_of = mechanism_class(self.mechanism).dp_event
         if self.sampling == "fixed":
+            # Replacing one client moves the sum by up to 2C: the multiplier halves.
             return dp_accounting.SampledWithoutReplacementDpEvent(
-                self.population,
-                self.sample_size,
-                dp_accounting.GaussianDpEvent(self.noise_multiplier / 2.0),
-            )
-        if self.mechanism == "gaussian":
-            base: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        else:
-            base = dp_accounting.LaplaceDpEvent(self.noise_multiplier)
+                self.population, self.sample_size, event_of(self.noise_multiplier / 2.0))
+        base = event_of(self.noise_multiplier)
         if self.q == 1.0:
             return base
         return dp_accounting.PoissonSampledDpEvent(self.q, base)

@@ -8,9 +8,9 @@ import pytest
 
 from actors import RayBackend, check_capacity
 from actors.backend import thread_env
-from fedsim.backend import PartySpec
 from fedsim.config import ResourceSpec
 from fedsim.errors import ProtocolError
+from fedsim.protocol.backend import PartySpec
 
 pytestmark = pytest.mark.ray
 

@@ -5,9 +5,9 @@ import openfhe as fhe
 import pytest
 
 from fedsim.crypto import (
-    CiphertextSum,
     CKKSContext,
     Encryptor,
+    ObjectSum,
     Packer,
     batch_kind,
     decode_batch,
@@ -39,7 +39,7 @@ def test_batch_round_trip_and_framing_errors():
 def run_round(ctx, vectors, weights, holders, key):
     packer = Packer(len(vectors[0]), ctx.values_per_ciphertext)
     encryptor = Encryptor(ctx, key)
-    total = CiphertextSum(ctx, public_key=key)
+    total = ObjectSum(ctx, public_key=key)
     for i, (vector, weight) in enumerate(zip(vectors, weights, strict=True)):
         packed = packer.pack(vector, weight)
         packer.check_range(packed, len(vectors), ctx.value_bound)
@@ -80,7 +80,7 @@ def summing(test_ctx, holders):
     holders, key = holders
     packer = Packer(700, test_ctx.values_per_ciphertext)  # 2 ciphertexts
     encryptor = Encryptor(test_ctx, key)
-    total = CiphertextSum(test_ctx)
+    total = ObjectSum(test_ctx)
     good = encryptor.encrypt(packer.pack(np.full(700, 0.01), 0.1))
     total.add(good, contributor="first")
     return total, encryptor, packer, good
@@ -120,7 +120,7 @@ def test_sum_refuses_more_batches_than_the_flooding_is_sized_for(make_holders):
     _, key = make_holders(ctx)
     encryptor = Encryptor(ctx, key)
     batch = encryptor.encrypt(Packer(3, ctx.values_per_ciphertext).pack(np.zeros(3), 0.1))
-    total = CiphertextSum(ctx)
+    total = ObjectSum(ctx)
     total.add(batch, contributor="client")
     total.add(batch, contributor="dp-noise")
     with pytest.raises(CryptoError, match="extra: the sum already holds 2 batches"):

@@ -7,7 +7,7 @@ import numpy as np
 import openfhe as fhe
 import pytest
 
-from fedsim.crypto import CiphertextSum, CKKSContext, Encryptor, Packer, encode_batch, fuse
+from fedsim.crypto import CKKSContext, Encryptor, ObjectSum, Packer, encode_batch, fuse
 from fedsim.errors import CryptoError
 
 
@@ -61,7 +61,7 @@ def test_bytes_round_trip_rebuilds_the_same_context(test_ctx, make_holders):
     # Keys made under the rebuilt context decrypt what the original one encrypts.
     holders, key = make_holders(again)
     packer = Packer(10, test_ctx.values_per_ciphertext)
-    total = CiphertextSum(test_ctx)
+    total = ObjectSum(test_ctx)
     total.add(
         Encryptor(test_ctx, key).encrypt(packer.pack(np.full(10, 0.125), 0.5)), contributor="a"
     )
@@ -105,7 +105,7 @@ def test_value_bound_holds_for_the_worst_case_vector_and_wrap_is_real(test_ctx, 
             np.full(vpc, 1.01),
         ]
     )
-    total = CiphertextSum(test_ctx)
+    total = ObjectSum(test_ctx)
     encryptor = Encryptor(test_ctx, key)
     total.add(encryptor.encrypt(packed[:2]), contributor="bounded")
     parts = [h.partial_decrypt(total.result(), lead=i == 0) for i, h in enumerate(holders)]

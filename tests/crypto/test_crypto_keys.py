@@ -6,13 +6,13 @@ import numpy as np
 import openfhe as fhe
 import pytest
 
-from fedsim.crypto import CiphertextSum, Encryptor, KeyShareHolder, Packer, _secret_key, fuse
+from fedsim.crypto import Encryptor, KeyShareHolder, ObjectSum, Packer, _secret_key, fuse
 from fedsim.errors import CryptoError
 
 
 def encrypted(ctx, key, vector, weight=0.1):
     packer = Packer(len(vector), ctx.values_per_ciphertext)
-    total = CiphertextSum(ctx)
+    total = ObjectSum(ctx)
     total.add(Encryptor(ctx, key).encrypt(packer.pack(vector, weight)), contributor="c")
     return packer, total.result()
 

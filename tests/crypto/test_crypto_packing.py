@@ -71,7 +71,7 @@ def test_pack_unpack_round_trip_odd_sizes(vpc):
         packer = Packer(n, vpc)
         assert packer.num_ciphertexts == -(-(n + 1) // vpc)
         vector = rng.normal(size=n)
-        packed = packer.pack(vector, weight=12.5)
+        packed = packer.pack(vector, 12.5)
         assert packed.shape == (packer.num_ciphertexts, vpc)
         assert packed[-1, -1] == 12.5
         np.testing.assert_array_equal(packed.reshape(-1)[n:-1], 0.0)

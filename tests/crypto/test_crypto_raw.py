@@ -7,8 +7,18 @@ import numpy as np
 import openfhe as fhe
 import pytest
 
-from fedsim.crypto import CiphertextSum, CKKSContext, Encryptor, Packer, encode_batch, fuse, raw
-from fedsim.crypto.batch import _HEAD, _ITEM, decode_batch
+from fedsim.crypto import (
+    ByteSum,
+    CKKSContext,
+    Encryptor,
+    ObjectSum,
+    Packer,
+    encode_batch,
+    fuse,
+    fuse_bytes,
+    raw,
+)
+from fedsim.crypto.batch import HEAD, ITEM, decode_batch
 from fedsim.crypto.cipher import learn_share_layout
 
 
@@ -35,7 +45,7 @@ def test_byte_sums_equal_openfhe_sums_and_fuse_to_the_same_values(name, request,
     bound = min(ctx.value_bound, 1.0) / 3
     vectors = [rng.uniform(-bound, bound, n) for _ in range(3)]
     batches = [encryptor.encrypt(packer.pack(v, 0.1)) for v in vectors]
-    by_objects, by_bytes = CiphertextSum(ctx), CiphertextSum(ctx, layout=layout)
+    by_objects, by_bytes = ObjectSum(ctx), ByteSum(ctx, layout)
     for i, batch in enumerate(batches):
         assert by_objects.add(batch, contributor=str(i)) == by_bytes.add(batch, contributor=str(i))
     aggregate = by_bytes.result()
@@ -45,7 +55,7 @@ def test_byte_sums_equal_openfhe_sums_and_fuse_to_the_same_values(name, request,
     share_layout = learn_share_layout(ctx, shares)
     assert share_layout is not None and share_layout.arrays == 1
     fused_objects = fuse(ctx, shares)
-    fused_bytes = fuse(ctx, shares, layout=share_layout)
+    fused_bytes = fuse_bytes(ctx, shares, share_layout)
     vector, weight = packer.unpack(fused_bytes)
     assert np.abs(vector - sum(vectors)).max() < ctx.error_bound
     assert abs(weight - 0.3) < ctx.error_bound
@@ -61,16 +71,16 @@ def raw_summing(test_ctx, holders):
     layout = ciphertext_layout(test_ctx, key)
     packer = Packer(700, test_ctx.values_per_ciphertext)  # 2 ciphertexts
     encryptor = Encryptor(test_ctx, key)
-    total = CiphertextSum(test_ctx, layout=layout)
+    total = ByteSum(test_ctx, layout)
     good = encryptor.encrypt(packer.pack(np.full(700, 0.01), 0.1))
     total.add(good, contributor="first")
     return total, encryptor, packer, good, layout
 
 
 def with_crc(blob: bytearray, item: int, size: int) -> bytes:
-    start = _HEAD.size + item * (_ITEM.size + size)
-    payload = bytes(blob[start + _ITEM.size : start + _ITEM.size + size])
-    _ITEM.pack_into(blob, start, size, zlib.crc32(payload))
+    start = HEAD.size + item * (ITEM.size + size)
+    payload = bytes(blob[start + ITEM.size : start + ITEM.size + size])
+    ITEM.pack_into(blob, start, size, zlib.crc32(payload))
     return bytes(blob)
 
 
@@ -95,7 +105,7 @@ def test_bad_batches_are_rejected_in_bytes_too(test_ctx, raw_summing, make_holde
     )
     # a residue equal to its modulus: well framed, right metadata, not a valid ciphertext
     unreduced = bytearray(good)
-    at = _HEAD.size + _ITEM.size + layout.offsets[1] + 8 * 5
+    at = HEAD.size + ITEM.size + layout.offsets[1] + 8 * 5
     struct.pack_into("<Q", unreduced, at, layout.moduli[1])
     rejected(total, with_crc(unreduced, 0, layout.size), "unreduced-client", "not reduced")
 

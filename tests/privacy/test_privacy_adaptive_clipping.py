@@ -11,7 +11,6 @@ from fedsim.errors import PrivacyError
 from fedsim.privacy import (
     AdaptiveClipSpec,
     AdaptiveClipState,
-    central_noise,
     clip_indicator,
     clip_l2,
     effective_noise_multiplier,
@@ -32,7 +31,7 @@ def test_indicator_noise_is_an_ordinary_noise_spec_with_stddev_sigma_b():
     spec = AdaptiveClipSpec(target_quantile=0.5, learning_rate=0.2, indicator_noise_stddev=2.5)
     noise_spec = spec.indicator_noise_spec()
     assert noise_spec.clip == 0.5 and noise_spec.stddev == pytest.approx(2.5)
-    draws = central_noise(np.random.default_rng(0), 1_000_000, noise_spec)
+    draws = noise_spec.sample(np.random.default_rng(0), 1_000_000)
     assert abs(draws.std() / 2.5 - 1.0) < 5.0 / math.sqrt(2 * 1_000_000)
 
 
@@ -47,7 +46,7 @@ def test_clip_tracks_the_target_quantile_of_update_norms():
             _, norm = clip_l2(update, state.clip)
             norms.append(norm)
         indicators = sum(clip_indicator(n, state.clip) for n in norms)
-        noised = indicators + central_noise(rng, 1, spec.indicator_noise_spec())[0]
+        noised = indicators + spec.indicator_noise_spec().sample(rng, 1)[0]
         state = update_clip(state, spec, noised, expected_clients=clients)
     fresh = np.linalg.norm(rng.standard_normal((20_000, 8)), axis=1) * rng.lognormal(
         0.0, 0.5, 20_000

@@ -15,19 +15,19 @@ import pytest
 from scipy import stats
 
 from fedsim.errors import PrivacyError
-from fedsim.privacy import NoiseSpec, central_noise, check_survivors, clip_update, noise_share
+from fedsim.privacy import Mechanism, check_survivors, make_mechanism
 
 N = 1_000_000
 
 
-def _zero_update_plus_noise(spec: NoiseSpec, rng: np.random.Generator) -> np.ndarray:
-    clipped, norm = clip_update(np.zeros(N), spec)
+def _zero_update_plus_noise(spec: Mechanism, rng: np.random.Generator) -> np.ndarray:
+    clipped, norm = spec.clip_update(np.zeros(N))
     assert norm == 0.0
-    return clipped + central_noise(rng, N, spec)
+    return clipped + spec.sample(rng, N)
 
 
 def test_gaussian_noise_stddev_is_clip_times_multiplier_on_a_zero_update():
-    spec = NoiseSpec("gaussian", clip=2.0, noise_multiplier=1.5)
+    spec = make_mechanism("gaussian", clip=2.0, noise_multiplier=1.5)
     assert spec.scale == spec.stddev == 3.0
     noisy = _zero_update_plus_noise(spec, np.random.default_rng(0))
     assert abs(noisy.std() / 3.0 - 1.0) < 5.0 / math.sqrt(2 * N)
@@ -35,7 +35,7 @@ def test_gaussian_noise_stddev_is_clip_times_multiplier_on_a_zero_update():
 
 
 def test_laplace_noise_scale_is_clip_times_multiplier_on_a_zero_update():
-    spec = NoiseSpec("laplace", clip=0.5, noise_multiplier=4.0)
+    spec = make_mechanism("laplace", clip=0.5, noise_multiplier=4.0)
     b = 2.0
     assert spec.scale == b and spec.stddev == pytest.approx(math.sqrt(2.0) * b)
     noisy = _zero_update_plus_noise(spec, np.random.default_rng(1))
@@ -45,19 +45,19 @@ def test_laplace_noise_scale_is_clip_times_multiplier_on_a_zero_update():
 
 
 def test_noise_is_a_function_of_the_generator_only():
-    spec = NoiseSpec("gaussian", clip=1.0, noise_multiplier=1.0)
-    a = central_noise(np.random.default_rng(7), 5, spec)
-    b = central_noise(np.random.default_rng(7), 5, spec)
-    c = central_noise(np.random.default_rng(8), 5, spec)
+    spec = make_mechanism("gaussian", clip=1.0, noise_multiplier=1.0)
+    a = spec.sample(np.random.default_rng(7), 5)
+    b = spec.sample(np.random.default_rng(7), 5)
+    c = spec.sample(np.random.default_rng(8), 5)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_gaussian_shares_sum_to_target_variance():
-    spec = NoiseSpec("gaussian", clip=1.0, noise_multiplier=2.0)
+    spec = make_mechanism("gaussian", clip=1.0, noise_multiplier=2.0)
     m, size = 7, 200_000
     rng = np.random.default_rng(2)
-    shares = [noise_share(rng, size, spec, m) for _ in range(m)]
+    shares = [spec.share(rng, size, m) for _ in range(m)]
     assert abs(shares[0].std() / (2.0 / math.sqrt(m)) - 1.0) < 5.0 / math.sqrt(2 * size)
     total = np.sum(shares, axis=0)
     assert abs(total.std() / 2.0 - 1.0) < 5.0 / math.sqrt(2 * size)
@@ -66,15 +66,15 @@ def test_gaussian_shares_sum_to_target_variance():
 
 @pytest.mark.parametrize("m", [1, 3, 10])
 def test_laplace_shares_sum_to_a_laplace(m):
-    spec = NoiseSpec("laplace", clip=1.0, noise_multiplier=1.5)
+    spec = make_mechanism("laplace", clip=1.0, noise_multiplier=1.5)
     b, size = 1.5, 200_000
     rng = np.random.default_rng(3 + m)
-    total = np.sum([noise_share(rng, size, spec, m) for _ in range(m)], axis=0)
+    total = np.sum([spec.share(rng, size, m) for _ in range(m)], axis=0)
     assert abs(total.var() / (2 * b**2) - 1.0) < 5.0 * math.sqrt(5.0 / size)
     assert stats.kstest(total, stats.laplace(scale=b).cdf).pvalue > 0.01
     # A single share of several is not Laplace(b): the test has the power to tell.
     if m > 1:
-        one = noise_share(rng, size, spec, m)
+        one = spec.share(rng, size, m)
         assert stats.kstest(one, stats.laplace(scale=b).cdf).pvalue < 1e-6
 
 
@@ -103,19 +103,19 @@ def test_check_survivors_refuses_too_few_contributors():
 )
 def test_noise_spec_refuses_configurations_without_a_guarantee(kwargs, message):
     with pytest.raises(PrivacyError, match=message):
-        NoiseSpec(**kwargs)
+        make_mechanism(**kwargs)
 
 
 def test_noise_share_needs_a_positive_count():
-    spec = NoiseSpec("gaussian", clip=1.0, noise_multiplier=1.0)
+    spec = make_mechanism("gaussian", clip=1.0, noise_multiplier=1.0)
     with pytest.raises(PrivacyError, match="num_shares: must be an integer >= 1"):
-        noise_share(np.random.default_rng(0), 3, spec, 0)
+        spec.share(np.random.default_rng(0), 3, 0)
 
 
 def test_clip_update_uses_the_mechanisms_norm():
     v = np.array([3.0, 4.0])
-    l2, _ = clip_update(v, NoiseSpec("gaussian", clip=1.0, noise_multiplier=1.0))
-    l1, _ = clip_update(v, NoiseSpec("laplace", clip=1.0, noise_multiplier=1.0))
+    l2, _ = make_mechanism("gaussian", clip=1.0, noise_multiplier=1.0).clip_update(v)
+    l1, _ = make_mechanism("laplace", clip=1.0, noise_multiplier=1.0).clip_update(v)
     np.testing.assert_allclose(l2, [0.6, 0.8], rtol=1e-15)
     np.testing.assert_allclose(l1, [3 / 7, 4 / 7], rtol=1e-15)
 
@@ -128,7 +128,7 @@ def test_importing_the_package_does_not_import_jax():
 
     code = (
         "import sys, fedsim.privacy as p; assert 'jax' not in sys.modules, 'jax loaded'; "
-        "p.central_noise; p.Accountant; assert 'jax' not in sys.modules"
+        "p.make_mechanism; p.Accountant; assert 'jax' not in sys.modules"
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=root)

@@ -1,0 +1,85 @@
+"""The whole run configuration: one frozen `RunConfig` of the sections in
+`fedsim.config.sections`, with the checks that span sections."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsim.config.sections import (
+    CryptoConfig,
+    DataConfig,
+    EvaluationConfig,
+    FederationConfig,
+    ModelConfig,
+    PrivacyConfig,
+    ResourcesConfig,
+    TrainConfig,
+)
+from fedsim.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; frozen and validated on construction."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def __post_init__(self) -> None:
+        fed = self.federation
+        if fed.min_clients > fed.clients_per_round:
+            raise ConfigError(
+                f"federation.min_clients: {fed.min_clients} is more than "
+                f"federation.clients_per_round ({fed.clients_per_round})"
+            )
+        if self.privacy.enabled and self.privacy.level == "record":
+            if self.train.local_steps is None:
+                raise ConfigError("privacy.level: record-level DP-SGD needs train.local_steps")
+            if fed.clients == "cohort":
+                raise ConfigError("privacy.level: record-level DP-SGD runs one client per "
+                                  "actor; use federation.clients: hospital")
+        n = self.num_hospitals
+        if n is not None and fed.clients_per_round > n:
+            raise ConfigError(
+                f"federation.clients_per_round: {fed.clients_per_round} sampled clients but "
+                f"only {n} hospitals"
+            )
+        if n is not None and fed.clients == "cohort" and fed.cohorts > n:
+            raise ConfigError(f"federation.cohorts: {fed.cohorts} cohorts but only {n} clients")
+
+    @property
+    def num_hospitals(self) -> int | None:
+        """Number of clients when known from the config alone."""
+        if self.data.hospitals is not None:
+            return len(self.data.hospitals)
+        if self.data.source == "synthetic":
+            return self.data.synth.num_hospitals
+        if self.data.source == "teacher":
+            return self.data.teacher.num_clients
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), suitable for YAML or JSON."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_config"):
+            return _plain(value.to_config())
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

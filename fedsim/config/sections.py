@@ -1,0 +1,354 @@
+"""The sections of a run configuration: frozen dataclasses, validated when built.
+
+Every problem is a `ConfigError` naming the dotted key, e.g. ``train.lr: must be > 0,
+got -0.1``. Names that select a pluggable piece (a crypto profile, a DP mechanism, a
+server optimizer) are checked against that piece's registry, so adding a piece never
+means editing this file. `fedsim.config.schema.RunConfig` holds one of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fedsim.data.loader import ColumnSpec
+from fedsim.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic EHR generator settings (see `fedsim.data.SynthSpec`)."""
+
+    num_hospitals: int = 5
+    patients_per_hospital: int = 2000
+    vocab_size: int = 24428
+    mean_codes: float = 12.0
+    zipf_exponent: float = 1.1
+    numeric_features: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_hospitals", "patients_per_hospital", "vocab_size", "mean_codes")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Many small tabular clients labelled by a hidden linear teacher (W2; see
+    `fedsim.data.TeacherSpec`): a held-out test set stands apart from every client."""
+
+    num_clients: int = 1000
+    samples_per_client: int = 50
+    features: int = 64
+    label_noise: float = 0.10
+    test_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_clients", "samples_per_client", "features", "test_samples")
+        if not 0 <= self.label_noise < 0.5:
+            raise ConfigError(f"data.teacher.label_noise: must be in [0, 0.5), got "
+                              f"{self.label_noise}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from: ``synthetic`` EHR (generated in memory), a Parquet/CSV
+    ``file``, or ``teacher`` tabular clients (the many-small-clients workload)."""
+
+    source: Literal["synthetic", "file", "teacher"] = "synthetic"
+    path: str | None = None
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
+    hospitals: tuple[str, ...] | None = None
+    vocab_size: int | None = None
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+    def __post_init__(self) -> None:
+        if self.source == "file" and not self.path:
+            raise ConfigError("data.path: required when data.source is 'file'")
+        if self.hospitals is not None and len(self.hospitals) == 0:
+            raise ConfigError("data.hospitals: the hospital list is empty; omit it to use all")
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.fractions: train/val/test fractions must be >= 0 and sum to 1, "
+                f"got {list(self.fractions)}"
+            )
+        if self.fractions[0] == 0 or self.fractions[2] == 0:
+            raise ConfigError("data.fractions: train and test fractions must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """MLP whose first layer is an embedding-bag over medical codes."""
+
+    depth: int = 2
+    width: int = 64
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    bag: Literal["sum", "mean"] = "sum"
+
+    def __post_init__(self) -> None:
+        _positive(self, "depth", "width")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on each client. ``shuffle: false`` takes batches in data order."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 0.001
+    batch_size: int = 128
+    local_steps: int | None = 200
+    local_epochs: float | None = None
+    prox_mu: float = 0.0
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "batch_size")
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ConfigError("train: set exactly one of train.local_steps and train.local_epochs")
+        if self.local_steps is not None and self.local_steps <= 0:
+            raise ConfigError(f"train.local_steps: must be > 0, got {self.local_steps}")
+        if self.local_epochs is not None and self.local_epochs <= 0:
+            raise ConfigError(f"train.local_epochs: must be > 0, got {self.local_epochs}")
+        if self.prox_mu < 0:
+            raise ConfigError(f"train.prox_mu: must be >= 0, got {self.prox_mu}")
+
+
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """A server optimizer by name with its keyword options.
+
+    In YAML: ``server_optimizer: fedavg`` or ``server_optimizer: {name: adam,
+    learning_rate: 0.01, b2: 0.99}``. The name is a fedsim preset (``fedavg``,
+    ``fedadam``, ``fedyogi``, ``fedadagrad``, ``fedavgm``, or one registered with
+    `fedsim.aggregate.register_server_optimizer`) or any optax optimizer alias; the
+    options are checked against that function's signature.
+    """
+
+    name: str = "fedavg"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        from fedsim.aggregate.optimizers import check_options
+
+        check_options(self.name, dict(self.options), key="federation.server_optimizer")
+
+    @classmethod
+    def from_config(cls, value: Any, key: str) -> ServerOptimizerConfig:
+        """Build from a name or a mapping ``{name: ..., <option>: ...}``."""
+        if isinstance(value, str):
+            return cls(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an optimizer name or a mapping with 'name', "
+                              f"got {type(value).__name__} {value!r}")
+        if not isinstance(value.get("name"), str):
+            raise ConfigError(f"{key}.name: required, the server optimizer's name "
+                              "(e.g. fedavg, fedadam, adam, yogi)")
+        options = {k: v for k, v in value.items() if k != "name"}
+        return cls(value["name"], tuple(sorted(options.items())))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, **dict(self.options)}
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Rounds, clients, sampling and the server optimizer.
+
+    ``clients: hospital`` runs one actor per client; ``clients: cohort`` simulates the
+    clients in ``cohorts`` actors that train their sampled clients together with
+    ``jax.vmap`` (thousands of small clients). Both go through the same round loop.
+    """
+
+    mode: Literal["plaintext", "he"] = "plaintext"
+    rounds: int = 20
+    clients_per_round: int = 3
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    min_clients: int = 2
+    server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    clients: Literal["hospital", "cohort"] = "hospital"
+    cohorts: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "rounds", "clients_per_round", "min_clients", "cohorts")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How often the coordinator scores the global model (``every: 0``: only at the end)."""
+
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"evaluation.every: must be >= 0, got {self.every}")
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    """Threshold CKKS settings (used when federation.mode is 'he')."""
+
+    profile: str = "secure"
+    allow_insecure: bool = False
+    key_holders: int = 3
+    threshold: int | None = None
+    update_bound: float = 1.0
+
+    def __post_init__(self) -> None:
+        from fedsim.crypto.profiles import get_profile, profile_names
+
+        _registered(self.profile, profile_names(), "crypto.profile")
+        profile = get_profile(self.profile)
+        if not self.update_bound > 0:
+            raise ConfigError(f"crypto.update_bound: must be > 0, got {self.update_bound}")
+        if self.key_holders < 2:
+            raise ConfigError(f"crypto.key_holders: need at least 2, got {self.key_holders}")
+        if self.threshold is not None and not (
+            self.key_holders / 2 < self.threshold <= self.key_holders
+        ):
+            raise ConfigError(
+                f"crypto.threshold: must satisfy key_holders/2 < threshold <= key_holders "
+                f"(Shamir sharing needs a majority), got threshold {self.threshold} "
+                f"with {self.key_holders} key holders"
+            )
+        if profile.insecure and not self.allow_insecure:
+            raise ConfigError(
+                f"crypto.profile: {self.profile!r} is an insecure ring; set "
+                "crypto.allow_insecure: true to use it"
+            )
+
+
+@dataclass(frozen=True)
+class AdaptiveClippingConfig:
+    """Adaptive client-level clipping (Andrew et al. 2021): the clip bound follows the
+    ``target_quantile`` of update norms. ``indicator_noise_stddev`` defaults to the
+    paper's clients per round / 20; ``max_clip`` caps the bound (it sizes the
+    encryption's value range)."""
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    indicator_noise_stddev: float | None = None
+    max_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_quantile < 1:
+            raise ConfigError(f"privacy.adaptive_clipping.target_quantile: must be in (0, 1), "
+                              f"got {self.target_quantile}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"privacy.adaptive_clipping.learning_rate: must be > 0, got "
+                              f"{self.learning_rate}")
+        if self.indicator_noise_stddev is not None and not self.indicator_noise_stddev > 0:
+            raise ConfigError("privacy.adaptive_clipping.indicator_noise_stddev: must be > 0 "
+                              f"(an un-noised count is not private), got "
+                              f"{self.indicator_noise_stddev}")
+        if not self.max_clip > 0:
+            raise ConfigError(f"privacy.adaptive_clipping.max_clip: must be > 0, got "
+                              f"{self.max_clip}")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy (client level and record level)."""
+
+    enabled: bool = False
+    level: Literal["client", "record"] = "client"
+    mechanism: str = "gaussian"
+    placement: Literal["aggregator", "distributed"] = "aggregator"
+    clip: float | None = 1.0
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    accountant: Literal["rdp", "pld"] = "rdp"
+    record_sampling_rate: float | None = None
+    adaptive_clipping: AdaptiveClippingConfig | None = None
+
+    def __post_init__(self) -> None:
+        from fedsim.privacy.mechanisms import mechanism_names
+
+        _registered(self.mechanism, mechanism_names(), "privacy.mechanism")
+        if not self.enabled:
+            return
+        if self.clip is None or not self.clip > 0:
+            raise ConfigError("privacy.clip: noise without clipping has no stated guarantee; "
+                              "set privacy.clip > 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy.delta: must be in (0, 1), got {self.delta}")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("privacy: set exactly one of privacy.noise_multiplier and "
+                              "privacy.target_epsilon")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(f"privacy.target_epsilon: must be > 0, got {self.target_epsilon}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(
+                f"privacy.noise_multiplier: must be > 0, got {self.noise_multiplier}")
+        if self.record_sampling_rate is not None and not 0 < self.record_sampling_rate <= 1:
+            raise ConfigError(f"privacy.record_sampling_rate: must be in (0, 1], got "
+                              f"{self.record_sampling_rate}")
+        if self.level == "record" and self.mechanism != "gaussian":
+            raise ConfigError("privacy.mechanism: record-level DP-SGD uses 'gaussian'")
+        if self.adaptive_clipping is not None:
+            if self.level == "record":
+                raise ConfigError("privacy.adaptive_clipping: adaptive clipping is client "
+                                  "level; record-level DP-SGD clips at privacy.clip")
+            if self.mechanism != "gaussian":
+                raise ConfigError("privacy.adaptive_clipping: its accounting (Andrew et al. "
+                                  "2021, Thm. 1) needs mechanism 'gaussian'")
+            if self.clip > self.adaptive_clipping.max_clip:
+                raise ConfigError(f"privacy.clip: the initial bound {self.clip:g} exceeds "
+                                  f"privacy.adaptive_clipping.max_clip "
+                                  f"{self.adaptive_clipping.max_clip:g}")
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """Ray resources for one actor of a role."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("resources: num_cpus and num_gpus must be >= 0")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per-role Ray resources and placement (``client`` is per training actor: one
+    hospital, or one cohort)."""
+
+    client: ResourceSpec = field(default_factory=ResourceSpec)
+    aggregator: ResourceSpec = field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
+    keyholder: ResourceSpec = field(default_factory=lambda: ResourceSpec(num_cpus=0.5))
+    placement_timeout_s: float = 60.0
+    # Key holders on distinct nodes, so one machine's compromise yields no quorum.
+    # strict: refuse to start on fewer nodes than key holders; best_effort: warn.
+    keyholder_spread: Literal["strict", "best_effort"] = "best_effort"
+
+    def __post_init__(self) -> None:
+        if not self.placement_timeout_s > 0:
+            raise ConfigError(f"resources.placement_timeout_s: must be > 0, "
+                              f"got {self.placement_timeout_s}")
+
+
+def _registered(name: str, names: tuple[str, ...], key: str) -> None:
+    if name not in names:
+        allowed = ", ".join(repr(n) for n in names)
+        raise ConfigError(f"{key}: must be one of {allowed}, got {name!r}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    section = _SECTION_OF.get(type(obj), "")
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}{name}: must be > 0, got {value}")
+
+
+_SECTION_OF: dict[type, str] = {
+    SynthConfig: "data.synth.",
+    TeacherConfig: "data.teacher.",
+    ModelConfig: "model.",
+    TrainConfig: "train.",
+    FederationConfig: "federation.",
+}

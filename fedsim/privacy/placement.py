@@ -1,0 +1,73 @@
+"""Where client-level DP noise enters the sum: two final placements.
+
+* `AggregatorPlacement` (the seed paper's eq. 4): the aggregator draws the whole noise
+  each round and adds it, encrypted, to the sum. The aggregator knows the noise it
+  added.
+* `DistributedPlacement`: every client adds a share to its own update before
+  encrypting; shares are calibrated so that ``min_clients`` of them already make the
+  whole noise (more survivors add more noise, never less), and no single party knows
+  the total.
+
+Both receive the mechanisms to draw from: one for the update vector and one per named
+reserved slot (a clipping indicator), and the public denominator the contributions
+were divided by. Noise streams are drawn from explicit generators (`fedsim.seeding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import final
+
+from fedsim.aggregate.steps import ClientContext, ServerContext, Update
+from fedsim.privacy.mechanisms import Mechanism
+from fedsim.seeding import stream
+
+
+@final
+@dataclass(frozen=True)
+class AggregatorPlacement:
+    """The aggregator adds the whole noise (already divided by the denominator)."""
+
+    def describe(self, min_clients: int) -> str:
+        return "by the aggregator"
+
+    def client(self, update: Update, vector: Mechanism, slots: Mapping[str, Mechanism],
+               denominator: float, ctx: ClientContext) -> Update:
+        return update
+
+    def aggregator(self, size: int, vector: Mechanism, slots: Mapping[str, Mechanism],
+                   denominator: float, ctx: ServerContext) -> Update:
+        rng = stream(ctx.seed, "dp-central", ctx.round)
+        noise = vector.sample(rng, size) / denominator
+        extra = {}
+        for i, (name, mech) in enumerate(slots.items()):
+            draw = mech.sample(stream(ctx.seed, "dp-central-slot", ctx.round, i), 1)
+            extra[name] = float(draw[0]) / denominator
+        return Update(noise, weight=0.0, slots=extra)
+
+
+@final
+@dataclass(frozen=True)
+class DistributedPlacement:
+    """Each client adds a share; ``min_clients`` shares make the whole noise."""
+
+    min_clients: int
+
+    def describe(self, min_clients: int) -> str:
+        return f"in shares by the clients (full noise from {min_clients} surviving clients)"
+
+    def client(self, update: Update, vector: Mechanism, slots: Mapping[str, Mechanism],
+               denominator: float, ctx: ClientContext) -> Update:
+        rng = stream(ctx.seed, "dp-share", ctx.round, ctx.index)
+        noised = update.vector + vector.share(rng, update.vector.size, self.min_clients)
+        extra = {}
+        for i, (name, mech) in enumerate(slots.items()):
+            share = mech.share(stream(ctx.seed, "dp-share-slot", ctx.round, ctx.index, i), 1,
+                               self.min_clients)
+            extra[name] = update.slots.get(name, 0.0) + float(share[0]) / denominator
+        return update.but(vector=noised, slots=extra)
+
+    def aggregator(self, size: int, vector: Mechanism, slots: Mapping[str, Mechanism],
+                   denominator: float, ctx: ServerContext) -> Update | None:
+        return None

@@ -1,0 +1,185 @@
+"""A run's differential-privacy plan: what to clip, how much noise, where, and epsilon.
+
+Built once by the coordinator from the config (calibrating the noise multiplier when
+``privacy.target_epsilon`` is set); it turns into the run's ordered steps
+(`fedsim.aggregate.steps`) and, for record level, the clients' DP-SGD trainer.
+
+Client level (`ClientLevelPlan`; DP-FedAvg, McMahan et al. 2018): each client clips its
+delta in the mechanism's norm and divides it by the fixed public denominator m (clients
+per round; the expected count under Poisson sampling). Noise of scale ``clip * z`` is
+added to the sum by the aggregator or in shares by the clients (`fedsim.privacy.
+placement`). The average is the noised sum itself: dividing by the realised count would
+depend on who took part. With adaptive clipping (Andrew et al. 2021) the accountant
+sees the total multiplier ``z`` and the update noise uses ``z_u > z``.
+
+Record level (`RecordLevelPlan`; DP-SGD, Abadi et al. 2016): every client privatises its
+own training; epsilon is per client and the worst client is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, final
+
+from fedsim.aggregate.steps import Step
+from fedsim.aggregate.weighting import FixedDenominator, SampleWeighting
+from fedsim.config import RunConfig
+from fedsim.privacy.accountant import calibrate_dpsgd_noise_multiplier, calibrate_noise_multiplier
+from fedsim.privacy.adaptive_clipping import AdaptiveClipSpec, update_noise_multiplier
+from fedsim.privacy.events import AccountingSpec, RecordLevelSpec
+from fedsim.privacy.mechanisms import Mechanism, make_mechanism
+from fedsim.privacy.placement import AggregatorPlacement, DistributedPlacement
+from fedsim.privacy.steps import ClientLevelAccounting, ClientLevelDP, RecordLevelAccounting
+
+# privacy.placement -> the placement, given min_clients
+PLACEMENTS = {"aggregator": lambda min_clients: AggregatorPlacement(),
+              "distributed": DistributedPlacement}
+
+
+@final
+@dataclass(frozen=True)
+class ClientLevelPlan:
+    """Client-level DP; see the module docstring.
+
+    ``noise_multiplier`` is the multiplier the accountant sees; ``mechanism`` carries
+    the initial clip bound and the update noise's own multiplier (larger with adaptive
+    clipping, which spends part of the budget on the clipping indicators).
+    """
+
+    mechanism: Mechanism
+    placement: AggregatorPlacement | DistributedPlacement
+    accounting: AccountingSpec
+    noise_multiplier: float
+    delta: float
+    denominator: float
+    min_clients: int
+    calibrated: bool
+    adaptive: AdaptiveClipSpec | None = None
+    max_clip: float = math.inf
+
+    @property
+    def clip(self) -> float:
+        return self.mechanism.clip
+
+    @property
+    def update_bound(self) -> float:
+        """Largest |value| a client's clipped (and noised) update can take, w.h.p."""
+        clip = self.max_clip if self.adaptive is not None else self.mechanism.clip
+        return clip + self.mechanism.tail * self.mechanism.with_clip(clip).scale
+
+    def steps(self, weight_norm: float) -> tuple[Step, ...]:
+        dp = ClientLevelDP(self.mechanism, self.placement, self.denominator, self.adaptive,
+                           self.max_clip)
+        return (dp, ClientLevelAccounting(self.accounting), FixedDenominator(self.denominator))
+
+    def trainer(self, model: Any, train: Any, num_examples: int) -> Any:
+        from fedsim.learning.train import LocalTrainer
+
+        return LocalTrainer(model, train)
+
+    def describe(self) -> str:
+        how = "calibrated to the target" if self.calibrated else "as configured"
+        where = self.placement.describe(self.min_clients)
+        clip = f"clip {self.clip:g}"
+        if self.adaptive is not None:
+            clip = (f"adaptive clip from {self.clip:g} (target quantile "
+                    f"{self.adaptive.target_quantile:g}, at most {self.max_clip:g})")
+        return (f"client-level {self.mechanism.name} DP: {clip}, noise multiplier "
+                f"{self.noise_multiplier:.4g} ({how}), added {where}, delta {self.delta:g}")
+
+    def manifest(self) -> Mapping[str, Any]:
+        out = {"plan": self.describe(), "level": "client", "mechanism": self.mechanism.name,
+               "noise_multiplier": self.noise_multiplier, "clip": self.clip,
+               "delta": self.delta, "calibrated": self.calibrated}
+        if self.adaptive is not None:
+            out["update_noise_multiplier"] = self.mechanism.noise_multiplier
+        return out
+
+
+@final
+@dataclass(frozen=True)
+class RecordLevelPlan:
+    """Record-level DP-SGD inside every client; see the module docstring."""
+
+    accounting: RecordLevelSpec
+    clip: float
+    noise_multiplier: float
+    delta: float
+    calibrated: bool
+
+    update_bound = None  # DP-SGD bounds no single update: crypto.update_bound applies
+
+    def steps(self, weight_norm: float) -> tuple[Step, ...]:
+        return (RecordLevelAccounting(self.accounting), SampleWeighting(weight_norm))
+
+    def trainer(self, model: Any, train: Any, num_examples: int) -> Any:
+        from fedsim.learning.train import DPSGDTrainer
+
+        return DPSGDTrainer(model, train, self, num_examples)
+
+    def describe(self) -> str:
+        how = "calibrated to the target" if self.calibrated else "as configured"
+        return (f"record-level DP-SGD: clip {self.clip:g}, noise multiplier "
+                f"{self.noise_multiplier:.4g} ({how}), delta {self.delta:g}")
+
+    def manifest(self) -> Mapping[str, Any]:
+        return {"plan": self.describe(), "level": "record",
+                "noise_multiplier": self.noise_multiplier, "clip": self.clip,
+                "delta": self.delta, "calibrated": self.calibrated}
+
+
+PrivacyPlan = ClientLevelPlan | RecordLevelPlan
+
+
+def plan_privacy(cfg: RunConfig, num_clients: int, train_sizes: list[int]
+                 ) -> PrivacyPlan | None:
+    """The run's privacy plan, or None when DP is off."""
+    p = cfg.privacy
+    if not p.enabled:
+        return None
+    return _PLANNERS[p.level](cfg, num_clients, train_sizes)
+
+
+def _record_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> RecordLevelPlan:
+    p, fed = cfg.privacy, cfg.federation
+    rate = p.record_sampling_rate or min(1.0, cfg.train.batch_size / min(train_sizes))
+    steps = cfg.train.local_steps or 1
+    z = p.noise_multiplier
+    if z is None:
+        z = calibrate_dpsgd_noise_multiplier(p.target_epsilon, p.delta, fed.rounds,
+                                             sampling_rate=rate, steps_per_round=steps,
+                                             accountant=p.accountant)
+    spec = RecordLevelSpec(noise_multiplier=z, sampling_rate=rate, steps_per_round=steps,
+                           delta=p.delta, accountant=p.accountant)
+    return RecordLevelPlan(spec, float(p.clip), float(z), p.delta, p.noise_multiplier is None)
+
+
+def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> ClientLevelPlan:
+    p, fed = cfg.privacy, cfg.federation
+    m, n = fed.clients_per_round, num_clients
+    sampling = {"poisson": {"sampling": "poisson", "sampling_probability": m / n},
+                "fixed": {"sampling": "fixed", "population": n, "sample_size": m}}
+    kwargs = dict(mechanism=p.mechanism, accountant=p.accountant, **sampling[fed.sampling])
+    z = p.noise_multiplier
+    if z is None:
+        z = calibrate_noise_multiplier(p.target_epsilon, p.delta, fed.rounds, **kwargs)
+    spec = AccountingSpec(noise_multiplier=z, delta=p.delta, **kwargs)
+    adaptive, update_z, max_clip = None, float(z), math.inf
+    if p.adaptive_clipping is not None:
+        a = p.adaptive_clipping
+        sigma_b = a.indicator_noise_stddev or m / 20.0
+        adaptive = AdaptiveClipSpec(a.target_quantile, a.learning_rate, sigma_b)
+        update_z = update_noise_multiplier(float(z), sigma_b)
+        max_clip = a.max_clip
+    return ClientLevelPlan(
+        mechanism=make_mechanism(p.mechanism, float(p.clip), update_z),
+        placement=PLACEMENTS[p.placement](fed.min_clients),
+        accounting=spec, noise_multiplier=float(z), delta=p.delta, denominator=float(m),
+        min_clients=fed.min_clients, calibrated=p.noise_multiplier is None,
+        adaptive=adaptive, max_clip=max_clip,
+    )
+
+
+_PLANNERS = {"client": _client_level, "record": _record_level}

@@ -1,0 +1,32 @@
+"""The parties and the round: training parties (hospitals, cohorts), the aggregator, the
+key holders, the schemes that carry contributions between them, the coordinator's
+`Federation` and the round loop `run_rounds`, over a `Backend` (in-process or Ray)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Aggregator": "aggregator",
+    "Backend": "backend",
+    "InProcessBackend": "backend",
+    "PartySpec": "backend",
+    "Cohort": "cohort",
+    "Hospital": "client",
+    "Federation": "federation",
+    "KeyHolder": "keyholder",
+    "Callback": "loop",
+    "run_rounds": "loop",
+    "Manifest": "manifest",
+    "RoundRecord": "records",
+    "sample_clients": "sampling",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

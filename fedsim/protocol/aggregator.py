@@ -1,0 +1,128 @@
+"""The aggregator: sums client contributions as they arrive, holds no secret key.
+
+What a contribution is and how it is summed comes from the run's encoding
+(`fedsim.protocol.schemes`), handed over at set-up with `use_encoding`: float64
+vectors summed in name order (plaintext), or ciphertext batches added as they arrive
+(he; CKKS addition is exact modular arithmetic, so order does not matter). A round is
+``begin`` (which draws and encodes this round's DP noise when the run places it here,
+while the clients train), ``add_many`` as each training party reports, and ``finish``,
+which returns the aggregate with the `Manifest` the key holders check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsim.aggregate.steps import Pipeline, RoundContext, ServerContext
+from fedsim.errors import CryptoError, ProtocolError
+from fedsim.protocol.manifest import Manifest, digest
+from fedsim.protocol.schemes import Encoder, Encoding, RoundSum, Summation
+
+NOISE = "aggregator-noise"
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Per client of one `Aggregator.add_many` call: arrival time, or why it was refused."""
+
+    arrived: dict[str, float] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+class Aggregator:
+    """Streaming sum of one round's contributions (the plain class behind the actor)."""
+
+    def __init__(self, run_id: str, pipeline: Pipeline, num_values: int, seed: int) -> None:
+        self.run_id = run_id
+        self._pipeline = pipeline  # its noise hook is what this party adds, if anything
+        self._num_values = num_values
+        self._seed = seed
+        self._summation: Summation | None = None
+        self._encoder: Encoder | None = None
+        self._round: int | None = None
+        self._sum: RoundSum | None = None
+        self._noise: Any = None
+        self._contributors: list[str] = []
+        self._digests: list[str] = []
+        self._busy_s = 0.0
+        self._noise_s = 0.0
+
+    def use_encoding(self, encoding: Encoding) -> None:
+        """How contributions are summed, and DP noise encoded, from now on."""
+        self._summation = encoding.summation()
+        self._encoder = encoding.encoder(self._pipeline.slots)
+
+    def begin(self, context: RoundContext) -> None:
+        """Start a new round's sum, dropping anything left from the previous one.
+
+        Draws and encodes the round's DP noise now when this party places it: the
+        coordinator does not wait for ``begin``, so that work overlaps local training.
+        """
+        if self._summation is None or self._encoder is None:
+            raise ProtocolError("aggregator: begin() before use_encoding()")
+        t0 = time.perf_counter()
+        self._round = context.round
+        self._sum = self._summation.start()
+        self._contributors, self._digests = [], []
+        self._busy_s = self._noise_s = 0.0
+        self._noise = None
+        noise = self._pipeline.noise(self._num_values, ServerContext(
+            context.round, (), self._seed, context.params))
+        if noise is not None:
+            self._noise, _ = self._encoder.encode(noise, client=NOISE)
+        self._noise_s = time.perf_counter() - t0
+
+    def add(self, client: str, payload: Any) -> float:
+        """Add one client's contribution; returns the arrival time (epoch seconds).
+
+        A malformed contribution raises an error naming ``client`` and leaves the sum
+        unchanged, so the round can go on without it.
+        """
+        arrived = time.time()
+        if self._round is None or self._sum is None:
+            raise ProtocolError("aggregator: add() before begin()")
+        if client in self._contributors:
+            raise ProtocolError(f"aggregator: client {client} already contributed this round")
+        t0 = time.perf_counter()
+        try:
+            d = self._sum.add(payload, client)
+        finally:
+            self._busy_s += time.perf_counter() - t0
+        self._contributors.append(client)
+        self._digests.append(d)
+        return arrived
+
+    def add_many(self, clients: Sequence[str], *payloads: Any) -> AddResult:
+        """``add`` each of a training party's payloads; refusals are returned, not raised."""
+        result = AddResult()
+        for client, payload in zip(clients, payloads, strict=True):
+            try:
+                result.arrived[client] = self.add(client, payload)
+            except (CryptoError, ProtocolError) as err:
+                result.rejected[client] = str(err)
+        return result
+
+    def finish(self) -> tuple[Manifest, Any, dict[str, float]]:
+        """The manifest, the aggregate and the seconds spent ("aggregate", "dp_noise")."""
+        if self._round is None or self._sum is None or not self._contributors:
+            raise ProtocolError("aggregator: no contribution to finish this round")
+        t0 = time.perf_counter()
+        if self._noise is not None:
+            self._sum.add_noise(self._noise)
+        t1 = time.perf_counter()
+        aggregate = self._sum.result()
+        self._busy_s += time.perf_counter() - t1
+        manifest = Manifest(
+            run_id=self.run_id,
+            round=self._round,
+            contributors=tuple(self._contributors),
+            digests=tuple(self._digests),
+            aggregate_digest=digest(aggregate),
+            aggregate_bytes=Encoder.size(aggregate),
+            noise_added=self._noise is not None,
+        )
+        return manifest, aggregate, {"aggregate": self._busy_s, "dp_noise": t1 - t0,
+                                     "dp_noise_prepare": self._noise_s}

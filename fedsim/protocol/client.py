@@ -1,0 +1,155 @@
+"""Training parties: a hospital (this module) or a cohort of many simulated clients
+(`fedsim.protocol.cohort`), behind one interface the round loop drives.
+
+A training party holds the data of the clients it simulates for the whole run and
+answers ``train(round, global_params, clients, context)`` with a report per client
+(`UpdateMeta`, or `Dropped` with the reason) followed by one payload per client, so
+each payload is its own object and goes to the aggregator without passing through the
+coordinator. What happens to a client's delta after training is shared by every kind
+of party (`Contributions`): the run's client steps in order (privacy, weighting), then
+the run's encoder (a float64 vector, or a sealed ciphertext batch).
+
+`Hospital` is a plain class; `actors.RayBackend` places it on Ray unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from fedsim.aggregate.steps import ClientContext, Pipeline, RoundContext, Update
+from fedsim.config import RunConfig
+from fedsim.data import ClientData
+from fedsim.errors import FedSimError, ProtocolError
+from fedsim.learning.model import build_model, init_params
+from fedsim.learning.train import LocalTrainer, local_steps
+from fedsim.protocol.schemes import Encoder, Encoding
+from fedsim.protocol.schemes.plaintext import PlainEncoding
+from fedsim.seeding import client_key, stream
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What every party needs to build the same model: data dimensions."""
+
+    vocab_size: int
+    num_numeric: int
+    max_codes: int
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """What a client reports about its update besides the payload itself."""
+
+    client: str
+    round: int
+    num_examples: int
+    weight: float
+    loss: float
+    bytes_up: int
+    timings: dict[str, float] = field(default_factory=dict)
+    finished_at: float = 0.0
+    update_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A client whose update cannot enter this round, and why (one line)."""
+
+    client: str
+    reason: str
+
+
+Report = UpdateMeta | Dropped
+
+
+class Contributions:
+    """A party's shared tail of local work: delta -> client steps -> encoded payload."""
+
+    def __init__(self, pipeline: Pipeline, seed: int) -> None:
+        self.pipeline = pipeline
+        self.seed = seed
+        self.encoder: Encoder = PlainEncoding().encoder(pipeline.slots)
+
+    def use_encoding(self, encoding: Encoding) -> None:
+        self.encoder = encoding.encoder(self.pipeline.slots)
+
+    def make(self, name: str, index: int, num_examples: int, delta: np.ndarray, loss: float,
+             context: RoundContext, train_s: float) -> tuple[Report, Any]:
+        """One client's report and payload (None when dropped)."""
+        if not np.all(np.isfinite(delta)):
+            return Dropped(name, f"client {name}: local training diverged (non-finite update "
+                                 f"in round {context.round}); lower train.lr"), None
+        ctx = ClientContext(name, index, context.round, num_examples, self.seed, context.params)
+        update = Update(delta, metrics={"update_norm": float(np.linalg.norm(delta))})
+        try:
+            update = self.pipeline.client(update, ctx)
+            payload, timings = self.encoder.encode(update, client=name)
+        except FedSimError as err:
+            return Dropped(name, str(err)), None
+        meta = UpdateMeta(client=name, round=context.round, num_examples=num_examples,
+                          weight=update.weight, loss=loss, bytes_up=Encoder.size(payload),
+                          timings={"train": train_s, **timings}, finished_at=time.time(),
+                          update_norm=float(update.metrics["update_norm"]))
+        return meta, payload
+
+
+class Hospital:
+    """One hospital's local work. Holds its data shard for the whole run."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        data: ClientData,
+        *,
+        index: int,
+        shape: ModelShape,
+        pipeline: Pipeline,
+        privacy: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.index = index
+        self.model = build_model(cfg.model, vocab_size=shape.vocab_size,
+                                 num_numeric=shape.num_numeric)
+        template = init_params(self.model, key=client_key(cfg.seed, 0), max_codes=shape.max_codes)
+        _, self._unravel = ravel_pytree(template)
+        self.steps = local_steps(cfg.train, len(data.train))
+        self.trainer = (privacy.trainer(self.model, cfg.train, len(data.train))
+                        if privacy is not None else LocalTrainer(self.model, cfg.train))
+        self.contributions = Contributions(pipeline, cfg.seed)
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.data.train)
+
+    def use_encoding(self, encoding: Encoding) -> None:
+        """Encode every later contribution with ``encoding`` (e.g. seal it)."""
+        self.contributions.use_encoding(encoding)
+
+    def train(self, round_idx: int, global_flat: np.ndarray, clients: Sequence[str],
+              context: RoundContext) -> tuple[Any, ...]:
+        """Train on the global parameters: ``(reports, payload)`` for this one hospital."""
+        if tuple(clients) != (self.name,):
+            raise ProtocolError(f"hospital {self.name} asked to train {list(clients)}")
+        t0 = time.perf_counter()
+        params = self._unravel(np.asarray(global_flat, np.float32))
+        rng = stream(self.cfg.seed, "batches", round_idx, self.index)
+        inputs = self.trainer.inputs(rng, self.data.train, self.steps, seed=self.cfg.seed,
+                                     round_idx=round_idx, index=self.index)
+        new_params, loss = self.trainer.train(params, inputs)
+        new_flat, _ = ravel_pytree(new_params)
+        delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
+        report, payload = self.contributions.make(self.name, self.index, self.num_examples,
+                                                  delta, loss, context,
+                                                  time.perf_counter() - t0)
+        return (report,), payload

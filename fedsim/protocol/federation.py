@@ -1,0 +1,253 @@
+"""The coordinator: one run's server side, and one round as numbered steps.
+
+`Federation` owns the global model, the server optimizer, the run's ordered steps
+(privacy, weighting: `fedsim.aggregate.steps`), its scheme (plaintext or threshold
+CKKS: `fedsim.protocol.schemes`) and its population of training parties (hospitals or
+cohorts: `fedsim.protocol.population`). The same `run_round` drives every kind of
+party over any `fedsim.protocol.backend.Backend`; `fedsim.protocol.loop.run_rounds`
+runs rounds with callbacks (evaluation, writer, telemetry, progress).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from fedsim.aggregate.optimizers import make_server_optimizer
+from fedsim.aggregate.server import ServerState, server_init, server_update
+from fedsim.aggregate.steps import (
+    Aggregate,
+    Pipeline,
+    RoundContext,
+    ServerContext,
+    Step,
+    split_payload,
+)
+from fedsim.aggregate.weighting import SampleWeighting
+from fedsim.config import RunConfig
+from fedsim.data import FederatedDataset
+from fedsim.errors import FedSimError, ProtocolError
+from fedsim.learning.model import build_model, count_params, init_params
+from fedsim.privacy.plan import plan_privacy
+from fedsim.protocol.aggregator import Aggregator
+from fedsim.protocol.backend import Backend, PartySpec
+from fedsim.protocol.client import Dropped, ModelShape, UpdateMeta
+from fedsim.protocol.manifest import Manifest
+from fedsim.protocol.population import BUILDERS
+from fedsim.protocol.records import CLIENT_PHASES, PhaseTimer, RoundRecord
+from fedsim.protocol.sampling import sample_clients
+from fedsim.protocol.schemes import AGGREGATOR, scheme_for
+from fedsim.seeding import client_key
+
+
+class Federation:
+    """One run's server side: parties, global state and the round."""
+
+    def __init__(
+        self, cfg: RunConfig, dataset: FederatedDataset, backend: Backend, *, run_id: str,
+        extra_steps: Sequence[Step] = (),
+    ) -> None:
+        """``extra_steps`` run first on every client (so last on the server), before the
+        run's privacy and weighting steps."""
+        fed = cfg.federation
+        self.cfg = cfg
+        self.dataset = dataset
+        self.backend = backend
+        self.run_id = run_id
+        self.names = [c.name for c in dataset.clients]
+        if fed.clients_per_round > len(self.names):
+            raise ProtocolError(
+                f"federation.clients_per_round is {fed.clients_per_round} but the "
+                f"data has only {len(self.names)} hospitals"
+            )
+        self.shape = ModelShape(dataset.vocab_size, dataset.num_numeric, dataset.max_codes)
+        self.model = build_model(cfg.model, vocab_size=self.shape.vocab_size,
+                                 num_numeric=self.shape.num_numeric)
+        params0 = init_params(self.model, key=client_key(cfg.seed, 0),
+                              max_codes=self.shape.max_codes)
+        flat0, self.unravel = ravel_pytree(params0)
+        self.num_params = count_params(params0)
+        opt = fed.server_optimizer
+        self.server_opt = make_server_optimizer(opt.name, dict(opt.options))
+        self.state: ServerState = server_init(self.server_opt, np.asarray(flat0))
+        sizes = [len(c.train) for c in dataset.clients]
+        # Public normaliser: keeps every weight <= 1/m, so weighted sums stay bounded.
+        self.weight_norm = float(fed.clients_per_round * max(sizes))
+        self.privacy = plan_privacy(cfg, len(self.names), sizes)
+        self.pipeline = Pipeline((*extra_steps, *(
+            self.privacy.steps(self.weight_norm) if self.privacy
+            else (SampleWeighting(self.weight_norm),))))
+        self.step_states = self.pipeline.init()
+        self.population = BUILDERS[fed.clients](cfg, dataset, self.shape, self.pipeline,
+                                                self.privacy)
+        self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
+                                 run_id=run_id)
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ set-up
+    def parties(self) -> list[PartySpec]:
+        """The parties of this run, in start order."""
+        aggregator = PartySpec(AGGREGATOR, Aggregator,
+                               (self.run_id, self.pipeline, self.num_params, self.cfg.seed),
+                               resources=self.cfg.resources.aggregator, kind="aggregator")
+        return [*self.population.parties, aggregator,
+                *self.scheme.parties(self.cfg, self.run_id)]
+
+    def setup(self) -> None:
+        """Start every party, run the scheme's set-up (key ceremony) and hand out its
+        encoding to the training parties and the aggregator."""
+        self.backend.start(self.parties())
+        bound = self.cfg.crypto.update_bound
+        if self.privacy is not None and self.privacy.update_bound is not None:
+            bound = self.privacy.update_bound
+        encoding = self.scheme.setup(self.backend, update_bound=bound,
+                                     noise_parts=2 if self.pipeline.adds_noise else 1)
+        handles = [self.backend.call(role, "use_encoding", encoding)
+                   for role in (*self.population.party_roles, AGGREGATOR)]
+        for h in handles:
+            self.backend.get(h)
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, round_idx: int) -> RoundRecord:
+        """Run one round end to end and return its record (scores come from callbacks)."""
+        timer = PhaseTimer()
+        b = self.backend
+
+        # Step 1: sample clients; the round's public parameters; put the global model once.
+        sampled = sample_clients(self.cfg, self.names, round_idx)
+        self._need_quorum(round_idx, len(sampled), "sampled")
+        context = RoundContext(round_idx, self.pipeline.round_params(self.step_states))
+        global_ref = b.put(self.state.params)
+
+        # Step 2: the aggregator opens the round's sum, not awaited: when it places DP
+        # noise it draws and encodes it now, while the clients train.
+        opened = b.call(AGGREGATOR, "begin", context)
+
+        # Step 3: sampled clients train, apply the client steps and encode; each party's
+        # payloads go straight to the aggregator, which adds them as they arrive.
+        metas, arrivals, dropped = self._train_and_collect(round_idx, sampled, global_ref,
+                                                           context)
+        b.get(opened)
+        self._need_quorum(round_idx, len(metas), "valid", dropped)
+
+        # Step 4: the aggregator closes the sum (adding its noise) and writes the manifest.
+        manifest_h, aggregate_h, seconds_h = b.call(AGGREGATOR, "finish", num_returns=3)
+        manifest: Manifest = b.get(manifest_h)
+        seconds = b.get(seconds_h)
+        timer.add("aggregate", seconds["aggregate"])
+        timer.add("dp_noise", seconds["dp_noise"])
+
+        # Step 5: open the aggregate: read it (plaintext) or threshold-decrypt it (he).
+        flat = self.scheme.open(b, manifest, aggregate_h, timer)
+        aggregate = split_payload(flat, self.num_params, self.pipeline.slots,
+                                  manifest.contributors)
+
+        # Step 6: server steps in reverse order (average, account, adapt the clip bound),
+        # then the server optimizer.
+        with timer.phase("server_update"):
+            server_ctx = ServerContext(round_idx, manifest.contributors, self.cfg.seed,
+                                       context.params)
+            aggregate, self.step_states = self.pipeline.server(aggregate, self.step_states,
+                                                               server_ctx)
+            self.state = server_update(self.server_opt, self.state, aggregate.vector)
+        return self._record(round_idx, timer, sampled, metas, arrivals, dropped, manifest,
+                            aggregate)
+
+    def _need_quorum(self, round_idx: int, count: int, what: str,
+                     dropped: list[str] | None = None) -> None:
+        m = self.cfg.federation.min_clients
+        if count >= m:
+            return
+        if dropped is None:
+            raise ProtocolError(f"round {round_idx}: {count} client(s) sampled, "
+                                f"min_clients is {m}")
+        last = f"; last problem: {self.warnings[-1]}" if self.warnings else ""
+        raise ProtocolError(f"round {round_idx}: only {count} {what} update(s) "
+                            f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
+
+    def _train_and_collect(self, round_idx: int, sampled: list[str], global_ref: Any,
+                           context: RoundContext
+                           ) -> tuple[dict[str, UpdateMeta], dict[str, float], list[str]]:
+        """Step 3: every training party trains its sampled clients; payloads stream on.
+
+        A party's payloads go to the aggregator as soon as it reports, as handles: they
+        never pass through the coordinator. A client that fails, whose party is lost, or
+        whose payload the aggregator refuses is dropped with a warning naming it.
+        """
+        b = self.backend
+        pending = {}
+        for role, clients in self.population.groups(sampled).items():
+            handles = b.call(role, "train", round_idx, global_ref, clients, context,
+                             num_returns=len(clients) + 1)
+            pending[handles[0]] = (clients, handles[1:])
+        metas: dict[str, UpdateMeta] = {}
+        dropped: list[str] = []
+        adds = []
+        waiting = list(pending)
+        while waiting:
+            ready, waiting = b.wait(waiting)
+            for h in ready:
+                clients, payloads = pending[h]
+                try:
+                    reports = b.get(h)
+                except Exception as err:  # a lost actor or a failed party: drop its clients
+                    what = str(err) if isinstance(err, FedSimError) else type(err).__name__
+                    for name in clients:
+                        self._drop(round_idx, name, what, dropped)
+                    continue
+                accepted = []
+                for report, payload in zip(reports, payloads, strict=True):
+                    if isinstance(report, Dropped):
+                        self._drop(round_idx, report.client, report.reason, dropped)
+                    else:
+                        metas[report.client] = report
+                        accepted.append((report.client, payload))
+                if accepted:
+                    names, refs = zip(*accepted)
+                    adds.append(b.call(AGGREGATOR, "add_many", list(names), *refs))
+        arrivals: dict[str, float] = {}
+        for h in adds:
+            result = b.get(h)
+            arrivals.update(result.arrived)
+            for name, reason in result.rejected.items():
+                metas.pop(name, None)
+                self._drop(round_idx, name, reason, dropped)
+        return metas, arrivals, dropped
+
+    def _drop(self, round_idx: int, name: str, reason: str, dropped: list[str]) -> None:
+        dropped.append(name)
+        self.warnings.append(f"round {round_idx}: dropped {name}: {reason}")
+
+    def _record(self, round_idx: int, timer: PhaseTimer, sampled: list[str],
+                metas: dict[str, UpdateMeta], arrivals: dict[str, float], dropped: list[str],
+                manifest: Manifest, aggregate: Aggregate) -> RoundRecord:
+        reports = list(metas.values())
+        for p in CLIENT_PHASES:
+            timer.add(p, float(np.mean([m.timings.get(p, 0.0) for m in reports])))
+        timer.add("transfer", float(np.mean(
+            [max(0.0, arrivals[n] - metas[n].finished_at) for n in metas])))
+        weights = np.array([m.num_examples for m in reports], np.float64)
+        losses = np.array([m.loss for m in reports])
+        extra = {"bytes_aggregate": manifest.aggregate_bytes,
+                 "bytes_up_per_client": int(np.mean([m.bytes_up for m in reports])),
+                 "update_norm": float(np.mean([m.update_norm for m in reports])),
+                 **aggregate.metrics}
+        return RoundRecord(
+            round=round_idx,
+            wall_s=timer.elapsed(),
+            phases=dict(timer.phases),
+            clients=tuple(sorted(metas)),
+            dropped=tuple(sorted(dropped)),
+            bytes_up=int(sum(m.bytes_up for m in reports)),
+            bytes_down=int(self.state.params.nbytes * len(sampled)),
+            loss=float(np.sum(weights * losses) / np.sum(weights)),
+            extra=extra,
+        )
+
+    @property
+    def params(self) -> dict:
+        """Current global parameters as a tree."""
+        return self.unravel(self.state.params)

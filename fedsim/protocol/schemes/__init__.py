@@ -1,0 +1,109 @@
+"""How contributions travel: encoded by clients, summed by the aggregator, opened by the
+coordinator. One scheme per ``federation.mode``, one file each.
+
+Three halves of one concept:
+
+* `Encoding`: a picklable description the coordinator hands every client and the
+  aggregator at set-up; each builds its `Encoder` (an `Update` to a payload) and the
+  aggregator its `Summation` (payloads to one sum) from it.
+* `Scheme`: the coordinator's side: the extra parties the scheme needs (key holders),
+  its set-up (a key ceremony), and how an aggregate is opened.
+
+``plaintext`` (`fedsim.protocol.schemes.plaintext`) sends float64 vectors and reads the
+sum directly; ``he`` (`fedsim.protocol.schemes.threshold`) seals every contribution
+under a joint CKKS key and opens the sum by threshold decryption.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fedsim.aggregate.steps import Update
+
+if TYPE_CHECKING:
+    from fedsim.config import RunConfig
+    from fedsim.protocol.backend import Backend, PartySpec
+    from fedsim.protocol.manifest import Manifest
+    from fedsim.protocol.records import PhaseTimer
+
+AGGREGATOR = "aggregator"
+
+
+class Encoder(abc.ABC):
+    """Turns one contribution into its payload (in one party's process)."""
+
+    @abc.abstractmethod
+    def encode(self, update: Update, *, client: str) -> tuple[Any, dict[str, float]]:
+        """The payload and the seconds spent per phase (encode, encrypt, serialize)."""
+
+    @staticmethod
+    def size(payload: Any) -> int:
+        """Bytes the payload takes on the wire."""
+        return len(payload) if isinstance(payload, bytes) else int(payload.nbytes)
+
+
+class RoundSum(abc.ABC):
+    """One round's running sum on the aggregator."""
+
+    @abc.abstractmethod
+    def add(self, payload: Any, contributor: str) -> str:
+        """Add a client's payload; return its digest. Raises a FedSimError, sum unchanged."""
+
+    @abc.abstractmethod
+    def add_noise(self, payload: Any) -> None:
+        """Add the aggregator's DP noise (an encoded contribution of weight 0)."""
+
+    @abc.abstractmethod
+    def result(self) -> Any:
+        """The sum, as a payload."""
+
+
+class Summation(abc.ABC):
+    """Makes each round's `RoundSum` (built once per run in the aggregator's process)."""
+
+    @abc.abstractmethod
+    def start(self) -> RoundSum: ...
+
+
+class Encoding(abc.ABC):
+    """What clients and the aggregator are told at set-up; picklable."""
+
+    @abc.abstractmethod
+    def encoder(self, slots: Sequence[str]) -> Encoder: ...
+
+    @abc.abstractmethod
+    def summation(self) -> Summation: ...
+
+
+class Scheme(abc.ABC):
+    """The coordinator's side of a scheme."""
+
+    @property
+    @abc.abstractmethod
+    def num_ciphertexts(self) -> int:
+        """Ciphertexts per contribution (0 without encryption)."""
+
+    def parties(self, cfg: RunConfig, run_id: str) -> list[PartySpec]:
+        """Parties the scheme adds to the run (none by default)."""
+        return []
+
+    @abc.abstractmethod
+    def setup(self, backend: Backend, *, update_bound: float, noise_parts: int) -> Encoding:
+        """Run after every party started; returns the encoding to hand out."""
+
+    @abc.abstractmethod
+    def open(self, backend: Backend, manifest: Manifest, aggregate: Any,
+             timer: PhaseTimer) -> Any:
+        """The opened sum as a flat float64 vector ``[vector..., slots..., weight]``."""
+
+
+def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str], run_id: str) -> Scheme:
+    """The scheme ``federation.mode`` names."""
+    from fedsim.protocol.schemes.plaintext import Plaintext
+    from fedsim.protocol.schemes.threshold import ThresholdCKKS
+
+    kinds = {"plaintext": Plaintext, "he": ThresholdCKKS}
+    return kinds[cfg.federation.mode].create(cfg, num_params=num_params, slots=slots,
+                                              run_id=run_id)

@@ -1,0 +1,67 @@
+"""What a run does around each round, as `fedsim.protocol.loop.Callback`s.
+
+In the order ``fedsim run`` uses them: `Evaluate` scores the global model (its time
+counts in the round's ``evaluate`` phase), `WriteRounds` rewrites rounds.parquet,
+`PublishTelemetry` updates the Ray metrics, `ShowProgress` the progress line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from fedsim.protocol.loop import Callback
+from fedsim.protocol.records import RoundRecord
+
+if TYPE_CHECKING:
+    from fedsim.learning.evaluation import CentralEvaluator
+    from fedsim.protocol.federation import Federation
+    from fedsim.run.progress import RoundProgress
+    from fedsim.run.results import RunWriter
+    from fedsim.run.telemetry import RunTelemetry
+
+
+class Evaluate(Callback):
+    """Score the global model every ``every`` rounds and after the last (0: last only)."""
+
+    def __init__(self, evaluator: CentralEvaluator, *, every: int, rounds: int) -> None:
+        self.evaluator = evaluator
+        self.every = every
+        self.rounds = rounds
+
+    def due(self, round_idx: int) -> bool:
+        last = round_idx == self.rounds - 1
+        return last or (self.every > 0 and (round_idx + 1) % self.every == 0)
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> RoundRecord | None:
+        if not self.due(record.round):
+            return None
+        t0 = time.perf_counter()
+        metrics = self.evaluator.score(federation.params)
+        return record.evaluated(metrics, time.perf_counter() - t0)
+
+
+class WriteRounds(Callback):
+    """Append the round to rounds.parquet (rewritten atomically)."""
+
+    def __init__(self, writer: RunWriter) -> None:
+        self.writer = writer
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        self.writer.round(record.row())
+
+
+class PublishTelemetry(Callback):
+    def __init__(self, telemetry: RunTelemetry) -> None:
+        self.telemetry = telemetry
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        self.telemetry.record(record)
+
+
+class ShowProgress(Callback):
+    def __init__(self, progress: RoundProgress) -> None:
+        self.progress = progress
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        self.progress.update(record, record.extra.get("epsilon"))

@@ -1,0 +1,95 @@
+"""Live progress for long runs: a rich bar on a terminal, one line per round otherwise."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fedsim.protocol.records import RoundRecord
+
+ENCRYPTION_PHASES = ("encode", "encrypt", "serialize", "partial_decrypt", "fuse")
+
+
+def describe(record: RoundRecord, epsilon: float | None = None) -> str:
+    """One compact description of a finished round."""
+    crypto = sum(record.phases.get(p, 0.0) for p in ENCRYPTION_PHASES)
+    auc = f"{record.metrics.auc:.4f}" if record.metrics is not None else "-"
+    parts = [
+        f"{record.wall_s:6.2f}s",
+        f"loss {record.loss:.4f}",
+        f"AUC {auc}",
+    ]
+    if crypto > 0:
+        parts.append(f"crypto {100 * min(1.0, crypto / max(record.wall_s, 1e-9)):.0f}%")
+    if epsilon is not None:
+        parts.append(f"eps {epsilon:.2f}")
+    if record.dropped:
+        parts.append(f"dropped {','.join(record.dropped)}")
+    return "  ".join(parts)
+
+
+class RoundProgress:
+    """Context manager: call `update(record)` after each round."""
+
+    def __init__(self, total: int, console: Console | None = None, *, title: str = "rounds"):
+        self.total = total
+        self.console = console or Console(stderr=True)
+        self.title = title
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._bar: Progress | None = None
+
+    def __enter__(self) -> RoundProgress:
+        if self.console.is_terminal:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.title, total=self.total, status="starting")
+        return self
+
+    def update(self, record: RoundRecord, epsilon: float | None = None) -> None:
+        self.done += 1
+        status = describe(record, epsilon)
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, status=status)
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done * (self.total - self.done)
+        width = int(math.log10(max(self.total, 1))) + 1
+        self.console.print(
+            f"round {record.round + 1:>{width}}/{self.total}  {status}  ETA {eta:5.0f}s",
+            highlight=False,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def summary_table(report: dict, *, title: str) -> Table:
+    """Final per-hospital and pooled test metrics as a rich table."""
+    table = Table(title=title)
+    columns = ("hospital", "n", "pos", "ROC AUC", "PR AUC", "bal. acc", "precision", "recall")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+
+    def add(name: str, m: dict, style: str | None = None) -> None:
+        table.add_row(name, str(m["n"]), str(m["positives"]), f"{m['auc']:.4f}",
+                      f"{m['pr_auc']:.4f}", f"{m['balanced_accuracy']:.4f}",
+                      f"{m['precision']:.4f}", f"{m['recall']:.4f}", style=style)
+
+    for name, m in sorted(report["hospitals"].items()):
+        add(name, m)
+    add("pooled", report["pooled"], style="bold")
+    return table

@@ -1,0 +1,170 @@
+"""Differential privacy inside the protocol: clipping, noise placement, accounting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import federation, scored_rounds, tiny_config, train_one
+
+from fedsim.errors import ConfigError
+from fedsim.privacy import AccountingSpec, RecordLevelSpec, epsilon
+from fedsim.protocol.backend import InProcessBackend
+from fedsim.protocol.federation import Federation
+from fedsim.protocol.sampling import sample_clients
+from fedsim.run.runner import load_dataset
+
+
+def dp_config(mode="plaintext", **privacy):
+    return tiny_config(
+        federation={"mode": mode, "rounds": 3},
+        privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0, **privacy},
+    )
+
+
+def _clean_sum(fed, round_idx):
+    """What the sampled clients contribute before any aggregator noise."""
+    total = 0.0
+    for name in sample_clients(fed.cfg, fed.names, round_idx):
+        meta, payload = train_one(fed, name, round_idx)
+        total = total + payload[:-1]
+        assert np.linalg.norm(payload[:-1] * fed.privacy.denominator) <= 0.05 * (1 + 1e-9)
+        assert meta.weight == pytest.approx(1 / 3)
+    return total
+
+
+@pytest.mark.parametrize(("placement", "variance_factor"),
+                         [("aggregator", 1.0), ("distributed", 3 / 2)])
+def test_noise_on_the_average_has_stddev_clip_times_multiplier_over_m(placement,
+                                                                       variance_factor):
+    fed = federation(dp_config(placement=placement))
+    before = fed.state.params.astype(np.float64)
+    clean = None
+    if placement == "aggregator":
+        clean = _clean_sum(fed, 0)
+    fed.run_round(0)
+    step = fed.state.params.astype(np.float64) - before
+    if clean is None:  # distributed: shares are inside the payloads; subtract clipped parts
+        noiseless = federation(dp_config(placement="aggregator", noise_multiplier=1e-9))
+        clean = _clean_sum(noiseless, 0)
+    noise = step - clean
+    expected = 0.05 * 2.0 / 3 * np.sqrt(variance_factor)  # clip * z / m (3 of 2 shares)
+    assert noise.size > 4000
+    # std of n normal draws: relative standard error about 1/sqrt(2n) ~ 1.1%
+    assert np.std(noise) == pytest.approx(expected, rel=0.06)
+    assert abs(np.mean(noise)) < 4 * expected / np.sqrt(noise.size)
+
+
+def test_reported_epsilon_equals_dp_accountings_own_computation():
+    fed = federation(dp_config())
+    records = scored_rounds(fed, 3)
+    spec = AccountingSpec(mechanism="gaussian", noise_multiplier=2.0, delta=1e-5,
+                          sampling="fixed", population=3, sample_size=3, accountant="rdp")
+    for r, rec in enumerate(records):
+        assert rec.extra["epsilon"] == pytest.approx(epsilon(spec, r + 1), rel=1e-9)
+    assert records[0].extra["epsilon"] < records[-1].extra["epsilon"]
+
+
+def test_target_epsilon_is_met_exactly_at_the_planned_round():
+    cfg = tiny_config(federation={"rounds": 3, "clients_per_round": 2, "sampling": "poisson"},
+                      privacy={"enabled": True, "clip": 0.05, "target_epsilon": 3.0,
+                               "accountant": "pld"})
+    fed = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="cal")
+    plan = fed.privacy
+    assert plan.calibrated
+    spent = epsilon(plan.accounting, 3)
+    assert spent <= 3.0 and spent == pytest.approx(3.0, rel=0.02)
+
+
+def test_record_level_dp_sgd_run_and_its_epsilon():
+    cfg = tiny_config(federation={"rounds": 2},
+                      privacy={"enabled": True, "level": "record", "clip": 1.0,
+                               "noise_multiplier": 1.1, "record_sampling_rate": 0.1})
+    fed = federation(cfg)
+    records = scored_rounds(fed, 2)
+    spec = RecordLevelSpec(noise_multiplier=1.1, sampling_rate=0.1, steps_per_round=5,
+                           delta=1e-5)
+    assert records[-1].extra["epsilon"] == pytest.approx(epsilon(spec, 2), rel=1e-9)
+    assert np.all(np.isfinite(fed.state.params))
+
+
+@pytest.mark.parametrize(
+    ("privacy", "message"),
+    [
+        ({"clip": None, "noise_multiplier": 1.0}, "privacy.clip: noise without clipping"),
+        ({"delta": 1.5, "noise_multiplier": 1.0}, "privacy.delta: must be in (0, 1)"),
+        ({"target_epsilon": 0.0}, "privacy.target_epsilon: must be > 0"),
+        ({"target_epsilon": -1.0}, "privacy.target_epsilon: must be > 0"),
+        ({}, "set exactly one of privacy.noise_multiplier and privacy.target_epsilon"),
+    ],
+)
+def test_unstatable_guarantees_are_refused(privacy, message):
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        tiny_config(privacy={"enabled": True, **privacy})
+
+
+def test_he_with_distributed_noise_decrypts_to_the_plaintext_dp_result():
+    plain = federation(dp_config(placement="distributed"))
+    enc = federation(dp_config("he", placement="distributed"))
+    scored_rounds(plain, 2)
+    scored_rounds(enc, 2)
+    assert np.max(np.abs(plain.state.params - enc.state.params)) < 1e-3
+
+
+@pytest.mark.ray
+def test_dp_noise_with_threshold_decryption_on_ray(ray_session):
+    from actors import RayBackend
+
+    cfg = tiny_config(federation={"mode": "he", "rounds": 2},
+                      crypto={"profile": "test", "allow_insecure": True, "threshold": 2},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0})
+    fed = federation(cfg, RayBackend("dp-ray"), run_id="dp-ray")
+    try:
+        records = scored_rounds(fed, 2)
+    finally:
+        fed.backend.shutdown()
+    local = federation(cfg)
+    scored_rounds(local, 2)
+    assert np.max(np.abs(fed.state.params - local.state.params)) < 1e-3
+    assert all(r.extra["epsilon"] > 0 for r in records)
+
+
+@pytest.mark.parametrize("mode", ["plaintext", "he"])
+@pytest.mark.parametrize(("clip", "max_clip", "factor"),
+                         [(1e-4, 1.0, np.exp(0.1)),     # every update clipped: the bound grows
+                          (10.0, 10.0, np.exp(-0.1)),   # none clipped: it shrinks
+                          (1e-4, 1.05e-4, 1.05)])       # and never passes max_clip
+def test_adaptive_clipping_moves_the_bound_towards_the_target_quantile(mode, clip, max_clip,
+                                                                       factor):
+    """Andrew et al. 2021: C <- C exp(-eta (unclipped fraction - gamma)), here eta 0.2,
+    gamma 0.5, with the indicators summed (encrypted in he) and noised (sigma_b tiny)."""
+    from fedsim.privacy import update_noise_multiplier
+
+    cfg = tiny_config(federation={"mode": mode, "rounds": 2},
+                      privacy={"enabled": True, "clip": clip, "noise_multiplier": 0.01,
+                               "adaptive_clipping": {"target_quantile": 0.5,
+                                                     "learning_rate": 0.2,
+                                                     "indicator_noise_stddev": 0.01,
+                                                     "max_clip": max_clip}})
+    fed = federation(cfg)
+    assert fed.pipeline.slots == ("clip_indicator",)
+    assert fed.privacy.mechanism.noise_multiplier == pytest.approx(
+        update_noise_multiplier(0.01, 0.01))
+    records = scored_rounds(fed, 2)
+    # sigma_b = 0.01 over 3 indicators of +-1/2 moves the fraction by ~0.003 at most
+    assert records[0].extra["clip"] == pytest.approx(min(clip * factor, max_clip), rel=2e-3)
+    assert fed.pipeline.round_params(fed.step_states)["clip"] == records[-1].extra["clip"]
+    spec = AccountingSpec(mechanism="gaussian", noise_multiplier=0.01, delta=1e-5,
+                          sampling="fixed", population=3, sample_size=3)
+    assert records[-1].extra["epsilon"] == pytest.approx(epsilon(spec, 2), rel=1e-9)
+
+
+def test_adaptive_clipping_refuses_what_its_accounting_cannot_state():
+    with pytest.raises(ConfigError, match="needs mechanism 'gaussian'"):
+        tiny_config(privacy={"enabled": True, "mechanism": "laplace", "noise_multiplier": 1.0,
+                             "adaptive_clipping": {}})
+    from fedsim.errors import PrivacyError
+
+    cfg = tiny_config(privacy={"enabled": True, "noise_multiplier": 2.0,
+                               "adaptive_clipping": {}})  # sigma_b = 3/20: 2 sigma_b < z
+    with pytest.raises(PrivacyError, match="too small for total noise multiplier 2.0"):
+        Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="a")

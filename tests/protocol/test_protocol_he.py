@@ -1,0 +1,222 @@
+"""Encrypted rounds: equality with plaintext, key-holder policy, t-of-n, bad bytes, secrecy."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace as dc_replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import federation, scored_rounds, tiny_config, train_one
+
+from fedsim.aggregate.steps import RoundContext
+from fedsim.errors import ProtocolError
+from fedsim.protocol.backend import InProcessBackend
+from fedsim.protocol.manifest import Manifest
+from fedsim.run.runner import run_federated
+
+
+def he_config(**federation):
+    return tiny_config(federation={"mode": "he", **federation})
+
+
+def test_he_rounds_match_plaintext_rounds():
+    plain = federation(tiny_config())
+    enc = federation(he_config())
+    a = scored_rounds(plain, 3)
+    b = scored_rounds(enc, 3)
+    diff = np.max(np.abs(plain.state.params - enc.state.params))
+    assert diff <= 1e-4, diff
+    assert np.allclose([r.metrics.auc for r in a], [r.metrics.auc for r in b], atol=1e-3)
+    assert all(r.phases["encrypt"] > 0 and r.phases["partial_decrypt"] > 0 for r in b)
+    ct_bytes = b[0].extra["bytes_up_per_client"]
+    assert ct_bytes > 8 * enc.num_params  # ciphertexts are larger than float64 updates
+    assert b[0].extra["bytes_aggregate"] == ct_bytes
+
+
+def _holders(fed):
+    return [fed.backend.parties[f"keyholder:{i}"] for i in range(fed.cfg.crypto.key_holders)]
+
+
+def test_key_holders_refuse_what_the_manifest_does_not_allow():
+    fed = federation(he_config())
+    agg = fed.backend.parties["aggregator"]
+    agg.begin(RoundContext(0))
+    for name in fed.names:
+        _, payload = train_one(fed, name, 0)
+        agg.add(name, payload)
+    manifest, aggregate, _ = agg.finish()
+    holder = _holders(fed)[1]
+
+    def refused(m, blob=aggregate):
+        with pytest.raises(ProtocolError) as info:
+            holder.partial_decrypt(m, blob, lead=False)
+        return str(info.value)
+
+    assert "has 1 contributor(s); at least 2 required" in refused(
+        dc_replace(manifest, contributors=manifest.contributors[:1],
+                   digests=manifest.digests[:1]))
+    assert "from run 'other'" in refused(dc_replace(manifest, run_id="other"))
+    assert "does not match its manifest digest" in refused(
+        manifest, aggregate[:-1] + bytes([aggregate[-1] ^ 1]))
+    holder.partial_decrypt(manifest, aggregate, lead=False)  # the real one is accepted
+    assert "round 0 was already decrypted" in refused(manifest)
+    assert len(holder.refusals) == 4
+    assert all(r.startswith("keyholder-1 refuses: ") for r in holder.refusals)
+
+
+def test_t_of_n_survives_a_lost_key_holder_and_fails_below_threshold():
+    cfg = tiny_config(federation={"mode": "he", "rounds": 3},
+                      crypto={"profile": "test", "allow_insecure": True, "key_holders": 3,
+                              "threshold": 2})
+    reference = federation(he_config(rounds=3))
+    fed = federation(cfg)
+    scored_rounds(reference, 1)
+    fed.run_round(0)
+    fed.backend.stop("keyholder:2")
+    reference.run_round(1)
+    fed.run_round(1)
+    assert fed.scheme.missing == {2}
+    diff = np.max(np.abs(fed.state.params - reference.state.params))
+    assert diff <= 1e-4, diff
+    fed.backend.stop("keyholder:0")
+    with pytest.raises(ProtocolError, match="only 1 key holder\\(s\\) left, threshold is 2"):
+        fed.run_round(2)
+
+
+def test_n_of_n_cannot_decrypt_without_every_holder():
+    fed = federation(he_config())
+    fed.backend.stop("keyholder:1")
+    with pytest.raises(ProtocolError, match="keyholder-1 is gone and decryption is n-of-n"):
+        fed.run_round(0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
+def test_bad_ciphertext_bytes_drop_the_client_that_sent_them(damage):
+    fed = federation(he_config())
+    other = federation(he_config(), run_id="other")  # same context profile, other keys
+    victim = fed.names[0]
+    client = fed.backend.parties[f"client:{victim}"]
+    honest = client.train
+
+    def broken(round_idx, flat, clients, context):
+        reports, blob = honest(round_idx, flat, clients, context)
+        if damage == "truncate":
+            blob = blob[: len(blob) // 2]
+        elif damage == "flip":
+            blob = bytearray(blob)
+            blob[len(blob) // 2] ^= 0xFF
+            blob = bytes(blob)
+        else:
+            _, blob = train_one(other, victim, round_idx, flat)
+        return reports, blob
+
+    client.train = broken
+    record = fed.run_round(0)
+    assert record.dropped == (victim,)
+    assert any(victim in w for w in fed.warnings)
+
+
+def test_a_round_with_too_few_valid_updates_fails_cleanly(tmp_path, monkeypatch):
+    from fedsim.errors import CryptoError
+    from fedsim.protocol.client import Hospital
+
+    cfg = he_config(rounds=3, clients_per_round=3, min_clients=3)
+    honest = Hospital.train
+
+    def flaky(self, round_idx, flat, clients, context):
+        if round_idx == 1 and self.name == "hospital-0":
+            raise CryptoError("client hospital-0: simulated encryption failure")
+        return honest(self, round_idx, flat, clients, context)
+
+    monkeypatch.setattr(Hospital, "train", flaky)
+    with pytest.raises(ProtocolError, match="round 1: only 2 valid update"):
+        run_federated(cfg, out_dir=tmp_path / "run", backend="inprocess", reference=False)
+    from fedsim import load_run
+
+    run = load_run(tmp_path / "run")
+    assert run.rounds.num_rows == 1 and run.manifest["status"] == "failed"
+    assert "round 1: only 2 valid update" in run.manifest["error"]
+    assert run.params is None
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+class RecordingBackend(InProcessBackend):
+    """In-process backend that pickles everything crossing a party boundary."""
+
+    def __init__(self):
+        super().__init__()
+        self.crossed: list[bytes] = []
+
+    def _record(self, value):
+        try:
+            self.crossed.append(pickle.dumps(value))
+        except Exception:  # noqa: BLE001 - unpicklable values could not cross Ray either
+            self.crossed.append(repr(value).encode())
+
+    def put(self, value):
+        self._record(value)
+        return super().put(value)
+
+    def call(self, role, method, *args, num_returns=1, **kwargs):
+        self._record((args, kwargs))
+        out = super().call(role, method, *args, num_returns=num_returns, **kwargs)
+        for h in (out if isinstance(out, tuple) else (out,)):
+            if h.error is None:
+                self._record(h.value)
+        return out
+
+
+def test_secret_shares_never_leave_their_holders(tmp_path, monkeypatch):
+    cfg = tiny_config(federation={"mode": "he", "rounds": 2},
+                      crypto={"profile": "test", "allow_insecure": True, "threshold": 2})
+    backend = RecordingBackend()
+    kept = {}
+    original_shutdown = backend.shutdown
+
+    def keep_then_shutdown():
+        kept.update(backend.parties)
+        original_shutdown()
+
+    backend.shutdown = keep_then_shutdown
+    monkeypatch.setattr("fedsim.protocol.backend.InProcessBackend", lambda: backend)
+    run_federated(cfg, out_dir=tmp_path / "run", backend="inprocess", reference=False)
+    holders = [kept[f"keyholder:{i}"] for i in range(3)]
+    probes = [h._share._secret_probe() for h in holders]
+    assert all(len(p) == 64 for p in probes)
+    texts = [h._share._secret_probe(text=True) for h in holders]
+    assert all(len(t) >= 12 for t in texts)  # decimal digits of one 60-bit residue
+    probes += texts
+    written = b"".join(p.read_bytes() for p in Path(tmp_path / "run").rglob("*") if p.is_file())
+    crossed = b"".join(backend.crossed)
+    assert len(backend.crossed) > 20 and len(written) > 1000
+    for probe in probes:
+        assert probe not in written
+        assert probe not in crossed
+    with pytest.raises(TypeError):
+        pickle.dumps(holders[0])
+
+
+@pytest.mark.ray
+def test_three_encrypted_rounds_on_ray(ray_session):
+    from actors import RayBackend
+
+    cfg = he_config()
+    fed = federation(cfg, RayBackend("he-ray"), run_id="he-ray")
+    try:
+        records = scored_rounds(fed, 3)
+        listed = {a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True)}
+        assert {f"he-ray/keyholder-{i}" for i in range(3)} <= listed
+    finally:
+        fed.backend.shutdown()
+    local = federation(he_config())
+    expected = scored_rounds(local, 3)
+    np.testing.assert_allclose(fed.state.params, local.state.params, atol=1e-4)
+    assert [r.clients for r in records] == [r.clients for r in expected]
+    assert all(r.phases["partial_decrypt"] > 0 for r in records)
+
+
+def test_manifest_count():
+    m = Manifest("r", 0, ("a", "b"), ("x", "y"), "z")
+    assert m.count == 2

@@ -1,0 +1,76 @@
+"""Same seed, same plaintext model, bit for bit, as before the redesign of the round loop.
+
+The digests are sha256 of the final flat float32 parameters, computed at commit
+216f7b3 (before the one-loop redesign) on this project's 2-core development machine
+with jax/jaxlib 0.6.2 (`Federation` + the old ``run_rounds``, in process) under the
+single-threaded XLA flags of ``tests/conftest.py`` (XLA's threading changes the float
+rounding). XLA's CPU code generation can differ between CPU models too: on another
+machine, compare an old and a new checkout there rather than these digests. The DP
+cases draw seeded noise; they change, by design, when DP noise moves to the OS CSPRNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import federation, tiny_config
+
+from fedsim.config import load_config
+from fedsim.protocol.loop import run_rounds
+
+ROOT = Path(__file__).resolve().parents[2]
+BEFORE = {
+    "tiny": "45d9d5889b783a32bb3a606cfef77b575d28d1200e4906329f8cdcb108376784",
+    "tiny_fedadam": "e0d75cb5ebcdec36a31af8456a3f322e71b58d3ed0cae704806d098bf35fe92d",
+    "tiny_two_of_three": "65958da434c0cad0044737e89effbe73ba2eb8e721c7f16a8d67df771315c587",
+    "tiny_poisson": "a0ad21a5d6abc305c02b84062c688581cfb5084d23b9c912a735285c377e7bb5",
+    "tiny_prox_adam": "d1e8d9b4b3489a9cc0ac081454a3c76e46c894126c8c84395140362c255d5ac4",
+    "tiny_epochs": "d3906fbfc823c0f311dd65ea43dad940d59ad562a955e1341e2e49bc891792cd",
+    "tiny_dp_aggregator": "16db52acbef8238be4f8bad8e6763a27b2f94dd4797cb28f97acb272c7929650",
+    "tiny_dp_distributed": "15eeb9a3f829371e2677d06bc90d2e4003a3fe6e43ea718706920915ebfa0beb",
+    "tiny_dp_laplace": "dca1bee5c86fd74a31398f7060d9577b028beeddc8a5844b959ad56be7a3a88e",
+    "tiny_dpsgd": "1f5b178030e729bfd81b516f928ff135d31d65e1d6137e40ca4411717ad0fdde",
+    "quick_plaintext": "6a621fd5886f089736a51cab7076de802b5396e115fba02e30a35f80a994f1a2",
+}
+DP = {"enabled": True, "clip": 0.05, "noise_multiplier": 2.0}
+CASES = {
+    "tiny": (tiny_config(), 3),
+    "tiny_fedadam": (tiny_config(federation={
+        "server_optimizer": {"name": "fedadam", "learning_rate": 0.05}}), 3),
+    "tiny_two_of_three": (tiny_config(federation={"clients_per_round": 2}), 4),
+    "tiny_poisson": (tiny_config(federation={"clients_per_round": 2, "sampling": "poisson",
+                                             "min_clients": 1}), 4),
+    "tiny_prox_adam": (tiny_config(train={"optimizer": "adam", "prox_mu": 0.1}), 3),
+    "tiny_epochs": (tiny_config(train={"local_steps": None, "local_epochs": 0.5}), 3),
+    "tiny_dp_aggregator": (tiny_config(privacy=DP), 3),
+    "tiny_dp_distributed": (tiny_config(privacy={**DP, "placement": "distributed"}), 3),
+    "tiny_dp_laplace": (tiny_config(
+        federation={"sampling": "poisson", "clients_per_round": 3},
+        privacy={**DP, "mechanism": "laplace", "accountant": "pld",
+                 "placement": "distributed"}), 3),
+    "tiny_dpsgd": (tiny_config(privacy={"enabled": True, "level": "record", "clip": 1.0,
+                                        "noise_multiplier": 1.1,
+                                        "record_sampling_rate": 0.1}), 2),
+}
+
+
+def _digest(fed) -> str:
+    return hashlib.sha256(np.ascontiguousarray(fed.state.params).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plaintext_results_are_bit_identical_to_before_the_redesign(name):
+    cfg, rounds = CASES[name]
+    fed = federation(cfg)
+    run_rounds(fed, rounds)
+    assert _digest(fed) == BEFORE[name]
+
+
+@pytest.mark.slow
+def test_the_plaintext_demo_is_bit_identical_to_before_the_redesign():
+    fed = federation(load_config(ROOT / "configs/quick.yaml", ["federation.mode=plaintext"]))
+    run_rounds(fed, 20)
+    assert _digest(fed) == BEFORE["quick_plaintext"]

@@ -46,9 +46,9 @@ def train_one(fed: Federation, name: str, round_idx: int, params=None):
     role = fed.population.roles[name]
     context = RoundContext(round_idx, fed.pipeline.round_params(fed.step_states))
     party = fed.backend.parties[role]
-    out = party.train(round_idx, fed.state.params if params is None else params, [name],
-                      context)
-    return out[0][0], out[1]
+    reports, bundle = party.train(round_idx, fed.state.params if params is None else params,
+                                  [name], context)
+    return reports[0], bundle.payloads[0]
 
 
 def scored_rounds(fed: Federation, rounds: int, *, start: int = 0) -> list:

@@ -5,8 +5,9 @@ What a contribution is and how it is summed comes from the run's encoding
 vectors summed in name order (plaintext), or ciphertext batches added as they arrive
 (he; CKKS addition is exact modular arithmetic, so order does not matter). A round is
 ``begin`` (which draws and encodes this round's DP noise when the run places it here,
-while the clients train), ``add_many`` as each training party reports, and ``finish``,
-which returns the aggregate with the `Manifest` the key holders check.
+while the clients train), ``add_many`` as each training party reports (its `Bundle` of
+payloads), and ``finish``, which returns the aggregate with the `Manifest` the key
+holders check.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from fedsim.aggregate.steps import Pipeline, RoundContext, ServerContext
 from fedsim.errors import CryptoError, ProtocolError
 from fedsim.protocol.manifest import Manifest, digest
-from fedsim.protocol.schemes import Encoder, Encoding, RoundSum, Summation
+from fedsim.protocol.schemes import Bundle, Encoder, Encoding, RoundSum, Summation
 
 NOISE = "aggregator-noise"
 
@@ -60,11 +61,13 @@ class Aggregator:
 
         Draws and encodes the round's DP noise now when this party places it: the
         coordinator does not wait for ``begin``, so that work overlaps local training.
+        The round is open only once ``begin`` has completed: should it fail, every
+        ``add`` and ``finish`` of the round is refused (no sum without its noise).
         """
         if self._summation is None or self._encoder is None:
             raise ProtocolError("aggregator: begin() before use_encoding()")
         t0 = time.perf_counter()
-        self._round = context.round
+        self._round = None
         self._sum = self._summation.start()
         self._contributors, self._digests = [], []
         self._busy_s = self._noise_s = 0.0
@@ -74,35 +77,42 @@ class Aggregator:
         if noise is not None:
             self._noise, _ = self._encoder.encode(noise, client=NOISE)
         self._noise_s = time.perf_counter() - t0
+        self._round = context.round
 
-    def add(self, client: str, payload: Any) -> float:
-        """Add one client's contribution; returns the arrival time (epoch seconds).
+    def add(self, client: str | Sequence[str], payload: Any) -> float:
+        """Add one client's contribution (or one party's partial sum of several clients);
+        returns the arrival time (epoch seconds).
 
         A malformed contribution raises an error naming ``client`` and leaves the sum
         unchanged, so the round can go on without it.
         """
         arrived = time.time()
+        group = (client,) if isinstance(client, str) else tuple(client)
         if self._round is None or self._sum is None:
             raise ProtocolError("aggregator: add() before begin()")
-        if client in self._contributors:
-            raise ProtocolError(f"aggregator: client {client} already contributed this round")
+        twice = [c for c in group if c in self._contributors]
+        if twice or len(set(group)) != len(group):
+            raise ProtocolError(f"aggregator: client {(twice or group)[0]} already "
+                                "contributed this round")
         t0 = time.perf_counter()
         try:
-            d = self._sum.add(payload, client)
+            d = self._sum.add(payload, group[0])
         finally:
             self._busy_s += time.perf_counter() - t0
-        self._contributors.append(client)
-        self._digests.append(d)
+        self._contributors.extend(group)
+        self._digests.extend([d] * len(group))
         return arrived
 
-    def add_many(self, clients: Sequence[str], *payloads: Any) -> AddResult:
-        """``add`` each of a training party's payloads; refusals are returned, not raised."""
+    def add_many(self, bundle: Bundle) -> AddResult:
+        """``add`` a training party's bundle; refusals are returned, not raised."""
         result = AddResult()
-        for client, payload in zip(clients, payloads, strict=True):
+        for group, payload in zip(bundle.groups, bundle.payloads, strict=True):
             try:
-                result.arrived[client] = self.add(client, payload)
+                arrived = self.add(group, payload)
             except (CryptoError, ProtocolError) as err:
-                result.rejected[client] = str(err)
+                result.rejected.update({c: str(err) for c in group})
+            else:
+                result.arrived.update({c: arrived for c in group})
         return result
 
     def finish(self) -> tuple[Manifest, Any, dict[str, float]]:

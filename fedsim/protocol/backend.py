@@ -36,7 +36,10 @@ class Backend(Protocol):
     def call(self, role: str, method: str, *args: Any, num_returns: int = 1,
              **kwargs: Any) -> Any: ...
     def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]: ...
-    def get(self, handle: Any) -> Any: ...
+    def get(self, handle: Any) -> Any:
+        """The value of a handle, or a list of values for a list of handles (one wait)."""
+        ...
+
     def stop(self, role: str) -> None: ...
     def shutdown(self) -> None: ...
 
@@ -88,6 +91,8 @@ class InProcessBackend:
         return list(handles[:1]), list(handles[1:])
 
     def get(self, handle: Any) -> Any:
+        if isinstance(handle, list):
+            return [self.get(h) for h in handle]
         if handle.error is not None:
             raise handle.error
         return handle.value

@@ -2,10 +2,10 @@
 (`fedsim.protocol.cohort`), behind one interface the round loop drives.
 
 A training party holds the data of the clients it simulates for the whole run and
-answers ``train(round, global_params, clients, context)`` with a report per client
-(`UpdateMeta`, or `Dropped` with the reason) followed by one payload per client, so
-each payload is its own object and goes to the aggregator without passing through the
-coordinator. What happens to a client's delta after training is shared by every kind
+answers ``train(round, global_params, clients, context)`` with two objects: a report
+per client (`UpdateMeta`, or `Dropped` with the reason) and a `Bundle` of the payloads
+of the clients not dropped, which goes to the aggregator as one object, without passing
+through the coordinator. What happens to a client's delta after training is shared by every kind
 of party (`Contributions`): the run's client steps in order (privacy, weighting), then
 the run's encoder (a float64 vector, or a sealed ciphertext batch).
 
@@ -28,7 +28,7 @@ from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
-from fedsim.protocol.schemes import Encoder, Encoding
+from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.protocol.schemes.plaintext import PlainEncoding
 from fedsim.seeding import client_key, stream
 
@@ -98,6 +98,12 @@ class Contributions:
                           update_norm=float(update.metrics["update_norm"]))
         return meta, payload
 
+    def bundle(self, made: Sequence[tuple[Report, Any]]) -> tuple[tuple[Report, ...], Bundle]:
+        """The party's answer: every report, and the payloads of the clients kept."""
+        kept = [(r.client, p) for r, p in made if isinstance(r, UpdateMeta)]
+        return (tuple(r for r, _ in made),
+                self.encoder.bundle([c for c, _ in kept], [p for _, p in kept]))
+
 
 class Hospital:
     """One hospital's local work. Holds its data shard for the whole run."""
@@ -138,7 +144,7 @@ class Hospital:
 
     def train(self, round_idx: int, global_flat: np.ndarray, clients: Sequence[str],
               context: RoundContext) -> tuple[Any, ...]:
-        """Train on the global parameters: ``(reports, payload)`` for this one hospital."""
+        """Train on the global parameters: ``(reports, bundle)`` for this one hospital."""
         if tuple(clients) != (self.name,):
             raise ProtocolError(f"hospital {self.name} asked to train {list(clients)}")
         t0 = time.perf_counter()
@@ -149,7 +155,6 @@ class Hospital:
         new_params, loss = self.trainer.train(params, inputs)
         new_flat, _ = ravel_pytree(new_params)
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
-        report, payload = self.contributions.make(self.name, self.index, self.num_examples,
-                                                  delta, loss, context,
-                                                  time.perf_counter() - t0)
-        return (report,), payload
+        made = self.contributions.make(self.name, self.index, self.num_examples, delta, loss,
+                                       context, time.perf_counter() - t0)
+        return self.contributions.bundle([made])

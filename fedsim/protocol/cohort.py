@@ -32,7 +32,7 @@ from fedsim.data import ClientData
 from fedsim.errors import ConfigError, ProtocolError
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
-from fedsim.protocol.client import Contributions, ModelShape, Report
+from fedsim.protocol.client import Contributions, ModelShape
 from fedsim.protocol.schemes import Encoding
 from fedsim.seeding import client_key, stream
 
@@ -81,11 +81,8 @@ class Cohort:
 
     def train(self, round_idx: int, global_flat: np.ndarray, clients: Sequence[str],
               context: RoundContext) -> tuple[Any, ...]:
-        """``(reports, payload, payload, ...)``: one payload per client, in ``clients`` order.
-
-        Call it with ``num_returns=len(clients) + 1`` on Ray, so each payload is its own
-        object and can go to the aggregator without passing through the caller.
-        """
+        """``(reports, bundle)``: a report per client, in ``clients`` order, and the
+        payloads of those not dropped."""
         unknown = [c for c in clients if c not in self._position]
         if unknown or not clients:
             raise ProtocolError(f"cohort of {self.clients[0].name}..{self.clients[-1].name} "
@@ -104,12 +101,8 @@ class Cohort:
         flat = np.asarray(self._flatten(new), np.float64)[: len(members)]
         deltas = flat - np.asarray(global_flat, np.float64)
         train_s = time.perf_counter() - t0
-        reports: list[Report] = []
-        payloads: list[Any] = []
-        for data, delta, loss in zip(members, deltas, losses):
-            report, payload = self.contributions.make(
-                data.name, self.first + self._position[data.name], len(data.train), delta,
-                float(loss), context, train_s)
-            reports.append(report)
-            payloads.append(payload)
-        return (tuple(reports), *payloads)
+        return self.contributions.bundle([
+            self.contributions.make(data.name, self.first + self._position[data.name],
+                                    len(data.train), delta, float(loss), context, train_s)
+            for data, delta, loss in zip(members, deltas, losses)
+        ])

@@ -128,15 +128,17 @@ class Federation:
 
         # Step 3: sampled clients train, apply the client steps and encode; each party's
         # payloads go straight to the aggregator, which adds them as they arrive.
-        metas, arrivals, dropped = self._train_and_collect(round_idx, sampled, global_ref,
-                                                           context)
-        b.get(opened)
-        self._need_quorum(round_idx, len(metas), "valid", dropped)
+        metas, adds, dropped = self._train(round_idx, sampled, global_ref, context)
 
         # Step 4: the aggregator closes the sum (adding its noise) and writes the manifest.
+        # Asked for at once (an actor runs its calls in order); read once the adds have
+        # been checked for a quorum. A round whose begin failed refuses every add.
         manifest_h, aggregate_h, seconds_h = b.call(AGGREGATOR, "finish", num_returns=3)
-        manifest: Manifest = b.get(manifest_h)
-        seconds = b.get(seconds_h)
+        arrivals = self._accepted(round_idx, b.get(adds), metas, dropped)
+        if len(metas) < self.cfg.federation.min_clients:
+            b.get(opened)  # raises begin's own error, if that is why
+        self._need_quorum(round_idx, len(metas), "valid", dropped)
+        manifest, seconds = b.get([manifest_h, seconds_h])
         timer.add("aggregate", seconds["aggregate"])
         timer.add("dp_noise", seconds["dp_noise"])
 
@@ -168,21 +170,21 @@ class Federation:
         raise ProtocolError(f"round {round_idx}: only {count} {what} update(s) "
                             f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
 
-    def _train_and_collect(self, round_idx: int, sampled: list[str], global_ref: Any,
-                           context: RoundContext
-                           ) -> tuple[dict[str, UpdateMeta], dict[str, float], list[str]]:
+    def _train(self, round_idx: int, sampled: list[str], global_ref: Any,
+               context: RoundContext) -> tuple[dict[str, UpdateMeta], list[Any], list[str]]:
         """Step 3: every training party trains its sampled clients; payloads stream on.
 
-        A party's payloads go to the aggregator as soon as it reports, as handles: they
-        never pass through the coordinator. A client that fails, whose party is lost, or
-        whose payload the aggregator refuses is dropped with a warning naming it.
+        A party's bundle of payloads goes to the aggregator as soon as the party reports,
+        as a handle: it never passes through the coordinator. A client that fails, or whose party is
+        lost, is dropped with a warning naming it. Returns the reports, the aggregator's
+        pending ``add_many`` calls and the dropped clients.
         """
         b = self.backend
         pending = {}
         for role, clients in self.population.groups(sampled).items():
-            handles = b.call(role, "train", round_idx, global_ref, clients, context,
-                             num_returns=len(clients) + 1)
-            pending[handles[0]] = (clients, handles[1:])
+            reports_h, payloads_h = b.call(role, "train", round_idx, global_ref, clients,
+                                           context, num_returns=2)
+            pending[reports_h] = (clients, payloads_h)
         metas: dict[str, UpdateMeta] = {}
         dropped: list[str] = []
         adds = []
@@ -198,24 +200,25 @@ class Federation:
                     for name in clients:
                         self._drop(round_idx, name, what, dropped)
                     continue
-                accepted = []
-                for report, payload in zip(reports, payloads, strict=True):
+                for report in reports:
                     if isinstance(report, Dropped):
                         self._drop(round_idx, report.client, report.reason, dropped)
                     else:
                         metas[report.client] = report
-                        accepted.append((report.client, payload))
-                if accepted:
-                    names, refs = zip(*accepted)
-                    adds.append(b.call(AGGREGATOR, "add_many", list(names), *refs))
+                if any(isinstance(r, UpdateMeta) for r in reports):
+                    adds.append(b.call(AGGREGATOR, "add_many", payloads))
+        return metas, adds, dropped
+
+    def _accepted(self, round_idx: int, results: list[Any], metas: dict[str, UpdateMeta],
+                  dropped: list[str]) -> dict[str, float]:
+        """Arrival times of the payloads the aggregator took; refused ones are dropped."""
         arrivals: dict[str, float] = {}
-        for h in adds:
-            result = b.get(h)
+        for result in results:
             arrivals.update(result.arrived)
             for name, reason in result.rejected.items():
                 metas.pop(name, None)
                 self._drop(round_idx, name, reason, dropped)
-        return metas, arrivals, dropped
+        return arrivals
 
     def _drop(self, round_idx: int, name: str, reason: str, dropped: list[str]) -> None:
         dropped.append(name)

@@ -10,6 +10,7 @@ from fedsim.errors import ProtocolError
 from fedsim.privacy.plan import plan_privacy
 from fedsim.protocol.aggregator import Aggregator
 from fedsim.protocol.manifest import digest
+from fedsim.protocol.schemes import Bundle
 from fedsim.protocol.schemes.plaintext import PlainEncoding
 
 
@@ -56,9 +57,10 @@ def test_malformed_contributions_are_refused_by_name():
         agg.add("d", bad)
     manifest, total, _ = agg.finish()
     assert manifest.contributors == ("a",) and total.tolist() == [0.0, 0.0, 0.0]
-    many = agg.add_many(["e", "a"], np.zeros(3), np.zeros(3))  # one call per training party
-    assert list(many.arrived) == ["e"]
-    assert many.rejected == {"a": "aggregator: client a already contributed this round"}
+    many = agg.add_many(Bundle((("e",), ("a", "f")), (np.zeros(3), np.ones(3))))
+    assert list(many.arrived) == ["e"]  # one call per training party; a group shares a fate
+    assert many.rejected == {"a": "aggregator: client a already contributed this round",
+                             "f": "aggregator: client a already contributed this round"}
 
 
 def test_begin_forgets_the_previous_round():

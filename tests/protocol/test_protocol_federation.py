@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -46,10 +47,10 @@ def test_a_client_with_a_broken_update_is_dropped_and_the_round_goes_on():
     honest = victim.train
 
     def broken(round_idx, flat, clients, context):
-        reports, payload = honest(round_idx, flat, clients, context)
-        payload = payload.copy()
+        reports, bundle = honest(round_idx, flat, clients, context)
+        payload = bundle.payloads[0].copy()
         payload[3] = np.nan
-        return reports, payload
+        return reports, replace(bundle, payloads=(payload,))
 
     victim.train = broken
     record = fed.run_round(0)

@@ -101,7 +101,8 @@ def test_bad_ciphertext_bytes_drop_the_client_that_sent_them(damage):
     honest = client.train
 
     def broken(round_idx, flat, clients, context):
-        reports, blob = honest(round_idx, flat, clients, context)
+        reports, bundle = honest(round_idx, flat, clients, context)
+        (blob,) = bundle.payloads
         if damage == "truncate":
             blob = blob[: len(blob) // 2]
         elif damage == "flip":
@@ -110,7 +111,7 @@ def test_bad_ciphertext_bytes_drop_the_client_that_sent_them(damage):
             blob = bytes(blob)
         else:
             _, blob = train_one(other, victim, round_idx, flat)
-        return reports, blob
+        return reports, dc_replace(bundle, payloads=(blob,))
 
     client.train = broken
     record = fed.run_round(0)

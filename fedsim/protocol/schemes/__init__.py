@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedsim.aggregate.steps import Update
@@ -31,12 +32,26 @@ if TYPE_CHECKING:
 AGGREGATOR = "aggregator"
 
 
+@dataclass(frozen=True)
+class Bundle:
+    """A training party's payloads of one round: ``payloads[i]`` carries the
+    contributions of the clients ``groups[i]`` (one client each, unless the scheme lets a
+    party pre-sum its clients)."""
+
+    groups: tuple[tuple[str, ...], ...] = ()
+    payloads: tuple[Any, ...] = ()
+
+
 class Encoder(abc.ABC):
     """Turns one contribution into its payload (in one party's process)."""
 
     @abc.abstractmethod
     def encode(self, update: Update, *, client: str) -> tuple[Any, dict[str, float]]:
         """The payload and the seconds spent per phase (encode, encrypt, serialize)."""
+
+    def bundle(self, clients: Sequence[str], payloads: Sequence[Any]) -> Bundle:
+        """What a party sends for ``clients``: by default every payload on its own."""
+        return Bundle(tuple((c,) for c in clients), tuple(payloads))
 
     @staticmethod
     def size(payload: Any) -> int:
@@ -49,7 +64,8 @@ class RoundSum(abc.ABC):
 
     @abc.abstractmethod
     def add(self, payload: Any, contributor: str) -> str:
-        """Add a client's payload; return its digest. Raises a FedSimError, sum unchanged."""
+        """Add a payload (``contributor`` names it: a client, or the first of a group);
+        return its digest. Raises a FedSimError, the sum unchanged."""
 
     @abc.abstractmethod
     def add_noise(self, payload: Any) -> None:

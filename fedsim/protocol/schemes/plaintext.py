@@ -1,7 +1,9 @@
 """``plaintext``: contributions are float64 vectors, summed and read in the clear.
 
 The baseline every overhead figure divides by. The sum is taken in contributor-name
-order (then the noise), so the float result never depends on arrival order.
+order (then the noise), so the float result never depends on arrival order. A party
+simulating several clients (a cohort) sends their partial sum, in client order: there
+is nothing to hide in plaintext, and it saves moving a vector per client (W2).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from fedsim.aggregate.steps import Update, flat_payload
 from fedsim.errors import ProtocolError
 from fedsim.protocol.manifest import digest
-from fedsim.protocol.schemes import Encoder, Encoding, RoundSum, Scheme, Summation
+from fedsim.protocol.schemes import Bundle, Encoder, Encoding, RoundSum, Scheme, Summation
 
 
 @final
@@ -25,6 +27,14 @@ class PlainEncoder(Encoder):
 
     def encode(self, update: Update, *, client: str) -> tuple[np.ndarray, dict[str, float]]:
         return flat_payload(update, self.slots), {}
+
+    def bundle(self, clients: Sequence[str], payloads: Sequence[Any]) -> Bundle:
+        if len(payloads) < 2:
+            return super().bundle(clients, payloads)
+        total = np.array(payloads[0], copy=True)
+        for more in payloads[1:]:
+            total += more
+        return Bundle((tuple(clients),), (total,))
 
 
 @final

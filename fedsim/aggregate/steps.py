@@ -119,6 +119,11 @@ class Step:
     def client(self, update: Update, ctx: ClientContext) -> Update:
         return update
 
+    @property
+    def aggregator_noise(self) -> bool:
+        """True if ``noise`` has the aggregator add something (the sum needs room)."""
+        return False
+
     def noise(self, size: int, ctx: ServerContext) -> Update | None:
         """What the aggregator adds to the sum this round, if anything."""
         return None
@@ -142,7 +147,7 @@ class Pipeline:
     @property
     def adds_noise(self) -> bool:
         """True if some step has the aggregator add noise (it needs room in the sum)."""
-        return any(type(s).noise is not Step.noise for s in self.steps)
+        return any(s.aggregator_noise for s in self.steps)
 
     def init(self) -> tuple[Any, ...]:
         return tuple(step.init() for step in self.steps)

@@ -1,7 +1,8 @@
-"""CKKS context profiles: one OpenFHE ``CryptoContext`` every party can rebuild from bytes.
+"""CKKS contexts: one OpenFHE ``CryptoContext`` every party can rebuild from bytes.
 
-Profiles (depth 0, FIXEDMANUAL scaling, first modulus 60 bits, scaling modulus 50 bits,
-BV key switching, PKE + KEYSWITCH + LEVELEDSHE + MULTIPARTY, one 60-bit RNS tower):
+A context is built from a registered profile (`fedsim.crypto.profiles`): depth 0,
+FIXEDMANUAL scaling, first modulus 60 bits, scaling modulus 50 bits, BV key switching,
+PKE + KEYSWITCH + LEVELEDSHE + MULTIPARTY, one 60-bit RNS tower. The built-in profiles:
 
 * ``secure`` (default): 128-bit classic security (ring 4096), REAL packing, and OpenFHE's
   noise-flooding decryption for CKKS: a noise-estimation pass with throwaway keys runs

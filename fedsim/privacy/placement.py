@@ -29,6 +29,8 @@ from fedsim.seeding import stream
 class AggregatorPlacement:
     """The aggregator adds the whole noise (already divided by the denominator)."""
 
+    at_aggregator = True
+
     def describe(self, min_clients: int) -> str:
         return "by the aggregator"
 
@@ -53,6 +55,7 @@ class DistributedPlacement:
     """Each client adds a share; ``min_clients`` shares make the whole noise."""
 
     min_clients: int
+    at_aggregator = False
 
     def describe(self, min_clients: int) -> str:
         return f"in shares by the clients (full noise from {min_clients} surviving clients)"

@@ -73,6 +73,10 @@ class ClientLevelDP(Step):
         update = update.but(vector=clipped, slots=extra, metrics={"update_norm": norm})
         return self.placement.client(update, vector, slots, self.denominator, ctx)
 
+    @property
+    def aggregator_noise(self) -> bool:
+        return self.placement.at_aggregator
+
     def noise(self, size: int, ctx: ServerContext) -> Update | None:
         vector, slots = self._noises(ctx.params)
         return self.placement.aggregator(size, vector, slots, self.denominator, ctx)

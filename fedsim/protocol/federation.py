@@ -83,8 +83,7 @@ class Federation:
         self.step_states = self.pipeline.init()
         self.population = BUILDERS[fed.clients](cfg, dataset, self.shape, self.pipeline,
                                                 self.privacy)
-        self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
-                                 run_id=run_id)
+        self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots)
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ set-up

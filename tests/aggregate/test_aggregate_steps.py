@@ -86,6 +86,7 @@ def test_noise_of_several_steps_is_one_contribution():
     @dataclass(frozen=True)
     class Noisy(Step):
         value: float
+        aggregator_noise = True
 
         def noise(self, size, ctx):
             return Update(np.full(size, self.value), weight=0.0, slots={"s": self.value})

@@ -105,6 +105,9 @@ def test_unstatable_guarantees_are_refused(privacy, message):
 def test_he_with_distributed_noise_decrypts_to_the_plaintext_dp_result():
     plain = federation(dp_config(placement="distributed"))
     enc = federation(dp_config("he", placement="distributed"))
+    # only aggregator-placed noise needs room in the sum: the slot scale halves for it
+    assert not enc.pipeline.adds_noise and federation(dp_config("he")).pipeline.adds_noise
+    assert enc.scheme.scale == pytest.approx(2 * federation(dp_config("he")).scheme.scale)
     scored_rounds(plain, 2)
     scored_rounds(enc, 2)
     assert np.max(np.abs(plain.state.params - enc.state.params)) < 1e-3

@@ -115,11 +115,10 @@ class Scheme(abc.ABC):
         """The opened sum as a flat float64 vector ``[vector..., slots..., weight]``."""
 
 
-def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str], run_id: str) -> Scheme:
+def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str]) -> Scheme:
     """The scheme ``federation.mode`` names."""
     from fedsim.protocol.schemes.plaintext import Plaintext
     from fedsim.protocol.schemes.threshold import ThresholdCKKS
 
     kinds = {"plaintext": Plaintext, "he": ThresholdCKKS}
-    return kinds[cfg.federation.mode].create(cfg, num_params=num_params, slots=slots,
-                                              run_id=run_id)
+    return kinds[cfg.federation.mode].create(cfg, num_params=num_params, slots=slots)

@@ -91,8 +91,7 @@ class Plaintext(Scheme):
     """No encryption: the aggregate is read as it is."""
 
     @classmethod
-    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str], run_id: str
-               ) -> Plaintext:
+    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str]) -> Plaintext:
         return cls()
 
     @property

@@ -100,22 +100,18 @@ class SealedEncoding(Encoding):
 class ThresholdCKKS(Scheme):
     """Coordinator side: context, key ceremony and threshold opening; holds no secret key."""
 
-    def __init__(self, cfg: Any, context: Any, num_params: int, slots: Sequence[str],
-                 run_id: str) -> None:
+    def __init__(self, cfg: Any, context: Any, num_params: int, slots: Sequence[str]) -> None:
         from fedsim.crypto import Opener
 
-        self.cfg = cfg
         self.crypto = cfg.crypto
         self.context = context
-        self.run_id = run_id
         self.opener = Opener(context, num_params, reserved=len(slots) + 1)
         self.scale = 1.0  # set by `setup`: see `fedsim.crypto.slot_scale`
         self.missing: set[int] = set()
         self.recovered_by: dict[int, int] = {}
 
     @classmethod
-    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str], run_id: str
-               ) -> ThresholdCKKS:
+    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str]) -> ThresholdCKKS:
         """Build the run's context, sized for the round's contributors and key holders.
 
         Flooding noise is sized for every ciphertext the joint key will ever decrypt
@@ -133,7 +129,7 @@ class ThresholdCKKS(Scheme):
             max_contributors=fed.clients_per_round, max_key_holders=max(c.key_holders, 2),
             max_decryptions=max(1, fed.rounds * per_round),
         )
-        return cls(cfg, context, num_params, slots, run_id)
+        return cls(cfg, context, num_params, slots)
 
     @property
     def num_ciphertexts(self) -> int:

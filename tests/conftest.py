@@ -19,6 +19,21 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(scope="session")
+def quick_plaintext():
+    """configs/quick.yaml in plaintext, 20 rounds in process, scored every round: the
+    reference several slow tests compare with (built once)."""
+    from pathlib import Path
+
+    from builders import federation, scored_rounds
+
+    from fedsim import load_config
+
+    quick = Path(__file__).resolve().parents[1] / "configs/quick.yaml"
+    fed = federation(load_config(quick, ["federation.mode=plaintext"]), run_id="plain")
+    return fed, scored_rounds(fed, 20)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (4 logical CPUs, no dashboard)."""
     import ray

@@ -45,17 +45,12 @@ def test_demo_reaches_auc_075_and_prints_a_reference(demo_run):
     assert json.loads((out / "metrics.json").read_text())["pooled"]["n"] > 1000
 
 
-def _plaintext_quick(rounds=20):
-    fed = federation(load_config(QUICK, ["federation.mode=plaintext"]), run_id="plain")
-    return fed, scored_rounds(fed, rounds)
-
-
 @pytest.mark.slow
 @pytest.mark.ray
-def test_secure_he_demo_matches_plaintext_auc(demo_run):
+def test_secure_he_demo_matches_plaintext_auc(demo_run, quick_plaintext):
     out, _ = demo_run
     run = load_run(out)
-    plain, records = _plaintext_quick()
+    plain, records = quick_plaintext
     assert abs(run.metrics["pooled"]["auc"] - records[-1].metrics.auc) <= 1e-3
     secure = np.concatenate([v.ravel() for v in flatten_params(run.params).values()])
     exact = np.concatenate([v.ravel() for v in flatten_params(plain.params).values()])
@@ -65,9 +60,9 @@ def test_secure_he_demo_matches_plaintext_auc(demo_run):
 
 
 @pytest.mark.slow
-def test_fast_he_matches_plaintext_to_1e5_after_20_rounds():
+def test_fast_he_matches_plaintext_to_1e5_after_20_rounds(quick_plaintext):
     enc = federation(load_config(QUICK, ["crypto.profile=fast"]), run_id="fast")
     enc_records = scored_rounds(enc, 20)
-    plain, records = _plaintext_quick()
+    plain, records = quick_plaintext
     assert np.max(np.abs(enc.state.params - plain.state.params)) <= 1e-5
     assert round(enc_records[-1].metrics.auc, 3) == round(records[-1].metrics.auc, 3)

@@ -12,16 +12,13 @@ cases draw seeded noise; they change, by design, when DP noise moves to the OS C
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from builders import federation, tiny_config
 
-from fedsim.config import load_config
 from fedsim.protocol.loop import run_rounds
 
-ROOT = Path(__file__).resolve().parents[2]
 BEFORE = {
     "tiny": "45d9d5889b783a32bb3a606cfef77b575d28d1200e4906329f8cdcb108376784",
     "tiny_fedadam": "e0d75cb5ebcdec36a31af8456a3f322e71b58d3ed0cae704806d098bf35fe92d",
@@ -70,7 +67,6 @@ def test_plaintext_results_are_bit_identical_to_before_the_redesign(name):
 
 
 @pytest.mark.slow
-def test_the_plaintext_demo_is_bit_identical_to_before_the_redesign():
-    fed = federation(load_config(ROOT / "configs/quick.yaml", ["federation.mode=plaintext"]))
-    run_rounds(fed, 20)
+def test_the_plaintext_demo_is_bit_identical_to_before_the_redesign(quick_plaintext):
+    fed, _ = quick_plaintext  # 20 rounds of configs/quick.yaml, scored (scores do not touch it)
     assert _digest(fed) == BEFORE["quick_plaintext"]

@@ -7,9 +7,7 @@ names (the run loop, JAX) load on first use: the aggregator and key holders impo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from fedsim._lazy import lazy_names
 from fedsim.config import RunConfig, load_config
 from fedsim.errors import (
     ConfigError,
@@ -63,9 +61,4 @@ __all__ = [
     "run_federated",
     "run_rounds",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

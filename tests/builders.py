@@ -59,3 +59,14 @@ def scored_rounds(fed: Federation, rounds: int, *, start: int = 0) -> list:
 
     evaluate = Evaluate(CentralEvaluator(fed.model, fed.dataset), every=1, rounds=rounds)
     return run_rounds(fed, rounds, [evaluate], start=start)
+
+
+def leaves(tree):
+    """A parameter tree's arrays in sorted-key order."""
+    import numpy as np
+
+    if isinstance(tree, dict):
+        for k in sorted(tree):
+            yield from leaves(tree[k])
+    else:
+        yield np.asarray(tree)

@@ -6,8 +6,7 @@ importing the server optimizers (optax, JAX).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fedsim._lazy import lazy_names
 
 _WHERE = {
     "Aggregate": "steps",
@@ -29,9 +28,4 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _WHERE)

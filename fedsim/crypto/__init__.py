@@ -6,8 +6,7 @@ load on first use, so `fedsim.crypto.profiles` (read by the config) needs no Ope
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fedsim._lazy import lazy_names
 
 _WHERE = {
     "CKKSContext": "context",
@@ -36,15 +35,9 @@ _WHERE = {
     "register_profile": "profiles",
     "Opener": "opening",
     "UpdateSealer": "sealing",
+    "raw": "raw",
     "slot_scale": "sealing",
 }
 
-__all__ = sorted([*_WHERE, "raw"])
-
-
-def __getattr__(name: str) -> Any:
-    if name == "raw":
-        return importlib.import_module(f"{__name__}.raw")
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_names(__name__, _WHERE)

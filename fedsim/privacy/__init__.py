@@ -13,9 +13,7 @@ so the aggregator and key holders can import this package without importing JAX.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from fedsim._lazy import lazy_names
 from fedsim.privacy.accountant import (
     Accountant,
     calibrate_dpsgd_noise_multiplier,
@@ -82,9 +80,4 @@ _LAZY = {
     **{name: "fedsim.privacy.plan"
        for name in ("ClientLevelPlan", "RecordLevelPlan", "plan_privacy")},
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -4,8 +4,7 @@ key holders, the schemes that carry contributions between them, the coordinator'
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fedsim._lazy import lazy_names
 
 _WHERE = {
     "Aggregator": "aggregator",
@@ -24,9 +23,4 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _WHERE)

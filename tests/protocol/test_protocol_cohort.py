@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import federation, scored_rounds, tiny_config
+from builders import federation, leaves, scored_rounds, tiny_config
 
 from fedsim import load_config, load_run
 from fedsim.errors import ConfigError
@@ -80,8 +80,8 @@ def test_w2_peer_twins_fedsims_data_model_sampling_and_training():
     cfg = w2_config()
     dataset = load_dataset(cfg)
     fed = Federation(cfg, dataset, backend=None, run_id="twin")
-    flat_peer = np.concatenate([np.ravel(v) for v in _tree_leaves(_w2.init_params())])
-    flat_ours = np.concatenate([np.ravel(v) for v in _tree_leaves(fed.params)])
+    flat_peer = np.concatenate([np.ravel(v) for v in leaves(_w2.init_params())])
+    flat_ours = np.concatenate([np.ravel(v) for v in leaves(fed.params)])
     np.testing.assert_array_equal(flat_peer, flat_ours)
     for i in (0, 7, 39):
         x, y = _w2.client_data(i)
@@ -101,7 +101,7 @@ def test_w2_peer_twins_fedsims_data_model_sampling_and_training():
                             round_idx=0, index=3)
     ours, _ = trainer.train(fed.params, inputs)
     peer = _w2.local_train(_w2.init_params(), *_w2.client_data(3))
-    for a, b in zip(_tree_leaves(ours), _tree_leaves(peer)):
+    for a, b in zip(leaves(ours), leaves(peer)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -115,11 +115,3 @@ def test_cohort_clients_need_equal_local_steps():
                     privacy={"enabled": True, "level": "record", "noise_multiplier": 1.0})
     with pytest.raises(ConfigError, match="federation.cohorts: 4 cohorts but only 3 clients"):
         tiny_config(federation={"clients": "cohort", "cohorts": 4})
-
-
-def _tree_leaves(tree):
-    if isinstance(tree, dict):
-        for k in sorted(tree):
-            yield from _tree_leaves(tree[k])
-    else:
-        yield np.asarray(tree)

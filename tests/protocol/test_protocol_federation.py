@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from builders import federation, scored_rounds, tiny_config, train_one
+from builders import federation, leaves, scored_rounds, tiny_config, train_one
 
 from fedsim import load_run
 from fedsim.protocol.sampling import sample_clients
@@ -77,21 +77,14 @@ def test_run_writes_complete_results(tmp_path):
         outcome.report["pooled"]["auc"])
     fed = federation(cfg)
     scored_rounds(fed, 3)
-    flat_loaded = np.concatenate([np.ravel(v) for v in _leaves(run.params)])
-    flat_fresh = np.concatenate([np.ravel(v) for v in _leaves(fed.params)])
+    flat_loaded = np.concatenate([np.ravel(v) for v in leaves(run.params)])
+    flat_fresh = np.concatenate([np.ravel(v) for v in leaves(fed.params)])
     np.testing.assert_array_equal(flat_loaded, flat_fresh)
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert set(metrics["hospitals"]) == set(fed.names)
     assert (tmp_path / "run/roc.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "run").glob(".*tmp"))
 
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for k in sorted(tree):
-            yield from _leaves(tree[k])
-    else:
-        yield np.asarray(tree)
 
 
 @pytest.mark.ray

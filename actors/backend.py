@@ -187,6 +187,9 @@ class RayBackend:
         except RayTaskError as err:
             raise _unwrap(err) from None
 
+    def defer(self, handle: Any) -> RayDeferred:
+        return RayDeferred(handle)
+
     def stop(self, role: str) -> None:
         handle = self.handles.pop(role, None)
         if handle is not None:
@@ -198,6 +201,19 @@ class RayBackend:
         if self.placement is not None:
             self.placement.remove()
             self.placement = None
+
+
+class RayDeferred:
+    """An object ref a party resolves itself, later (`fedsim.protocol.backend.Deferred`)."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def get(self) -> Any:
+        try:
+            return ray.get(self.ref)
+        except RayTaskError as err:
+            raise _unwrap(err) from None
 
 
 def _unwrap(err: RayTaskError) -> BaseException:

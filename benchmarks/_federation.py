@@ -140,10 +140,11 @@ def prime(federation: Federation) -> None:
     b = federation.backend
     ref = b.put(federation.state.params)
     context = RoundContext(0, federation.pipeline.round_params(federation.step_states))
+    commitment = b.defer(b.put(b""))  # no noise: these batches are never decrypted
     groups = federation.population.groups(federation.names)
     for role, clients in groups.items():  # one party at a time: sealing takes GBs
         some = clients[: federation.cfg.federation.clients_per_round]
-        b.get(b.call(role, "train", 0, ref, some, context, num_returns=2)[0])
+        b.get(b.call(role, "train", 0, ref, some, context, commitment, num_returns=2)[0])
 
 
 def _actor_pids(backend: Any) -> dict[str, int]:

@@ -41,8 +41,10 @@ def w2_config(mode: str, *, clients: int, per_round: int, rounds: int, cohorts: 
               profile: str = "secure", seed: int = 0) -> Any:
     """configs/w2.yaml with the benchmark's settings."""
     from fedsim.config import load_config
+    from fedsim.crypto.profiles import get_profile
 
-    return load_config(CONFIG, [f"federation.mode={mode}", f"crypto.profile={profile}",
+    accept = [] if get_profile(profile).flooding else ["crypto.accept_unflooded_decryption=true"]
+    return load_config(CONFIG, [f"federation.mode={mode}", f"crypto.profile={profile}", *accept,
                                 f"data.teacher.num_clients={clients}",
                                 f"federation.clients_per_round={per_round}",
                                 f"federation.rounds={rounds}", f"federation.cohorts={cohorts}",

@@ -30,7 +30,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
 VARIANTS = {
     "plaintext": ["federation.mode=plaintext"],
     "he-secure": ["federation.mode=he", "crypto.profile=secure"],
-    "he-fast": ["federation.mode=he", "crypto.profile=fast"],
+    "he-fast": ["federation.mode=he", "crypto.profile=fast",
+                "crypto.accept_unflooded_decryption=true"],
     "he-secure-dp": ["federation.mode=he", "crypto.profile=secure", "privacy.enabled=true",
                      "privacy.noise_multiplier=1.0", "privacy.clip=1.0"],
 }

@@ -29,3 +29,20 @@ class PrivacyError(FedSimError):
 
 class ProtocolError(FedSimError):
     """A federated round cannot proceed (too few clients, refused decryption, ...)."""
+
+
+class Refusal(ProtocolError):
+    """A party refused a request outside its own policy (a key holder, checking a
+    decryption); ``party`` and ``round`` (None at set-up) say who and when."""
+
+    def __init__(self, message: str, *, party: str, round: int | None = None) -> None:
+        super().__init__(message)
+        self.party = party
+        self.round = round
+
+    def __reduce__(self):  # crosses Ray as an actor's error: keep the fields
+        return (_refusal, (str(self), self.party, self.round))
+
+
+def _refusal(message: str, party: str, round: int | None) -> Refusal:
+    return Refusal(message, party=party, round=round)

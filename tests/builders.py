@@ -46,8 +46,9 @@ def train_one(fed: Federation, name: str, round_idx: int, params=None):
     role = fed.population.roles[name]
     context = RoundContext(round_idx, fed.pipeline.round_params(fed.step_states))
     party = fed.backend.parties[role]
+    commitment = fed.backend.defer(fed.backend.put(b""))
     reports, bundle = party.train(round_idx, fed.state.params if params is None else params,
-                                  [name], context)
+                                  [name], context, commitment)
     return reports[0], bundle.payloads[0]
 
 

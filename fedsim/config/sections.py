@@ -186,13 +186,20 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class CryptoConfig:
-    """Threshold CKKS settings (used when federation.mode is 'he')."""
+    """Threshold CKKS settings (used when federation.mode is 'he').
+
+    ``statistical_security`` is the flooding's s (at least 30, OpenFHE's minimum; every
+    2 bits more cost one bit of precision). A profile that does not flood decryption
+    shares (``fast``) runs only with ``accept_unflooded_decryption: true``.
+    """
 
     profile: str = "secure"
     allow_insecure: bool = False
     key_holders: int = 3
     threshold: int | None = None
     update_bound: float = 1.0
+    statistical_security: int = 30
+    accept_unflooded_decryption: bool = False
 
     def __post_init__(self) -> None:
         from fedsim.crypto.profiles import get_profile, profile_names
@@ -216,6 +223,14 @@ class CryptoConfig:
                 f"crypto.profile: {self.profile!r} is an insecure ring; set "
                 "crypto.allow_insecure: true to use it"
             )
+        if not profile.flooding and not self.accept_unflooded_decryption:
+            raise ConfigError(
+                f"crypto.profile: {self.profile!r} does not flood decryption shares, so a "
+                "decrypted sum may leak key material (Li and Micciancio 2021): not "
+                "provably secure; set crypto.accept_unflooded_decryption: true to run it")
+        if self.statistical_security < 30:
+            raise ConfigError(f"crypto.statistical_security: must be >= 30 (OpenFHE's "
+                              f"minimum), got {self.statistical_security}")
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,8 @@ class ObjectSum(CiphertextSum):
     def _add(self, batch: bytes) -> None:
         cts = load_ciphertexts(self._context, batch, kind="ciphertext")
         self._check_count(len(cts), None if self._sum is None else len(self._sum))
+        if not all(raw.reduced(ct) for ct in cts):
+            raise CryptoError("a residue is not reduced modulo its modulus (corrupted item)")
         tags = {ct.GetKeyTag() for ct in cts}
         tag = self._key_tag or next(iter(tags), None)
         if tags - {tag}:

@@ -43,7 +43,7 @@ from fedsim.errors import CryptoError
 
 FIRST_MOD_BITS = 60
 SCALE_MOD_BITS = 50
-STATISTICAL_SECURITY = 30  # bits; OpenFHE's default for NOISE_FLOODING_DECRYPT
+OPENFHE_STATISTICAL_SECURITY = 30  # bits this build's flooding formula fixes for CKKS
 ESTIMATE_MARGIN_BITS = 0.5  # added to the measured noise estimate (spread seen: 0.05 bits)
 FIXED_SHARE_SIGMA = 2.0**20  # OpenFHE NOISE_FLOODING::MP_SD, used without flooding
 ERROR_SIGMAS = 8.0  # error_bound in standard deviations of the decrypted error
@@ -67,7 +67,31 @@ class _Meta:
     max_contributors: int
     max_key_holders: int
     max_decryptions: int
-    noise_estimate: float | None  # log2, margin included; None without flooding
+    measured_noise: float | None  # log2 std of the aggregate's noise; None without flooding
+    statistical_security: int = OPENFHE_STATISTICAL_SECURITY
+
+
+def tail_bits(ring_dim: int, decryptions: int, statistical_security: int) -> float:
+    """log2 of how many standard deviations bound EVERY coefficient of every decryption.
+
+    A Gaussian coefficient exceeds ``k`` standard deviations with probability at most
+    ``2 exp(-k^2 / 2)``; over ``ring_dim * decryptions`` coefficients (a union bound) that
+    is at most ``2^-s`` for ``k^2 = 2 ln(2 ring_dim decryptions) + 2 s ln 2``.
+    """
+    k2 = 2 * math.log(2 * ring_dim * decryptions) + 2 * statistical_security * math.log(2)
+    return 0.5 * math.log2(k2)
+
+
+def bound_bits(measured: float, ring_dim: int, decryptions: int,
+               statistical_security: int) -> float:
+    """log2 of the high-probability bound the flooding is sized from (margin included)."""
+    return measured + ESTIMATE_MARGIN_BITS + tail_bits(ring_dim, decryptions,
+                                                       statistical_security)
+
+
+def flooding_sigma(bound: float, decryptions: int, statistical_security: int) -> float:
+    """OpenFHE's documented flooding: ``sqrt(12 tau) 2^(s/2) B`` for a noise bound ``B``."""
+    return math.sqrt(12 * decryptions) * 2 ** (statistical_security / 2) * 2**bound
 
 
 def _params(meta: _Meta, mode: Any) -> Any:
@@ -89,8 +113,13 @@ def _params(meta: _Meta, mode: Any) -> Any:
             # This build refuses SetNumAdversarialQueries and SetStatisticalSecurity for
             # CKKS (NOISE_FLOODING_MULTIPARTY only) and floods with
             # sigma = sqrt(12) * 2**(30/2) * 2**estimate. Folding sqrt(max_decryptions)
-            # into the estimate gives OpenFHE's documented sqrt(12 * tau) * 2**(s/2) * t.
-            p.SetNoiseEstimate(meta.noise_estimate + 0.5 * math.log2(meta.max_decryptions))
+            # and 2**((s - 30)/2) into the estimate gives the documented
+            # sqrt(12 * tau) * 2**(s/2) * B, with B the bound of `bound_bits`.
+            ring = spec.ring_dim or _ring_of(meta)
+            bound = bound_bits(meta.measured_noise, ring, meta.max_decryptions,
+                               meta.statistical_security)
+            p.SetNoiseEstimate(bound + 0.5 * math.log2(meta.max_decryptions)
+                               + (meta.statistical_security - OPENFHE_STATISTICAL_SECURITY) / 2)
     return p
 
 
@@ -99,6 +128,23 @@ def _generate(params: Any) -> Any:
     for feature in (fhe.PKE, fhe.KEYSWITCH, fhe.LEVELEDSHE, fhe.MULTIPARTY):
         cc.Enable(feature)
     return cc
+
+
+def _ring_of(meta: _Meta) -> int:
+    """The ring OpenFHE picks for the profile's security level (no noise mode needed)."""
+    return _RINGS.setdefault(meta.profile, int(_generate(_params(
+        _Meta(meta.profile, 1, 2, 1, None), None)).GetRingDimension()))
+
+
+_RINGS: dict[str, int] = {}
+
+
+def estimate_noise(profile: str, contributors: int, holders: int) -> float:
+    """log2 std of the noise of an aggregate of ``contributors`` fresh ciphertexts (plus
+    one DP-noise ciphertext) under a throwaway joint key of ``holders`` parties: OpenFHE's
+    estimation pass, run by whoever needs the number (the context's maker; every key
+    holder, to check a context it is handed)."""
+    return _estimate_noise(_Meta(profile, contributors, holders, 1, None))[0]
 
 
 def _estimate_noise(meta: _Meta) -> tuple[float, int]:
@@ -155,15 +201,11 @@ class CKKSContext:
             ):
                 raise CryptoError("context lost its noise-flooding decryption settings")
             self._share_sigma = float(_find(frame, "fdp"))
-            expected = (
-                math.sqrt(12 * meta.max_decryptions)
-                * 2 ** (STATISTICAL_SECURITY / 2)
-                * 2**meta.noise_estimate
-            )
+            expected = self.flooding_sigma_for(meta.measured_noise)
             if not math.isclose(self._share_sigma, expected, rel_tol=1e-9):
                 raise CryptoError(
                     f"OpenFHE floods with sigma {self._share_sigma:.4g}, not the documented "
-                    f"sqrt(12 tau) 2^(s/2) 2^estimate = {expected:.4g}"
+                    f"sqrt(12 tau) 2^(s/2) B = {expected:.4g}"
                 )
         else:
             self._share_sigma = FIXED_SHARE_SIGMA
@@ -188,6 +230,7 @@ class CKKSContext:
         max_contributors: int = 64,
         max_key_holders: int = 8,
         max_decryptions: int = 1 << 20,
+        statistical_security: int = OPENFHE_STATISTICAL_SECURITY,
     ) -> CKKSContext:
         """Build a context from a profile name.
 
@@ -195,6 +238,8 @@ class CKKSContext:
         comes on top). ``max_key_holders``: most key holders sharing the key.
         ``max_decryptions``: ciphertexts decrypted under one key over its life (rounds
         times ciphertexts per round); flooding noise grows with its square root.
+        ``statistical_security``: s of the flooding (at least 30, OpenFHE's minimum);
+        each 2 bits more cost one bit of precision.
         """
         spec = get_profile(profile)
         if spec.insecure and not allow_insecure:
@@ -209,11 +254,15 @@ class CKKSContext:
         ):
             if int(value) != value or value < 1:
                 raise CryptoError(f"{name} must be a positive integer, got {value!r}")
-        meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, None)
+        if statistical_security < OPENFHE_STATISTICAL_SECURITY:
+            raise CryptoError(f"statistical_security must be at least "
+                              f"{OPENFHE_STATISTICAL_SECURITY} bits, got {statistical_security}")
+        meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, None,
+                     statistical_security)
         if spec.flooding:
-            estimate, ring_dim = _estimate_noise(meta)
-            estimate += ESTIMATE_MARGIN_BITS
-            meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, estimate)
+            measured, ring_dim = _estimate_noise(meta)
+            meta = _Meta(profile, max_contributors, max_key_holders, max_decryptions, measured,
+                         statistical_security)
             cc = _generate(_params(meta, fhe.EXEC_EVALUATION))
             if cc.GetRingDimension() != ring_dim:  # the estimate holds for its ring only
                 raise CryptoError(
@@ -335,9 +384,29 @@ class CKKSContext:
         return self._meta.max_decryptions
 
     @property
+    def measured_noise(self) -> float | None:
+        """log2 std of the aggregate's noise, as measured when the context was made."""
+        return self._meta.measured_noise
+
+    @property
+    def statistical_security(self) -> int:
+        return self._meta.statistical_security
+
+    @property
     def noise_estimate(self) -> float | None:
-        """log2 of the estimated aggregate noise the flooding is sized for."""
-        return self._meta.noise_estimate
+        """log2 of the high-probability bound of the aggregate's noise over every
+        coefficient of every decryption: what the flooding is sized for."""
+        if self._meta.measured_noise is None:
+            return None
+        return bound_bits(self._meta.measured_noise, self._ring_dim, self._meta.max_decryptions,
+                          self._meta.statistical_security)
+
+    def flooding_sigma_for(self, measured: float) -> float:
+        """The share sigma this context's formula gives for a measured noise (log2 std)."""
+        bound = bound_bits(measured, self._ring_dim, self._meta.max_decryptions,
+                           self._meta.statistical_security)
+        return flooding_sigma(bound, self._meta.max_decryptions,
+                              self._meta.statistical_security)
 
     @property
     def fingerprint(self) -> str:

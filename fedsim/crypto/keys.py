@@ -1,27 +1,27 @@
 """``KeyShareHolder``: one key holder's secret-key share, kept for its whole life.
 
 The plain class behind a key-holder actor. It generates its share of the joint CKKS key
-(OpenFHE's chained ``KeyGen`` / ``MultipartyKeyGen``) and answers partial decryptions
-(``MultipartyDecryptLead`` for the lead, ``MultipartyDecryptMain`` otherwise); with a
-flooding context (``secure``, ``test``) OpenFHE floods every share, see FLOODING.md. No
-method returns the share or its serialization, and the object refuses to be pickled or
-copied. Deciding WHAT to decrypt (current round, enough contributors) is the protocol's
-job; this class only does the cryptography.
+(OpenFHE's chained ``KeyGen`` / ``MultipartyKeyGen``: the joint secret is the sum of
+the holders' secrets) and answers partial decryptions (``MultipartyDecryptLead`` for
+the lead, ``MultipartyDecryptMain`` otherwise); with a flooding context OpenFHE floods
+every share, see FLOODING.md. No method returns the share, and the object refuses to be
+pickled or copied. Deciding WHAT to decrypt is the protocol's job
+(`fedsim.protocol.keyholder`); this class only does the cryptography.
 
-t-of-n (``threshold`` given). OpenFHE's ``ShareKeys``/``RecoverSharedKey`` cannot move
-shares between processes in these bindings (``DCRTPoly`` has no serialization,
-``PrivateKey`` no setter), so fedsim Shamir-shares each holder's secret residues itself
-(``fedsim.crypto.shamir``) through the key's JSON serialization
-(``fedsim.crypto._secret_key``); the tests check the result against OpenFHE's in-process
-``RecoverSharedKey``. Flow: every holder sends ``shamir_shares()[j]`` to holder j, who
-calls ``receive_share``. When holder m is gone, a survivor collects ``share_of(m)`` from
-at least ``threshold - 1`` other survivors, calls ``recover(m, shares)`` and then also
-answers ``partial_decrypt(..., on_behalf_of=m)``.
-
-Warnings. Recovery hands the missing holder's WHOLE key share to the recovering holder:
-that holder then holds two shares, which counts against the collusion threshold. Shamir
-shares are secret-key material: in a deployment they travel only over authenticated,
-encrypted channels between key holders, never through the coordinator or object store.
+t-of-n (``threshold`` t given; Mouchet, Troncoso-Pastoriza, Bossuat and Hubaux, PETS
+2021; as in Lattigo's threshold scheme). Every holder i Shamir-shares its secret s_i
+with a random polynomial f_i of degree t - 1, f_i(0) = s_i, per RNS modulus
+(``fedsim.crypto.shamir``), and gives f_i(j) to holder j, who keeps the sum of what it
+received, S_j = sum_i f_i(j): a Shamir share of the joint secret s = sum_i s_i. Any set
+T of at least t holders decrypts with the Lagrange-weighted keys lambda_j(T) S_j,
+whose sum over T is s. No key is ever rebuilt, so losing a holder hands nobody a second
+one; fewer than t holders together learn nothing about s. OpenFHE's
+``ShareKeys``/``RecoverSharedKey`` cannot move shares between processes in these
+bindings (``DCRTPoly`` has no serialization, ``PrivateKey`` no setter), so the
+residues go through the key's JSON serialization (``fedsim.crypto._secret_key``).
+``outgoing_shares`` and ``receive_share`` are for the holder's own protocol code, which
+seals every share for its receiver (`fedsim.crypto.identity`); nothing relays them in
+the clear.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class KeyShareHolder:
         self._moduli: tuple[int, ...] = ()
         self._public_key: bytes | None = None
         self._outgoing: dict[int, bytes] | None = None
-        self._held: dict[int, shamir.Share] = {}
-        self._recovered: dict[int, Any] = {}
+        self._held: dict[int, shamir.Share] = {}  # owner -> f_owner(this holder)
+        self._weighted: dict[tuple[int, ...], Any] = {}  # participants -> lambda_j S_j key
 
     # Never pickled, never copied: the share lives and dies in this process.
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
@@ -110,20 +110,16 @@ class KeyShareHolder:
         self._public_key = fhe.Serialize(pair.publicKey, fhe.BINARY)
         return self._public_key
 
-    def partial_decrypt(
-        self, aggregate: bytes, *, lead: bool, on_behalf_of: int | None = None
-    ) -> bytes:
+    def partial_decrypt(self, aggregate: bytes, *, lead: bool,
+                        participants: tuple[int, ...] | None = None) -> bytes:
         """Partial decryption (a share batch) of an aggregate ciphertext batch.
 
-        Exactly one share per fusion is the lead. ``on_behalf_of`` decrypts with a key
-        recovered by ``recover`` instead of this holder's own.
+        Exactly one share per fusion is the lead. n-of-n: this holder's own secret, and
+        ``participants`` must be every holder (or None). t-of-n: the key is
+        lambda_j(participants) S_j, for a set of at least ``threshold`` holders that
+        includes this one.
         """
-        if on_behalf_of is None:
-            key = self._require_secret()
-        elif on_behalf_of in self._recovered:
-            key = self._recovered[on_behalf_of]
-        else:
-            raise CryptoError(f"holder {self.index} has not recovered holder {on_behalf_of}")
+        key = self._key_for(participants)
         cc = self._context.openfhe
         decrypt = cc.MultipartyDecryptLead if lead else cc.MultipartyDecryptMain
         payloads: list[bytes] = []
@@ -147,75 +143,63 @@ class KeyShareHolder:
             flush()
         return encode_batch(payloads, kind="lead-share" if lead else "share")
 
-    # ---- t-of-n -------------------------------------------------------------------
-    def shamir_shares(self) -> dict[int, bytes]:
-        """This holder's key split for every OTHER holder (same answer on every call)."""
+    def _key_for(self, participants: tuple[int, ...] | None) -> Any:
+        secret = self._require_secret()
+        everyone = tuple(range(self.num_holders))
+        if self.threshold is None:
+            if participants not in (None, everyone):
+                raise CryptoError(f"n-of-n decryption needs every holder, got {participants}")
+            return secret
+        if participants is None:
+            raise CryptoError("t-of-n decryption needs the set of participating holders")
+        chosen = tuple(sorted(set(participants)))
+        if len(chosen) != len(participants) or not set(chosen) <= set(everyone):
+            raise CryptoError(f"participants must be distinct holders of 0..{self.num_holders - 1}"
+                              f", got {participants}")
+        if self.index not in chosen or len(chosen) < self.threshold:
+            raise CryptoError(f"holder {self.index} decrypts only as one of at least "
+                              f"{self.threshold} participants, got {list(chosen)}")
+        if chosen not in self._weighted:
+            combined = self._combined()
+            moduli = self._moduli
+            towers = [shamir.scale(tower, shamir.lagrange_at_zero(self.index, chosen, q), q)
+                      for tower, q in zip(combined, moduli, strict=True)]
+            self._weighted[chosen] = _secret_key.write(_secret_key.read(secret), towers)
+        return self._weighted[chosen]
+
+    def _combined(self) -> list[Any]:
+        """S_j = sum over owners of f_owner(j): this holder's share of the joint secret."""
+        missing = set(range(self.num_holders)) - set(self._held)
+        if missing:
+            raise CryptoError(f"holder {self.index} has no Shamir share from holder(s) "
+                              f"{sorted(missing)}; the t-of-n set-up is incomplete")
+        return shamir.add([share.towers for share in self._held.values()], self._moduli)
+
+    # ---- t-of-n set-up -----------------------------------------------------------
+    def outgoing_shares(self) -> dict[int, bytes]:
+        """f_self(j) for every OTHER holder j, serialized (same answer on every call).
+
+        For this holder's protocol code only, which seals each for its receiver.
+        """
         if self.threshold is None:
             raise CryptoError("n-of-n key holders have no Shamir shares; set a threshold")
         if self._outgoing is None:
             residues = _secret_key.read(self._require_secret())
-            split = shamir.split(
-                residues.towers,
-                residues.moduli,
-                threshold=self.threshold,
-                holders=range(self.num_holders),
-            )
-            shares = {
-                h: shamir.Share(
-                    self._context.fingerprint,
-                    self.index,
-                    h,
-                    self.threshold,
-                    self.num_holders,
-                    tuple(residues.moduli),
-                    tuple(towers),
-                )
-                for h, towers in split.items()
-            }
+            split = shamir.split(residues.towers, residues.moduli, threshold=self.threshold,
+                                 holders=range(self.num_holders))
+            shares = {h: shamir.Share(self._context.fingerprint, self.index, h, self.threshold,
+                                      self.num_holders, tuple(residues.moduli), tuple(towers))
+                      for h, towers in split.items()}
             self._held[self.index] = shares.pop(self.index)
             self._outgoing = {h: s.to_bytes() for h, s in shares.items()}
         return dict(self._outgoing)
 
     def receive_share(self, owner: int, share: bytes) -> None:
-        """Keep holder ``owner``'s Shamir share addressed to this holder."""
+        """Keep f_owner(this holder), from holder ``owner`` (once)."""
+        if owner == self.index or owner in self._held:
+            raise CryptoError(f"holder {self.index} already holds a share of holder {owner}")
         self._held[owner] = self._parse(share, owner=owner, holder=self.index)
-
-    def share_of(self, owner: int) -> bytes:
-        """The share of ``owner``'s key this holder keeps (for a recovering holder)."""
-        if owner not in self._held:
-            raise CryptoError(f"holder {self.index} holds no share of holder {owner}'s key")
-        return self._held[owner].to_bytes()
-
-    def recover(self, missing: int, shares: dict[int, bytes]) -> None:
-        """Rebuild holder ``missing``'s key from ``threshold`` shares (own one included).
-
-        ``shares`` maps holder index to that holder's ``share_of(missing)``. Extra shares
-        beyond the threshold are checked for consistency.
-        """
-        if self.threshold is None:
-            raise CryptoError("n-of-n key holders cannot recover a missing holder")
-        if missing == self.index or not 0 <= missing < self.num_holders:
-            raise CryptoError(f"holder {self.index} cannot recover holder {missing}")
-        points = {h: self._parse(s, owner=missing, holder=h) for h, s in shares.items()}
-        if missing in self._held:
-            points.setdefault(self.index, self._held[missing])
-        if len(points) < self.threshold:
-            raise CryptoError(
-                f"recovering holder {missing}'s key needs {self.threshold} shares, "
-                f"got {len(points)} (holders {sorted(points)})"
-            )
-        moduli = next(iter(points.values())).moduli
-        base = dict(sorted(points.items())[: self.threshold])
-        for h, extra in points.items():
-            if h not in base:
-                expected = shamir.interpolate(
-                    {k: v.towers for k, v in base.items()}, moduli, at=shamir.point(h)
-                )
-                if any((a != b).any() for a, b in zip(expected, extra.towers, strict=True)):
-                    raise CryptoError(f"share of holder {missing}'s key from {h} is inconsistent")
-        towers = shamir.interpolate({k: v.towers for k, v in base.items()}, moduli)
-        template = _secret_key.read(self._require_secret())
-        self._recovered[missing] = _secret_key.write(template, towers)
+        self._weighted.clear()
 
     def _parse(self, blob: bytes, *, owner: int, holder: int) -> shamir.Share:
         share = shamir.Share.from_bytes(blob)

@@ -5,8 +5,9 @@ unpacks the vector and its reserved slots and divides the public scale out. It h
 no secret key and calls no party: asking the key holders is the protocol's business
 (`fedsim.protocol.schemes.threshold`). Fusion sums the shares in their serialized
 bytes once their layout is learned from the first round's shares (`fuse_bytes`); a
-round whose shares do not fit that layout (a stand-in holder's recovered key
-serializes with other metadata) is fused through OpenFHE objects (`fuse`).
+round whose shares do not fit that layout (shares of keys rebuilt through JSON, as the
+t-of-n Lagrange-weighted keys are, carry other metadata) is fused through OpenFHE
+objects (`fuse`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Opener:
             try:
                 packed, _ = fuse_bytes_timed(self.context, shares, self._layout)
             except CryptoError:
-                packed = None  # a recovered key's shares: OpenFHE objects check everything
+                packed = None  # another share layout: OpenFHE objects check everything
         if packed is None:
             packed, _ = fuse_timed(self.context, shares)
         vector, reserved = self.packer.unpack_all(packed)

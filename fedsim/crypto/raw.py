@@ -95,6 +95,22 @@ def learn(item: bytes) -> Layout | None:
     return Layout(bytes(template), tuple(offsets), tuple(moduli), ring)
 
 
+def reduced(ct: Any) -> bool:
+    """True if every residue of OpenFHE ciphertext ``ct`` is below its modulus.
+
+    Reads them from OpenFHE's JSON serialization: slow, for the object path only (the
+    byte path checks every residue as it reads it).
+    """
+    frame = json.loads(fhe.Serialize(ct, fhe.JSON))
+    for element in frame["value0"]["ptr_wrapper"]["data"]["v"]:
+        for tower in element["v"]:
+            data = tower["v"]["ptr_wrapper"]["data"]
+            q = int(data["m"]["v"])
+            if any(int(v) >= q for v in data["v"]):
+                return False
+    return True
+
+
 def learn_ciphertext(cc: Any, public_key: Any, slots: int) -> Layout | None:
     """Learn the layout of fresh ciphertexts under ``public_key`` and check it.
 

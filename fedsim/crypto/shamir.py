@@ -73,6 +73,33 @@ def interpolate(
     return result
 
 
+def lagrange_at_zero(holder: int, participants: Sequence[int], q: int) -> int:
+    """lambda_holder(participants) mod q: sum_j lambda_j f(x_j) = f(0) over ``participants``."""
+    xj = point(holder)
+    num = den = 1
+    for m in participants:
+        if m != holder:
+            xm = point(m)
+            num, den = num * xm % q, den * (xm - xj) % q
+    return num * pow(den, -1, q) % q
+
+
+def scale(tower: np.ndarray, factor: int, q: int) -> np.ndarray:
+    """``factor * tower`` mod q, exactly."""
+    return (tower.astype(object) * factor % q).astype(np.uint64)
+
+
+def add(parts: Sequence[Sequence[np.ndarray]], moduli: Sequence[int]) -> list[np.ndarray]:
+    """The residue-wise sum mod q of several shares (each a list of towers)."""
+    out = []
+    for t, q in enumerate(moduli):
+        acc = np.zeros(parts[0][t].size, dtype=object)
+        for part in parts:
+            acc = (acc + part[t].astype(object)) % q
+        out.append(acc.astype(np.uint64))
+    return out
+
+
 @dataclass(frozen=True)
 class Share:
     """One holder's Shamir share of one owner's secret key, bound to a context."""

@@ -13,6 +13,7 @@ holders check.
 from __future__ import annotations
 
 import time
+from hashlib import sha256
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,13 +57,16 @@ class Aggregator:
         self._summation = encoding.summation()
         self._encoder = encoding.encoder(self._pipeline.slots)
 
-    def begin(self, context: RoundContext) -> None:
+    def begin(self, context: RoundContext) -> tuple[bytes, Any]:
         """Start a new round's sum, dropping anything left from the previous one.
 
         Draws and encodes the round's DP noise now when this party places it: the
         coordinator does not wait for ``begin``, so that work overlaps local training.
-        The round is open only once ``begin`` has completed: should it fail, every
-        ``add`` and ``finish`` of the round is refused (no sum without its noise).
+        Returns the noise commitment (the noise payload's SHA-256, empty without noise:
+        clients sign it with their batches) and the noise payload (None without noise,
+        for the key holders to add themselves). The round is open only once ``begin``
+        has completed: should it fail, every ``add`` and ``finish`` of the round is
+        refused (no sum without its noise).
         """
         if self._summation is None or self._encoder is None:
             raise ProtocolError("aggregator: begin() before use_encoding()")
@@ -74,10 +78,14 @@ class Aggregator:
         self._noise = None
         noise = self._pipeline.noise(self._num_values, ServerContext(
             context.round, (), self._seed, context.params))
+        commitment = b""
         if noise is not None:
             self._noise, _ = self._encoder.encode(noise, client=NOISE)
+            commitment = sha256(self._noise if isinstance(self._noise, bytes)
+                                else self._noise.tobytes()).digest()
         self._noise_s = time.perf_counter() - t0
         self._round = context.round
+        return commitment, self._noise
 
     def add(self, client: str | Sequence[str], payload: Any) -> float:
         """Add one client's contribution (or one party's partial sum of several clients);

@@ -40,8 +40,27 @@ class Backend(Protocol):
         """The value of a handle, or a list of values for a list of handles (one wait)."""
         ...
 
+    def defer(self, handle: Any) -> Deferred:
+        """A picklable promise of ``handle``'s value that a party resolves when it needs
+        it (a client waits for the round's noise commitment only when it signs)."""
+        ...
+
     def stop(self, role: str) -> None: ...
     def shutdown(self) -> None: ...
+
+
+class Deferred(Protocol):
+    def get(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A deferred value that is already there (the in-process backend)."""
+
+    value: Any
+
+    def get(self) -> Any:
+        return self.value
 
 
 class _Done:
@@ -89,6 +108,9 @@ class InProcessBackend:
 
     def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]:
         return list(handles[:1]), list(handles[1:])
+
+    def defer(self, handle: Any) -> Ready:
+        return Ready(self.get(handle))
 
     def get(self, handle: Any) -> Any:
         if isinstance(handle, list):

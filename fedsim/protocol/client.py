@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
+from fedsim.protocol.backend import Deferred
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.protocol.schemes.plaintext import PlainEncoding
 from fedsim.seeding import client_key, stream
@@ -69,12 +70,26 @@ Report = UpdateMeta | Dropped
 
 
 class Contributions:
-    """A party's shared tail of local work: delta -> client steps -> encoded payload."""
+    """A party's shared tail of local work: delta -> client steps -> encoded payload,
+    signed for the key holders when the scheme signs.
 
-    def __init__(self, pipeline: Pipeline, seed: int) -> None:
+    Each simulated client has its own Ed25519 signing key, made here from the OS CSPRNG
+    and never leaving this process; `identities` gives the public keys to register.
+    """
+
+    def __init__(self, pipeline: Pipeline, seed: int, run_id: str,
+                 clients: Sequence[str]) -> None:
+        from fedsim.crypto.identity import SigningKey
+
         self.pipeline = pipeline
         self.seed = seed
+        self.run_id = run_id
         self.encoder: Encoder = PlainEncoding().encoder(pipeline.slots)
+        self._keys = {name: SigningKey() for name in clients}
+
+    def identities(self) -> dict[str, bytes]:
+        """Each client's public signing key, for the key holders' roster."""
+        return {name: key.public for name, key in self._keys.items()}
 
     def use_encoding(self, encoding: Encoding) -> None:
         self.encoder = encoding.encoder(self.pipeline.slots)
@@ -98,11 +113,25 @@ class Contributions:
                           update_norm=float(update.metrics["update_norm"]))
         return meta, payload
 
-    def bundle(self, made: Sequence[tuple[Report, Any]]) -> tuple[tuple[Report, ...], Bundle]:
-        """The party's answer: every report, and the payloads of the clients kept."""
+    def bundle(self, made: Sequence[tuple[Report, Any]], round_idx: int,
+               commitment: Deferred) -> tuple[tuple[Report, ...], Bundle]:
+        """The party's answer: every report, and the payloads of the clients kept.
+
+        When the encoder signs, each client signs its batch for this run and round and
+        the aggregator's noise commitment, which it waits for only now (the noise is
+        drawn while the clients train): a batch never leaves the party before the noise
+        it will be summed with is fixed.
+        """
+        from fedsim.crypto.identity import digest, statement
+
         kept = [(r.client, p) for r, p in made if isinstance(r, UpdateMeta)]
-        return (tuple(r for r, _ in made),
-                self.encoder.bundle([c for c, _ in kept], [p for _, p in kept]))
+        bundle = self.encoder.bundle([c for c, _ in kept], [p for _, p in kept])
+        if self.encoder.signs and kept:
+            seen = commitment.get()
+            bundle = replace(bundle, signatures=tuple(
+                self._keys[c].sign(statement(self.run_id, round_idx, c, digest(p), seen))
+                for c, p in kept))
+        return tuple(r for r, _ in made), bundle
 
 
 class Hospital:
@@ -116,6 +145,7 @@ class Hospital:
         index: int,
         shape: ModelShape,
         pipeline: Pipeline,
+        run_id: str,
         privacy: Any = None,
     ) -> None:
         self.cfg = cfg
@@ -128,7 +158,7 @@ class Hospital:
         self.steps = local_steps(cfg.train, len(data.train))
         self.trainer = (privacy.trainer(self.model, cfg.train, len(data.train))
                         if privacy is not None else LocalTrainer(self.model, cfg.train))
-        self.contributions = Contributions(pipeline, cfg.seed)
+        self.contributions = Contributions(pipeline, cfg.seed, run_id, [data.name])
 
     @property
     def name(self) -> str:
@@ -138,12 +168,15 @@ class Hospital:
     def num_examples(self) -> int:
         return len(self.data.train)
 
+    def identities(self) -> dict[str, bytes]:
+        return self.contributions.identities()
+
     def use_encoding(self, encoding: Encoding) -> None:
         """Encode every later contribution with ``encoding`` (e.g. seal it)."""
         self.contributions.use_encoding(encoding)
 
     def train(self, round_idx: int, global_flat: np.ndarray, clients: Sequence[str],
-              context: RoundContext) -> tuple[Any, ...]:
+              context: RoundContext, commitment: Deferred) -> tuple[Any, ...]:
         """Train on the global parameters: ``(reports, bundle)`` for this one hospital."""
         if tuple(clients) != (self.name,):
             raise ProtocolError(f"hospital {self.name} asked to train {list(clients)}")
@@ -157,4 +190,4 @@ class Hospital:
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
         made = self.contributions.make(self.name, self.index, self.num_examples, delta, loss,
                                        context, time.perf_counter() - t0)
-        return self.contributions.bundle([made])
+        return self.contributions.bundle([made], round_idx, commitment)

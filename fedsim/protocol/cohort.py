@@ -32,6 +32,7 @@ from fedsim.data import ClientData
 from fedsim.errors import ConfigError, ProtocolError
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
+from fedsim.protocol.backend import Deferred
 from fedsim.protocol.client import Contributions, ModelShape
 from fedsim.protocol.schemes import Encoding
 from fedsim.seeding import client_key, stream
@@ -49,6 +50,7 @@ class Cohort:
         shape: ModelShape,
         pipeline: Pipeline,
         pad_to: int,
+        run_id: str,
     ) -> None:
         if not clients:
             raise ProtocolError("cohort: no clients")
@@ -70,17 +72,21 @@ class Cohort:
         _, self._unravel = ravel_pytree(template)
         self.trainer = LocalTrainer(model, cfg.train)
         self._flatten = jax.jit(jax.vmap(lambda tree: ravel_pytree(tree)[0]))
-        self.contributions = Contributions(pipeline, cfg.seed)
+        self.contributions = Contributions(pipeline, cfg.seed, run_id,
+                                           [c.name for c in self.clients])
 
     @property
     def size(self) -> int:
         return len(self.clients)
 
+    def identities(self) -> dict[str, bytes]:
+        return self.contributions.identities()
+
     def use_encoding(self, encoding: Encoding) -> None:
         self.contributions.use_encoding(encoding)
 
     def train(self, round_idx: int, global_flat: np.ndarray, clients: Sequence[str],
-              context: RoundContext) -> tuple[Any, ...]:
+              context: RoundContext, commitment: Deferred) -> tuple[Any, ...]:
         """``(reports, bundle)``: a report per client, in ``clients`` order, and the
         payloads of those not dropped."""
         unknown = [c for c in clients if c not in self._position]
@@ -105,4 +111,4 @@ class Cohort:
             self.contributions.make(data.name, self.first + self._position[data.name],
                                     len(data.train), delta, float(loss), context, train_s)
             for data, delta, loss in zip(members, deltas, losses)
-        ])
+        ], round_idx, commitment)

@@ -82,7 +82,7 @@ class Federation:
             else (SampleWeighting(self.weight_norm),))))
         self.step_states = self.pipeline.init()
         self.population = BUILDERS[fed.clients](cfg, dataset, self.shape, self.pipeline,
-                                                self.privacy)
+                                                self.privacy, run_id)
         self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots)
         self.warnings: list[str] = []
 
@@ -92,8 +92,9 @@ class Federation:
         aggregator = PartySpec(AGGREGATOR, Aggregator,
                                (self.run_id, self.pipeline, self.num_params, self.cfg.seed),
                                resources=self.cfg.resources.aggregator, kind="aggregator")
+        noise_batches = 1 if self.pipeline.adds_noise else 0
         return [*self.population.parties, aggregator,
-                *self.scheme.parties(self.cfg, self.run_id)]
+                *self.scheme.parties(self.cfg, self.run_id, noise_batches=noise_batches)]
 
     def setup(self) -> None:
         """Start every party, run the scheme's set-up (key ceremony) and hand out its
@@ -102,7 +103,8 @@ class Federation:
         bound = self.cfg.crypto.update_bound
         if self.privacy is not None and self.privacy.update_bound is not None:
             bound = self.privacy.update_bound
-        encoding = self.scheme.setup(self.backend, update_bound=bound,
+        encoding = self.scheme.setup(self.backend, self.population.party_roles,
+                                     update_bound=bound,
                                      noise_parts=2 if self.pipeline.adds_noise else 1)
         handles = [self.backend.call(role, "use_encoding", encoding)
                    for role in (*self.population.party_roles, AGGREGATOR)]
@@ -122,12 +124,14 @@ class Federation:
         global_ref = b.put(self.state.params)
 
         # Step 2: the aggregator opens the round's sum, not awaited: when it places DP
-        # noise it draws and encodes it now, while the clients train.
-        opened = b.call(AGGREGATOR, "begin", context)
+        # noise it draws and encodes it now, while the clients train, and commits to it.
+        opened, noise_h = b.call(AGGREGATOR, "begin", context, num_returns=2)
 
-        # Step 3: sampled clients train, apply the client steps and encode; each party's
-        # payloads go straight to the aggregator, which adds them as they arrive.
-        metas, adds, dropped = self._train(round_idx, sampled, global_ref, context)
+        # Step 3: sampled clients train, apply the client steps and encode (and in he
+        # sign each batch with the noise commitment, which they wait for only then);
+        # each party's bundle goes straight to the aggregator, which adds as they arrive.
+        metas, adds, bundles, dropped = self._train(round_idx, sampled, global_ref, context,
+                                                    b.defer(opened))
 
         # Step 4: the aggregator closes the sum (adding its noise) and writes the manifest.
         # Asked for at once (an actor runs its calls in order); read once the adds have
@@ -141,8 +145,10 @@ class Federation:
         timer.add("aggregate", seconds["aggregate"])
         timer.add("dp_noise", seconds["dp_noise"])
 
-        # Step 5: open the aggregate: read it (plaintext) or threshold-decrypt it (he).
-        flat = self.scheme.open(b, manifest, aggregate_h, timer)
+        # Step 5: open the aggregate: read it (plaintext), or have the key holders check
+        # the signed batches, re-add them and partially decrypt their own sum (he).
+        flat = self.scheme.open(b, manifest, aggregate_h, timer, noise=noise_h,
+                                bundles=bundles)
         aggregate = split_payload(flat, self.num_params, self.pipeline.slots,
                                   manifest.contributors)
 
@@ -170,23 +176,24 @@ class Federation:
                             f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
 
     def _train(self, round_idx: int, sampled: list[str], global_ref: Any,
-               context: RoundContext) -> tuple[dict[str, UpdateMeta], list[Any], list[str]]:
+               context: RoundContext, commitment: Any
+               ) -> tuple[dict[str, UpdateMeta], list[Any], list[Any], list[str]]:
         """Step 3: every training party trains its sampled clients; payloads stream on.
 
         A party's bundle of payloads goes to the aggregator as soon as the party reports,
         as a handle: it never passes through the coordinator. A client that fails, or whose party is
         lost, is dropped with a warning naming it. Returns the reports, the aggregator's
-        pending ``add_many`` calls and the dropped clients.
+        pending ``add_many`` calls, the bundles' handles and the dropped clients.
         """
         b = self.backend
         pending = {}
         for role, clients in self.population.groups(sampled).items():
             reports_h, payloads_h = b.call(role, "train", round_idx, global_ref, clients,
-                                           context, num_returns=2)
+                                           context, commitment, num_returns=2)
             pending[reports_h] = (clients, payloads_h)
         metas: dict[str, UpdateMeta] = {}
         dropped: list[str] = []
-        adds = []
+        adds, bundles = [], []
         waiting = list(pending)
         while waiting:
             ready, waiting = b.wait(waiting)
@@ -206,7 +213,8 @@ class Federation:
                         metas[report.client] = report
                 if any(isinstance(r, UpdateMeta) for r in reports):
                     adds.append(b.call(AGGREGATOR, "add_many", payloads))
-        return metas, adds, dropped
+                    bundles.append(payloads)
+        return metas, adds, bundles, dropped
 
     def _accepted(self, round_idx: int, results: list[Any], metas: dict[str, UpdateMeta],
                   dropped: list[str]) -> dict[str, float]:

@@ -1,103 +1,238 @@
-"""A key holder: one secret-key share and the policy for using it.
+"""A key holder: one secret-key share, and the checks it makes before using it.
 
-The share lives inside `fedsim.crypto.KeyShareHolder` and never leaves it. Before a
-partial decryption the holder checks the aggregate's manifest: the right run, a
-round newer than any it decrypted, at least ``min_clients`` contributors, and the
-aggregate's bytes match the manifest's digest. A refusal raises `ProtocolError` and
-is kept in `refusals` so the coordinator can record it.
+The share lives inside `fedsim.crypto.KeyShareHolder` and never leaves it. The holder
+follows its own `HolderPolicy` (from the run config it was started with), never the
+coordinator's word:
+
+* set-up: it refuses a context outside its policy (profile, insecure rings, flooding
+  too small by its own noise estimate, a decryption budget too small); it generates an
+  identity (Ed25519) and a channel (X25519) key; in t-of-n it seals each Shamir share
+  for its receiver, so whoever relays them sees only ciphertexts.
+* every decryption: it is handed the clients' signed batches themselves (as object
+  references) and the aggregator's noise batch, and checks that every signature is a
+  registered client's over (run, round, client, batch digest, noise commitment), that
+  the contributors are distinct, at least ``min_clients`` and at most the context's
+  ``max_contributors``, that the round is newer than every round it decrypted, that the
+  noise batch is the one the clients saw committed, and that its decryption budget
+  tau allows it. It then adds the ciphertexts itself (in their bytes) and decrypts only
+  its own sum, after checking that the aggregator's sum is the same bytes.
+
+A refusal raises `ProtocolError` naming the holder and the reason, and is kept in
+`refusals`.
 """
 
 from __future__ import annotations
 
-from fedsim.errors import ProtocolError
-from fedsim.protocol.manifest import Manifest, digest
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from fedsim.crypto.batch import batch_count
+from fedsim.crypto.identity import ChannelKey, SigningKey, digest, statement, verify
+from fedsim.errors import CryptoError, Refusal
+from fedsim.protocol.manifest import Manifest
+from fedsim.protocol.manifest import digest as manifest_digest
+from fedsim.protocol.policy import HolderPolicy
+from fedsim.protocol.schemes import Bundle
+
+
+@dataclass(frozen=True)
+class HolderCard:
+    """A key holder's public identity: index, Ed25519 key, X25519 key signed by it."""
+
+    index: int
+    identity: bytes
+    channel: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class DecryptionRequest:
+    """What the coordinator asks of a key holder for one aggregate."""
+
+    manifest: Manifest
+    participants: tuple[int, ...]
+    lead: bool
 
 
 class KeyHolder:
-    """Policy wrapper around one `KeyShareHolder`; the plain class behind a Ray actor."""
+    """Policy, checks and channels around one `KeyShareHolder`; the plain class behind
+    a Ray actor."""
 
-    def __init__(
-        self,
-        run_id: str,
-        context_bytes: bytes,
-        *,
-        index: int,
-        num_holders: int,
-        threshold: int | None,
-        min_clients: int,
-    ) -> None:
-        from fedsim.crypto import KeyShareHolder
+    def __init__(self, policy: HolderPolicy, context_bytes: bytes, *, index: int) -> None:
+        from fedsim.crypto import CKKSContext, KeyShareHolder, summation_for
 
-        self.run_id = run_id
+        self.policy = policy
         self.index = index
-        self.min_clients = min_clients
-        self._share = KeyShareHolder(context_bytes, index, num_holders, threshold)
-        # rounds decrypted, per key used: this holder's own, or a recovered one's index
-        self._decrypted: dict[int, set[int]] = {}
         self.refusals: list[str] = []
+        try:
+            context = CKKSContext.from_bytes(context_bytes)
+            policy.check_context(context)
+        except CryptoError as err:
+            raise self._refuse(f"the run's context: {err}") from None
+        self._context = context
+        self._share = KeyShareHolder(context_bytes, index, policy.num_holders, policy.threshold)
+        self._summation_for = summation_for
+        self._new_sum: Any = None  # learned once the joint public key is known
+        self._signing = SigningKey()
+        self._channel = ChannelKey()
+        self._clients: dict[str, bytes] = {}
+        self._holders: dict[int, HolderCard] = {}
+        self._decrypted: set[int] = set()
+        self._attempts: set[tuple[int, tuple[int, ...]]] = set()
+        self._used = 0  # ciphertexts partially decrypted so far (against tau)
+        self._budget = policy.budget(context)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a KeyHolder holds a secret-key share and must never be pickled")
 
-    # ---- key ceremony
+    def _refuse(self, problem: str) -> Refusal:
+        message = f"keyholder-{self.index} refuses {problem}"
+        self.refusals.append(message)
+        return Refusal(message, party=f"keyholder-{self.index}")
+
+    # ---- set-up ---------------------------------------------------------------------
+    def card(self) -> HolderCard:
+        """This holder's public identity, for the other holders."""
+        return HolderCard(self.index, self._signing.public, self._channel.public,
+                          self._signing.sign(self._channel.public))
+
+    def register(self, clients: Mapping[str, bytes], holders: Mapping[int, HolderCard]
+                 ) -> None:
+        """The run's roster: each client's signing key, each holder's card (once)."""
+        if self._clients or self._holders:
+            raise self._refuse("a second roster: the run's roster is fixed at set-up")
+        if len(clients) < self.policy.min_clients:
+            raise self._refuse(f"a roster of {len(clients)} client(s): fewer than "
+                               f"min_clients {self.policy.min_clients}")
+        if sorted(holders) != list(range(self.policy.num_holders)) or \
+                holders[self.index] != self.card():
+            raise self._refuse("a holder roster without exactly this run's holders, "
+                               "this one's own card unchanged")
+        for card in holders.values():
+            if not verify(card.identity, card.signature, card.channel):
+                raise self._refuse(f"holder {card.index}'s card: its channel key is not "
+                                   "signed by its identity key")
+        self._clients = dict(clients)
+        self._holders = dict(holders)
+
     def keygen(self, previous_public_key: bytes | None) -> bytes:
         """Generate this holder's share; returns the public key chained so far."""
         return self._share.keygen(previous_public_key)
 
-    def shamir_shares(self) -> dict[int, bytes]:
-        """Shamir shares of this holder's key for the other holders (t-of-n only)."""
-        return self._share.shamir_shares()
+    def use_public_key(self, public_key: bytes) -> None:
+        """The joint public key: how this holder adds the ciphertexts it checks."""
+        self._new_sum = self._summation_for(self._context, public_key)
 
-    def receive_share(self, owner: int, share: bytes) -> None:
+    def sealed_shares(self) -> dict[int, bytes]:
+        """This holder's Shamir shares, each sealed for the holder it is meant for."""
+        self._need_roster()
+        return {j: self._channel.seal_for(self._holders[j].channel, share,
+                                          run_id=self.policy.run_id,
+                                          sender=f"keyholder-{self.index}",
+                                          receiver=f"keyholder-{j}")
+                for j, share in self._share.outgoing_shares().items()}
+
+    def receive_sealed(self, owner: int, sealed: bytes) -> None:
+        """Open and keep holder ``owner``'s share sealed for this holder."""
+        self._need_roster()
+        share = self._channel.open_from(self._holders[owner].channel, sealed,
+                                        run_id=self.policy.run_id,
+                                        sender=f"keyholder-{owner}",
+                                        receiver=f"keyholder-{self.index}")
         self._share.receive_share(owner, share)
 
-    def share_of(self, owner: int) -> bytes:
-        """What this holder holds of ``owner``'s key, to help recover it when ``owner`` is gone."""
-        return self._share.share_of(owner)
+    def _need_roster(self) -> None:
+        if not self._holders:
+            raise self._refuse("to share keys before the roster is registered")
 
-    def recover(self, missing: int, shares: dict[int, bytes]) -> None:
-        """Stand in for a missing holder from at least ``threshold`` Shamir shares."""
-        self._share.recover(missing, shares)
+    # ---- decryption -----------------------------------------------------------------
+    def partial_decrypt(self, request: DecryptionRequest, noise: bytes | None,
+                        *bundles: Bundle) -> bytes:
+        """This holder's partial decryption of the sum it re-adds from the signed batches."""
+        try:
+            total, count = self.check(request, noise, bundles)
+        except Refusal as refusal:
+            refusal.round = request.manifest.round
+            raise
+        self._decrypted.add(request.manifest.round)
+        self._attempts.add((request.manifest.round, request.participants))
+        self._used += count
+        return self._share.partial_decrypt(total, lead=request.lead,
+                                           participants=request.participants)
 
-    # ---- decryption
-    def check(self, manifest: Manifest, aggregate: bytes, *, key_index: int | None = None) -> None:
-        """Raise `ProtocolError` (and record it) unless the manifest may be decrypted."""
-        done = self._decrypted.get(self.index if key_index is None else key_index, set())
-        problem = None
-        if manifest.run_id != self.run_id:
-            problem = f"aggregate is from run {manifest.run_id!r}, not {self.run_id!r}"
-        elif manifest.round in done:
-            problem = f"round {manifest.round} was already decrypted"
-        elif done and manifest.round < max(done):
-            problem = f"round {manifest.round} is older than round {max(done)}"
-        elif manifest.count < self.min_clients:
-            problem = (
-                f"aggregate of round {manifest.round} has {manifest.count} contributor(s); "
-                f"at least {self.min_clients} required"
-            )
-        elif len(set(manifest.contributors)) != manifest.count:
-            problem = "manifest lists a contributor twice"
-        elif digest(aggregate) != manifest.aggregate_digest:
-            problem = f"aggregate of round {manifest.round} does not match its manifest digest"
-        if problem is not None:
-            message = f"keyholder-{self.index} refuses: {problem}"
-            self.refusals.append(message)
-            raise ProtocolError(message)
+    def check(self, request: DecryptionRequest, noise: bytes | None,
+              bundles: tuple[Bundle, ...]) -> tuple[bytes, int]:
+        """The checked sum and its ciphertext count; raises `ProtocolError` (recorded)."""
+        m = request.manifest
+        if m.run_id != self.policy.run_id:
+            raise self._refuse(f"an aggregate of run {m.run_id!r}, not "
+                               f"{self.policy.run_id!r}")
+        if (m.round, request.participants) in self._attempts:
+            raise self._refuse(f"round {m.round} again: already decrypted by these holders")
+        newest = max(self._decrypted, default=-1)
+        if m.round < newest:
+            raise self._refuse(f"round {m.round}: older than round {newest}")
+        batches = self._signed_batches(m, noise, bundles)
+        if self._new_sum is None:
+            raise self._refuse("to decrypt before the joint public key is known")
+        total_sum = self._new_sum()
+        try:
+            for client, batch in batches.items():
+                total_sum.add(batch, contributor=client)
+            if noise is not None:
+                total_sum.add(noise, contributor="aggregator-noise")
+            total = total_sum.result()
+        except CryptoError as err:
+            raise self._refuse(f"round {m.round}: {err}") from None
+        if manifest_digest(total) != m.aggregate_digest:
+            raise self._refuse(f"round {m.round}: the aggregator's sum is not the sum of the "
+                               "signed batches")
+        count = batch_count(total, kind="ciphertext")
+        if self._used + count > self._budget:
+            raise self._refuse(
+                f"round {m.round}: its {count} ciphertexts would pass this holder's "
+                f"decryption budget tau = {self._budget} (used {self._used})")
+        return total, count
 
-    def partial_decrypt(
-        self,
-        manifest: Manifest,
-        aggregate: bytes,
-        *,
-        lead: bool,
-        on_behalf_of: int | None = None,
-    ) -> bytes:
-        """This holder's partial decryption of an approved aggregate.
-
-        With ``on_behalf_of``, the share recovered for that missing holder is used,
-        under the same checks, counted separately per key.
-        """
-        key_index = self.index if on_behalf_of is None else on_behalf_of
-        self.check(manifest, aggregate, key_index=key_index)
-        self._decrypted.setdefault(key_index, set()).add(manifest.round)
-        return self._share.partial_decrypt(aggregate, lead=lead, on_behalf_of=on_behalf_of)
+    def _signed_batches(self, m: Manifest, noise: bytes | None,
+                        bundles: tuple[Bundle, ...]) -> dict[str, bytes]:
+        """The manifest's contributors' batches, each checked against its signature."""
+        wanted = self.policy.noise_batches
+        if (noise is not None) != bool(wanted):
+            raise self._refuse(f"round {m.round}: {'no' if wanted else 'a'} DP-noise batch "
+                               f"where the run {'has' if wanted else 'has none'}")
+        commitment = digest(noise) if noise is not None else b""
+        found: dict[str, tuple[bytes, bytes]] = {}
+        for bundle in bundles:
+            for group, payload, signature in zip(bundle.groups, bundle.payloads,
+                                                 bundle.signatures, strict=True):
+                if len(group) != 1 or not isinstance(payload, bytes):
+                    raise self._refuse(f"round {m.round}: a batch that is not one client's "
+                                       "ciphertexts")
+                (client,) = group
+                if client in found:
+                    raise self._refuse(f"round {m.round}: client {client} twice")
+                found[client] = (payload, signature)
+        contributors = list(m.contributors)
+        if len(set(contributors)) != len(contributors):
+            raise self._refuse(f"round {m.round}: the manifest lists a contributor twice")
+        if len(contributors) < self.policy.min_clients:
+            raise self._refuse(f"round {m.round}: {len(contributors)} contributor(s); at least "
+                               f"{self.policy.min_clients} required")
+        if len(contributors) > self._context.max_contributors:
+            raise self._refuse(f"round {m.round}: {len(contributors)} contributors, more than "
+                               f"the {self._context.max_contributors} the flooding is sized for")
+        batches: dict[str, bytes] = {}
+        for client in contributors:
+            if client not in self._clients:
+                raise self._refuse(f"round {m.round}: {client} is not a registered client")
+            if client not in found:
+                raise self._refuse(f"round {m.round}: no signed batch from {client}")
+            payload, signature = found[client]
+            said = statement(self.policy.run_id, m.round, client, digest(payload), commitment)
+            if not verify(self._clients[client], signature, said):
+                raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
+                                   f"{client} for this run, round and noise")
+            batches[client] = payload
+        return batches

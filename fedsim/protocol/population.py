@@ -42,10 +42,11 @@ class Population:
 
 
 def hospitals(cfg: RunConfig, dataset: FederatedDataset, shape: ModelShape,
-              pipeline: Pipeline, privacy: Any) -> Population:
+              pipeline: Pipeline, privacy: Any, run_id: str) -> Population:
     specs = tuple(
         PartySpec(role=f"client:{c.name}", cls=Hospital, args=(cfg, c),
-                  kwargs={"index": i, "shape": shape, "pipeline": pipeline, "privacy": privacy},
+                  kwargs={"index": i, "shape": shape, "pipeline": pipeline, "privacy": privacy,
+                          "run_id": run_id},
                   resources=cfg.resources.client, kind="client")
         for i, c in enumerate(dataset.clients)
     )
@@ -53,7 +54,7 @@ def hospitals(cfg: RunConfig, dataset: FederatedDataset, shape: ModelShape,
 
 
 def cohorts(cfg: RunConfig, dataset: FederatedDataset, shape: ModelShape,
-            pipeline: Pipeline, privacy: Any) -> Population:
+            pipeline: Pipeline, privacy: Any, run_id: str) -> Population:
     k = cfg.federation.cohorts
     bounds = np.linspace(0, len(dataset.clients), k + 1).round().astype(int)
     roles: dict[str, str] = {}
@@ -65,7 +66,8 @@ def cohorts(cfg: RunConfig, dataset: FederatedDataset, shape: ModelShape,
         specs.append(PartySpec(
             role=role, cls=Cohort, args=(cfg, members),
             kwargs={"first": int(a), "shape": shape, "pipeline": pipeline,
-                    "pad_to": min(len(members), cfg.federation.clients_per_round)},
+                    "pad_to": min(len(members), cfg.federation.clients_per_round),
+                    "run_id": run_id},
             resources=cfg.resources.client, kind="client"))
     return Population(roles, tuple(specs))
 

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from fedsim.config import RunConfig
+from fedsim.errors import Refusal
 from fedsim.data import (
     FederatedDataset,
     SynthSpec,
@@ -118,6 +119,10 @@ def run_federated(
         if federation.privacy is not None:
             console.print(federation.privacy.describe(), highlight=False)
             writer.update_manifest(privacy=dict(federation.privacy.manifest()))
+        for caveat in federation.scheme.caveats():
+            federation.warnings.append(caveat)
+            console.print(f"[yellow]warning:[/] {caveat}")
+        writer.update_manifest(caveats=federation.scheme.caveats())
         federation.setup()
         from fedsim.learning.evaluation import CentralEvaluator
 
@@ -136,8 +141,11 @@ def run_federated(
         for message in federation.warnings:
             console.print(f"[yellow]warning:[/] {message}")
     except BaseException as err:
-        writer.update_manifest(status="failed", error=str(err).splitlines()[0] if str(err)
-                               else type(err).__name__, rounds_completed=len(writer.rows))
+        failed = {"status": "failed", "rounds_completed": len(writer.rows),
+                  "error": str(err).splitlines()[0] if str(err) else type(err).__name__}
+        if isinstance(err, Refusal):
+            failed["refused"] = {"round": err.round, "by": err.party, "reason": str(err)}
+        writer.update_manifest(**failed)
         raise
     finally:
         parties.shutdown()

@@ -6,7 +6,8 @@ import numpy as np
 import openfhe as fhe
 import pytest
 
-from fedsim.crypto import Encryptor, KeyShareHolder, ObjectSum, Packer, _secret_key, fuse
+from fedsim.crypto import Encryptor, KeyShareHolder, ObjectSum, Packer, _secret_key, fuse, shamir
+from fedsim.crypto.cipher import load_ciphertexts
 from fedsim.errors import CryptoError
 
 
@@ -52,49 +53,66 @@ def test_holder_argument_and_order_checks(test_ctx):
 
 
 def distribute(holders):
+    """Every holder's Shamir shares to their receivers (in one process, for the tests)."""
     for owner in holders:
-        for target, share in owner.shamir_shares().items():
+        for target, share in owner.outgoing_shares().items():
             holders[target].receive_share(owner.index, share)
 
 
-def test_two_of_three_survivors_recover_the_missing_holder(test_ctx, make_holders):
+@pytest.mark.parametrize("participants", [(0, 1), (0, 2), (1, 2), (0, 1, 2)])
+def test_any_threshold_set_decrypts_with_lagrange_weighted_shares(test_ctx, make_holders,
+                                                                  participants):
     holders, key = make_holders(test_ctx, 3, threshold=2)
     distribute(holders)
     vector = np.linspace(-0.3, 0.3, 600)
     packer, aggregate = encrypted(test_ctx, key, vector)
-    survivor, helper, missing = holders
-    with pytest.raises(CryptoError, match="needs 2 shares, got 1"):
-        survivor.recover(missing.index, {})
-    survivor.recover(missing.index, {helper.index: helper.share_of(missing.index)})
-    parts = [
-        survivor.partial_decrypt(aggregate, lead=True),
-        helper.partial_decrypt(aggregate, lead=False),
-        survivor.partial_decrypt(aggregate, lead=False, on_behalf_of=missing.index),
-    ]
+    parts = [holders[i].partial_decrypt(aggregate, lead=(i == participants[0]),
+                                        participants=participants) for i in participants]
     values, weight = packer.unpack(fuse(test_ctx, parts))
     assert np.abs(values - vector).max() < test_ctx.error_bound
     assert abs(weight - 0.1) < test_ctx.error_bound
-    with pytest.raises(CryptoError, match="has not recovered holder 0"):
-        helper.partial_decrypt(aggregate, lead=False, on_behalf_of=0)
 
 
-def test_recovery_checks_shares(test_ctx, make_holders):
-    holders, _ = make_holders(test_ctx, 5, threshold=3)
+def test_fewer_than_threshold_holders_decrypt_nothing(test_ctx, make_holders):
+    holders, key = make_holders(test_ctx, 3, threshold=2)
     distribute(holders)
-    shares = {h.index: h.share_of(4) for h in holders[1:4]}
-    holders[0].recover(4, dict(shares))  # 4 shares, one extra: consistent
-    bad = bytearray(shares[3])
-    bad[-8:] = (1).to_bytes(8, "little")
-    with pytest.raises(CryptoError, match="from 3 is inconsistent"):
-        holders[0].recover(4, {**shares, 3: bytes(bad)})
-    with pytest.raises(CryptoError, match="expected holder 2's share of holder 4's key"):
-        holders[0].recover(4, {2: holders[1].share_of(4)})
+    vector = np.linspace(-0.3, 0.3, 600)
+    packer, aggregate = encrypted(test_ctx, key, vector)
+    with pytest.raises(CryptoError, match="only as one of at least 2 participants"):
+        holders[0].partial_decrypt(aggregate, lead=True, participants=(0,))
+    with pytest.raises(CryptoError, match="needs the set of participating holders"):
+        holders[0].partial_decrypt(aggregate, lead=True)
+    # One holder (t - 1) with everything it holds: its own secret, the Shamir shares it
+    # received, their sum. None of them, used as the whole key, decrypts anything.
+    cc = test_ctx.openfhe
+    insider = holders[0]
+    template = _secret_key.read(insider._secret)
+    keys = [insider._secret, _secret_key.write(template, insider._combined()),
+            *(_secret_key.write(template, list(share.towers))
+              for share in insider._held.values())]
+    (ct,) = load_ciphertexts(test_ctx, aggregate, kind="ciphertext")
+    for guess in keys:
+        plain = cc.MultipartyDecryptFusion([cc.MultipartyDecryptLead([ct], guess)[0]])
+        plain.SetLength(test_ctx.slots)
+        assert np.abs(np.asarray(plain.GetRealPackedValueArray())[:600] - vector).mean() > 0.1
+
+
+def test_share_exchange_checks(test_ctx, make_holders):
+    holders, _ = make_holders(test_ctx, 5, threshold=3)
     other = make_holders(test_ctx, 5, threshold=4)[0]
-    distribute(other)
     with pytest.raises(CryptoError, match="made for 4-of-5"):
-        holders[0].receive_share(1, other[1].shamir_shares()[0])
+        holders[0].receive_share(1, other[1].outgoing_shares()[0])
+    share = holders[1].outgoing_shares()[0]
+    with pytest.raises(CryptoError, match="expected holder 0's share of holder 2's key"):
+        holders[0].receive_share(2, share)
+    holders[0].receive_share(1, share)
+    with pytest.raises(CryptoError, match="already holds a share of holder 1"):
+        holders[0].receive_share(1, share)
+    _, aggregate = encrypted(test_ctx, holders[-1].public_key, np.zeros(8))
+    with pytest.raises(CryptoError, match=r"no Shamir share from holder\(s\) \[2, 3, 4\]"):
+        holders[0].partial_decrypt(aggregate, lead=True, participants=(0, 1, 2))
     with pytest.raises(CryptoError, match="no Shamir shares"):
-        make_holders(test_ctx, 2)[0][0].shamir_shares()
+        make_holders(test_ctx, 2)[0][0].outgoing_shares()
 
 
 def test_shamir_route_matches_openfhe_share_keys(test_ctx, make_holders):
@@ -107,12 +125,10 @@ def test_shamir_route_matches_openfhe_share_keys(test_ctx, make_holders):
     shares = cc.ShareKeys(target._secret, 3, 2, target.index + 1, "shamir")
     theirs = fhe.PrivateKey(cc)
     cc.RecoverSharedKey(theirs, {1: shares[1], 3: shares[3]}, 3, 2, "shamir")
-    # fedsim's route across "processes": only bytes move.
-    holders[2].recover(1, {0: holders[0].share_of(1)})
-    ours = holders[2]._recovered[1]
-    for a, b, c in zip(
-        original, _secret_key.read(theirs).towers, _secret_key.read(ours).towers, strict=True
-    ):
+    # fedsim's shares, moved as bytes, interpolated at 0 (what no holder ever does).
+    ours = shamir.interpolate({0: holders[0]._held[1].towers, 2: holders[2]._held[1].towers},
+                              target._moduli)
+    for a, b, c in zip(original, _secret_key.read(theirs).towers, ours, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 

@@ -13,7 +13,7 @@ from builders import federation, scored_rounds, tiny_config, train_one
 from fedsim.aggregate.steps import RoundContext
 from fedsim.errors import ProtocolError
 from fedsim.protocol.backend import InProcessBackend
-from fedsim.protocol.manifest import Manifest
+from fedsim.protocol.manifest import Manifest, digest
 from fedsim.run.runner import run_federated
 
 
@@ -35,54 +35,28 @@ def test_he_rounds_match_plaintext_rounds():
     assert b[0].extra["bytes_aggregate"] == ct_bytes
 
 
-def _holders(fed):
-    return [fed.backend.parties[f"keyholder:{i}"] for i in range(fed.cfg.crypto.key_holders)]
+def test_a_refused_round_fails_the_run_with_one_line_and_is_recorded(tmp_path, monkeypatch):
+    """A malicious aggregator returns a sum of its own: every key holder refuses it."""
+    from fedsim import load_run
+    from fedsim.errors import Refusal
+    from fedsim.protocol.aggregator import Aggregator
 
+    honest = Aggregator.finish
 
-def test_key_holders_refuse_what_the_manifest_does_not_allow():
-    fed = federation(he_config())
-    agg = fed.backend.parties["aggregator"]
-    agg.begin(RoundContext(0))
-    for name in fed.names:
-        _, payload = train_one(fed, name, 0)
-        agg.add(name, payload)
-    manifest, aggregate, _ = agg.finish()
-    holder = _holders(fed)[1]
+    def lying(self):
+        manifest, aggregate, seconds = honest(self)
+        forged = aggregate[:-1] + bytes([aggregate[-1] ^ 1])
+        return dc_replace(manifest, aggregate_digest=digest(forged)), forged, seconds
 
-    def refused(m, blob=aggregate):
-        with pytest.raises(ProtocolError) as info:
-            holder.partial_decrypt(m, blob, lead=False)
-        return str(info.value)
-
-    assert "has 1 contributor(s); at least 2 required" in refused(
-        dc_replace(manifest, contributors=manifest.contributors[:1],
-                   digests=manifest.digests[:1]))
-    assert "from run 'other'" in refused(dc_replace(manifest, run_id="other"))
-    assert "does not match its manifest digest" in refused(
-        manifest, aggregate[:-1] + bytes([aggregate[-1] ^ 1]))
-    holder.partial_decrypt(manifest, aggregate, lead=False)  # the real one is accepted
-    assert "round 0 was already decrypted" in refused(manifest)
-    assert len(holder.refusals) == 4
-    assert all(r.startswith("keyholder-1 refuses: ") for r in holder.refusals)
-
-
-def test_t_of_n_survives_a_lost_key_holder_and_fails_below_threshold():
-    cfg = tiny_config(federation={"mode": "he", "rounds": 3},
-                      crypto={"profile": "test", "allow_insecure": True, "key_holders": 3,
-                              "threshold": 2})
-    reference = federation(he_config(rounds=3))
-    fed = federation(cfg)
-    scored_rounds(reference, 1)
-    fed.run_round(0)
-    fed.backend.stop("keyholder:2")
-    reference.run_round(1)
-    fed.run_round(1)
-    assert fed.scheme.missing == {2}
-    diff = np.max(np.abs(fed.state.params - reference.state.params))
-    assert diff <= 1e-4, diff
-    fed.backend.stop("keyholder:0")
-    with pytest.raises(ProtocolError, match="only 1 key holder\\(s\\) left, threshold is 2"):
-        fed.run_round(2)
+    monkeypatch.setattr(Aggregator, "finish", lying)
+    with pytest.raises(Refusal, match="refuses round 0: the aggregator's sum is not the sum"):
+        run_federated(he_config(), out_dir=tmp_path / "run", backend="inprocess",
+                      reference=False)
+    run = load_run(tmp_path / "run")
+    assert run.manifest["status"] == "failed" and run.rounds.num_rows == 0
+    assert run.manifest["refused"] == {"round": 0, "by": "keyholder-0",
+                                       "reason": run.manifest["error"]}
+    assert run.manifest["error"].startswith("keyholder-0 refuses round 0: ")
 
 
 def test_n_of_n_cannot_decrypt_without_every_holder():

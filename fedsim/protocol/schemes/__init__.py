@@ -36,14 +36,22 @@ AGGREGATOR = "aggregator"
 class Bundle:
     """A training party's payloads of one round: ``payloads[i]`` carries the
     contributions of the clients ``groups[i]`` (one client each, unless the scheme lets a
-    party pre-sum its clients)."""
+    party pre-sum its clients), and ``signatures[i]`` is that client's signature of it
+    when the scheme signs (`fedsim.crypto.identity.statement`)."""
 
     groups: tuple[tuple[str, ...], ...] = ()
     payloads: tuple[Any, ...] = ()
+    signatures: tuple[bytes, ...] = ()
 
 
 class Encoder(abc.ABC):
-    """Turns one contribution into its payload (in one party's process)."""
+    """Turns one contribution into its payload (in one party's process).
+
+    ``signs``: whether each payload goes out signed by its client, bound to the round's
+    noise commitment (he: the key holders check every batch they decrypt).
+    """
+
+    signs = False
 
     @abc.abstractmethod
     def encode(self, update: Update, *, client: str) -> tuple[Any, dict[str, float]]:
@@ -101,18 +109,28 @@ class Scheme(abc.ABC):
     def num_ciphertexts(self) -> int:
         """Ciphertexts per contribution (0 without encryption)."""
 
-    def parties(self, cfg: RunConfig, run_id: str) -> list[PartySpec]:
+    def caveats(self) -> list[str]:
+        """What a run with this scheme must warn about, every time (one line each)."""
+        return []
+
+    def parties(self, cfg: RunConfig, run_id: str, *, noise_batches: int) -> list[PartySpec]:
         """Parties the scheme adds to the run (none by default)."""
         return []
 
     @abc.abstractmethod
-    def setup(self, backend: Backend, *, update_bound: float, noise_parts: int) -> Encoding:
-        """Run after every party started; returns the encoding to hand out."""
+    def setup(self, backend: Backend, training: Sequence[str], *, update_bound: float,
+              noise_parts: int) -> Encoding:
+        """Run after every party started (``training``: the training parties' roles);
+        returns the encoding to hand out."""
 
     @abc.abstractmethod
-    def open(self, backend: Backend, manifest: Manifest, aggregate: Any,
-             timer: PhaseTimer) -> Any:
-        """The opened sum as a flat float64 vector ``[vector..., slots..., weight]``."""
+    def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
+             *, noise: Any, bundles: Sequence[Any]) -> Any:
+        """The opened sum as a flat float64 vector ``[vector..., slots..., weight]``.
+
+        ``noise`` and ``bundles`` are handles of the round's noise payload and of every
+        training party's bundle: what a key holder re-adds itself.
+        """
 
 
 def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str]) -> Scheme:

@@ -98,8 +98,10 @@ class Plaintext(Scheme):
     def num_ciphertexts(self) -> int:
         return 0
 
-    def setup(self, backend: Any, *, update_bound: float, noise_parts: int) -> PlainEncoding:
+    def setup(self, backend: Any, training: Sequence[str], *, update_bound: float,
+              noise_parts: int) -> PlainEncoding:
         return PlainEncoding()
 
-    def open(self, backend: Any, manifest: Any, aggregate: Any, timer: Any) -> np.ndarray:
+    def open(self, backend: Any, manifest: Any, aggregate: Any, timer: Any, *, noise: Any,
+             bundles: Sequence[Any]) -> np.ndarray:
         return backend.get(aggregate)

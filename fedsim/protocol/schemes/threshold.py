@@ -34,6 +34,8 @@ def holder_role(i: int) -> str:
 class SealedEncoder(Encoder):
     """Seals ``[vector, slots..., weight]`` with `fedsim.crypto.UpdateSealer`."""
 
+    signs = True
+
     def __init__(self, encoding: SealedEncoding, slots: Sequence[str]) -> None:
         from fedsim.crypto.sealing import UpdateSealer
 
@@ -98,17 +100,19 @@ class SealedEncoding(Encoding):
 
 @final
 class ThresholdCKKS(Scheme):
-    """Coordinator side: context, key ceremony and threshold opening; holds no secret key."""
+    """Coordinator side: context, set-up relay and threshold opening; holds no secret key,
+    no Shamir share and no client's signing key, and decides nothing a key holder takes
+    on trust (each checks the batches it decrypts itself)."""
 
     def __init__(self, cfg: Any, context: Any, num_params: int, slots: Sequence[str]) -> None:
         from fedsim.crypto import Opener
 
         self.crypto = cfg.crypto
         self.context = context
+        self.num_values = num_params + len(slots) + 1
         self.opener = Opener(context, num_params, reserved=len(slots) + 1)
         self.scale = 1.0  # set by `setup`: see `fedsim.crypto.slot_scale`
         self.missing: set[int] = set()
-        self.recovered_by: dict[int, int] = {}
 
     @classmethod
     def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str]) -> ThresholdCKKS:
@@ -128,6 +132,7 @@ class ThresholdCKKS(Scheme):
             c.profile, allow_insecure=c.allow_insecure,
             max_contributors=fed.clients_per_round, max_key_holders=max(c.key_holders, 2),
             max_decryptions=max(1, fed.rounds * per_round),
+            statistical_security=c.statistical_security,
         )
         return cls(cfg, context, num_params, slots)
 
@@ -135,88 +140,100 @@ class ThresholdCKKS(Scheme):
     def num_ciphertexts(self) -> int:
         return self.opener.num_ciphertexts
 
-    def parties(self, cfg: Any, run_id: str) -> list[PartySpec]:
-        from fedsim.protocol.keyholder import KeyHolder
+    def caveats(self) -> list[str]:
+        if self.context.flooding:
+            return []
+        return [f"crypto.profile {self.context.profile!r} does not flood decryption shares: "
+                "decrypted sums may leak key material (Li and Micciancio 2021); this run is "
+                "not provably secure"]
 
+    def parties(self, cfg: Any, run_id: str, *, noise_batches: int) -> list[PartySpec]:
+        """The key holders, each with its own policy from the run config."""
+        from fedsim.protocol.keyholder import KeyHolder
+        from fedsim.protocol.policy import HolderPolicy
+
+        policy = HolderPolicy.from_config(cfg, run_id=run_id, num_values=self.num_values,
+                                          noise_batches=noise_batches)
         blob = self.context.to_bytes()
-        return [PartySpec(holder_role(i), KeyHolder, (run_id, blob),
-                          {"index": i, "num_holders": self.crypto.key_holders,
-                           "threshold": self.crypto.threshold,
-                           "min_clients": cfg.federation.min_clients},
+        return [PartySpec(holder_role(i), KeyHolder, (policy, blob), {"index": i},
                           resources=cfg.resources.keyholder, kind="keyholder")
                 for i in range(self.crypto.key_holders)]
 
-    def setup(self, backend: Backend, *, update_bound: float, noise_parts: int
-              ) -> SealedEncoding:
-        """The key ceremony; returns what clients and the aggregator encode with."""
+    def setup(self, backend: Backend, training: Sequence[str], *, update_bound: float,
+              noise_parts: int) -> SealedEncoding:
+        """Roster, key ceremony and (t-of-n) sealed share exchange; returns what clients
+        and the aggregator encode with.
+
+        The coordinator relays: the holders' public cards and the clients' public signing
+        keys to every holder (set-up is assumed to run as agreed, as a consortium's PKI
+        would make it), the chained public key, and Shamir shares sealed for their
+        receivers (it cannot open them).
+        """
         from fedsim.crypto import slot_scale
 
-        public_key = self._key_ceremony(backend)
-        self.scale = slot_scale(self.context, update_bound, parts=noise_parts)
-        return SealedEncoding(self.context.to_bytes(), public_key, update_bound, self.scale)
-
-    def _key_ceremony(self, backend: Backend) -> bytes:
+        n = self.crypto.key_holders
+        cards = dict(enumerate(backend.get([backend.call(holder_role(i), "card")
+                                            for i in range(n)])))
+        clients: dict[str, bytes] = {}
+        for found in backend.get([backend.call(role, "identities") for role in training]):
+            clients.update(found)
+        backend.get([backend.call(holder_role(i), "register", clients, cards)
+                     for i in range(n)])
         key = None
-        holders = self.crypto.key_holders
-        for i in range(holders):
+        for i in range(n):
             key = backend.get(backend.call(holder_role(i), "keygen", key))
         if self.crypto.threshold is not None:
-            for i in range(holders):
-                shares = backend.get(backend.call(holder_role(i), "shamir_shares"))
-                for j, share in shares.items():
-                    backend.get(backend.call(holder_role(j), "receive_share", i, share))
-        return key
+            for i in range(n):
+                sealed = backend.get(backend.call(holder_role(i), "sealed_shares"))
+                backend.get([backend.call(holder_role(j), "receive_sealed", i, blob)
+                             for j, blob in sealed.items()])
+        backend.get([backend.call(holder_role(i), "use_public_key", key) for i in range(n)])
+        self.scale = slot_scale(self.context, update_bound, parts=noise_parts)
+        return SealedEncoding(self.context.to_bytes(), key, update_bound, self.scale)
 
-    def open(self, backend: Backend, manifest: Manifest, aggregate: Any,
-             timer: PhaseTimer) -> np.ndarray:
-        """Every key holder's partial decryption of the approved aggregate, fused.
+    def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
+             *, noise: Any, bundles: Sequence[Any]) -> np.ndarray:
+        """Partial decryptions of the round's sum by every key holder (n-of-n) or the
+        first ``threshold`` live ones (t-of-n), fused.
 
-        A refusal or a crypto failure ends the round; a holder that is gone is stood in
-        for (t-of-n) or ends the round (n-of-n).
+        Each holder re-adds the signed batches itself and decrypts its own sum. A refusal
+        or a crypto failure ends the round; a holder that is gone ends it in n-of-n, and
+        in t-of-n the survivors decrypt again as a new set (its Lagrange weights differ).
         """
         with timer.phase("partial_decrypt"):
-            holders = [i for i in range(self.crypto.key_holders) if i not in self.missing]
-            lead = holders[0] if holders else None
-            calls = {i: backend.call(holder_role(i), "partial_decrypt", manifest, aggregate,
-                                     lead=(i == lead)) for i in holders}
-            partials: dict[int, bytes] = {}
-            for i, h in calls.items():
-                try:
-                    partials[i] = backend.get(h)
-                except FedSimError:
-                    raise
-                except Exception:  # the holder is gone (actor died or was stopped)
-                    self.missing.add(i)
-            for gone in sorted(set(range(self.crypto.key_holders)) - set(partials)):
-                partials[gone] = self._stand_in(backend, gone, manifest, aggregate,
-                                                lead=(gone == lead), alive=sorted(partials))
+            partials = self._partials(backend, manifest, noise, bundles)
         flat, seconds = self.opener.open([partials[i] for i in sorted(partials)],
                                          scale=self.scale)
         timer.add("fuse", seconds)
         return flat
 
-    def _stand_in(self, backend: Backend, gone: int, manifest: Manifest, aggregate: Any, *,
-                  lead: bool, alive: list[int]) -> bytes:
-        """A survivor recovers holder ``gone``'s key from t Shamir shares and decrypts for it."""
-        t = self.crypto.threshold
-        if t is None:
-            raise ProtocolError(
-                f"keyholder-{gone} is gone and decryption is n-of-n (crypto.threshold unset); "
-                "the aggregate cannot be decrypted"
-            )
-        if len(alive) < t:
-            raise ProtocolError(
-                f"only {len(alive)} key holder(s) left, threshold is {t}: cannot decrypt"
-            )
-        helper = self.recovered_by.get(gone)
-        if helper is None or helper not in alive:
-            helper = alive[0]
-            shares = {j: backend.get(backend.call(holder_role(j), "share_of", gone))
-                      for j in alive[:t]}
-            backend.get(backend.call(holder_role(helper), "recover", gone, shares))
-            self.recovered_by[gone] = helper
-        try:
-            return backend.get(backend.call(holder_role(helper), "partial_decrypt", manifest,
-                                            aggregate, lead=lead, on_behalf_of=gone))
-        except CryptoError as err:
-            raise ProtocolError(f"stand-in decryption for keyholder-{gone} failed: {err}") from None
+    def _partials(self, backend: Backend, manifest: Manifest, noise: Any,
+                  bundles: Sequence[Any]) -> dict[int, bytes]:
+        from fedsim.protocol.keyholder import DecryptionRequest
+
+        n, t = self.crypto.key_holders, self.crypto.threshold
+        while True:
+            alive = [i for i in range(n) if i not in self.missing]
+            if t is None and len(alive) < n:
+                gone = min(self.missing)
+                raise ProtocolError(
+                    f"keyholder-{gone} is gone and decryption is n-of-n (crypto.threshold "
+                    "unset); the aggregate cannot be decrypted")
+            if t is not None and len(alive) < t:
+                raise ProtocolError(
+                    f"only {len(alive)} key holder(s) left, threshold is {t}: cannot decrypt")
+            chosen = tuple(alive if t is None else alive[:t])
+            calls = {i: backend.call(holder_role(i), "partial_decrypt",
+                                     DecryptionRequest(manifest, chosen, i == chosen[0]),
+                                     noise, *bundles)
+                     for i in chosen}
+            partials: dict[int, bytes] = {}
+            for i, h in calls.items():
+                try:
+                    partials[i] = backend.get(h)
+                except FedSimError:
+                    raise  # a refusal or a crypto failure ends the round
+                except Exception:  # the holder is gone (actor died or was stopped)
+                    self.missing.add(i)
+            if len(partials) == len(chosen):
+                return partials

@@ -1,0 +1,117 @@
+"""Signatures and private channels between parties (the `cryptography` package).
+
+* `SigningKey`: an Ed25519 key a party generates in its own process and never lets go
+  of (it refuses to be pickled); its 32-byte public key is what it registers at set-up.
+  `verify` checks a signature against a registered public key.
+* `statement`: the exact bytes a client signs for a round's ciphertext batch: a
+  domain tag, the run, the round, the client, the batch's digest and the aggregator's
+  noise commitment (so a batch cannot be replayed in another round or run, credited
+  to another client, or paired with noise chosen after the batch was seen).
+* `ChannelKey`: a party's static X25519 key; `seal_for` / `open_from` encrypt a message
+  from one party to another with ChaCha20-Poly1305 under a key derived (HKDF-SHA256)
+  from their X25519 agreement, bound to the run and the two party names. Whoever relays
+  the ciphertext (the coordinator) learns nothing but its length.
+
+Nothing here derives any key from the run seed: every key comes from the OS CSPRNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from typing import NoReturn
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedsim.errors import CryptoError
+
+_BATCH_TAG = b"fedsim/batch/v1"
+_CHANNEL_TAG = b"fedsim/channel/v1"
+_RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    """SHA-256 of ``data`` (32 bytes): what signatures and commitments refer to."""
+    return hashlib.sha256(data).digest()
+
+
+class _Unpicklable:
+    def __reduce__(self) -> NoReturn:
+        raise CryptoError(f"{type(self).__name__} holds a private key and cannot be pickled")
+
+
+class SigningKey(_Unpicklable):
+    """An Ed25519 private key, made from the OS CSPRNG in the process that uses it."""
+
+    def __init__(self) -> None:
+        self._key = Ed25519PrivateKey.generate()
+
+    @property
+    def public(self) -> bytes:
+        return self._key.public_key().public_bytes(*_RAW)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """True if ``signature`` is ``public``'s Ed25519 signature of ``message``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def statement(run_id: str, round_idx: int, client: str, batch_digest: bytes,
+              commitment: bytes) -> bytes:
+    """What a client signs for its batch of round ``round_idx`` (length-prefixed fields)."""
+    fields = [_BATCH_TAG, run_id.encode(), struct.pack("<Q", round_idx), client.encode(),
+              batch_digest, commitment]
+    return b"".join(struct.pack("<I", len(f)) + f for f in fields)
+
+
+class ChannelKey(_Unpicklable):
+    """A static X25519 key for private messages between two named parties of a run."""
+
+    def __init__(self) -> None:
+        self._key = X25519PrivateKey.generate()
+
+    @property
+    def public(self) -> bytes:
+        return self._key.public_key().public_bytes(*_RAW)
+
+    def _aead(self, peer_public: bytes, run_id: str, sender: str, receiver: str
+              ) -> ChaCha20Poly1305:
+        try:
+            shared = self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:
+            raise CryptoError(f"bad channel key for {sender} -> {receiver}: {exc}") from exc
+        info = _CHANNEL_TAG + b"|" + "|".join((run_id, sender, receiver)).encode()
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+        return ChaCha20Poly1305(key)
+
+    def seal_for(self, peer_public: bytes, message: bytes, *, run_id: str, sender: str,
+                 receiver: str) -> bytes:
+        """``message`` encrypted and authenticated for ``receiver`` (nonce prepended)."""
+        nonce = os.urandom(12)
+        aad = f"{run_id}|{sender}|{receiver}".encode()
+        return nonce + self._aead(peer_public, run_id, sender, receiver).encrypt(
+            nonce, message, aad)
+
+    def open_from(self, peer_public: bytes, sealed: bytes, *, run_id: str, sender: str,
+                  receiver: str) -> bytes:
+        """The message ``sender`` sealed for this party; `CryptoError` if tampered."""
+        aad = f"{run_id}|{sender}|{receiver}".encode()
+        try:
+            return self._aead(peer_public, run_id, sender, receiver).decrypt(
+                sealed[:12], sealed[12:], aad)
+        except InvalidTag:
+            raise CryptoError(f"message from {sender} to {receiver} does not authenticate "
+                              "(tampered, or not sealed for this party)") from None

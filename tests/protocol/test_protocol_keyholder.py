@@ -1,0 +1,212 @@
+"""Key holders that cannot be fooled: each attack of the security review, played by the
+party that would mount it with what it holds, must now be refused."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from builders import federation, tiny_config
+
+from fedsim.aggregate.steps import RoundContext
+from fedsim.crypto import CKKSContext, raw
+from fedsim.crypto.identity import ChannelKey, SigningKey, digest, statement
+from fedsim.errors import ConfigError, CryptoError, ProtocolError, Refusal
+from fedsim.protocol.keyholder import DecryptionRequest, KeyHolder
+from fedsim.protocol.manifest import digest as manifest_digest
+from fedsim.protocol.policy import HolderPolicy
+from fedsim.protocol.schemes import Bundle
+
+HE = {"mode": "he", "rounds": 3}
+
+
+def he_fed(**crypto):
+    return federation(tiny_config(federation=HE, crypto={"profile": "test",
+                                                         "allow_insecure": True, **crypto}))
+
+
+def round_inputs(fed, round_idx=0):
+    """What the coordinator holds after the aggregator's sum of one honest round."""
+    b = fed.backend
+    context = RoundContext(round_idx, fed.pipeline.round_params(fed.step_states))
+    commit_h, noise_h = b.call("aggregator", "begin", context, num_returns=2)
+    ref = b.put(fed.state.params)
+    bundles = []
+    for role, clients in fed.population.groups(fed.names).items():
+        _, bundle_h = b.call(role, "train", round_idx, ref, clients, context,
+                             b.defer(commit_h), num_returns=2)
+        b.get(b.call("aggregator", "add_many", bundle_h))
+        bundles.append(b.get(bundle_h))
+    manifest_h, aggregate_h, _ = b.call("aggregator", "finish", num_returns=3)
+    return b.get(manifest_h), b.get(aggregate_h), b.get(noise_h), bundles
+
+
+def holders(fed):
+    return [fed.backend.parties[f"keyholder:{i}"] for i in range(fed.cfg.crypto.key_holders)]
+
+
+def refused(holder, request, noise, bundles, match):
+    with pytest.raises(Refusal, match=match) as info:
+        holder.partial_decrypt(request, noise, *bundles)
+    assert str(info.value).startswith(f"keyholder-{holder.index} refuses ")
+    assert holder.refusals[-1] == str(info.value) and info.value.round == request.manifest.round
+    return str(info.value)
+
+
+def everyone(fed):
+    return tuple(range(fed.cfg.crypto.key_holders))
+
+
+def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
+    fed = he_fed()
+    manifest, aggregate, noise, bundles = round_inputs(fed)
+    holder = holders(fed)[1]
+    ask = DecryptionRequest(manifest, everyone(fed), lead=False)
+    # A crafted aggregate (c0 = 0, c1 = 2^52 would make a share reveal the key exactly):
+    # the holder decrypts only its own sum of the signed batches, never the one it is sent.
+    crafted = _crafted_aggregate(fed, aggregate)
+    refused(holder, replace(ask, manifest=replace(manifest, aggregate_digest=manifest_digest(
+        crafted))), noise, bundles, "the aggregator's sum is not the sum of the signed batches")
+    # Fake contributors: a made-up client, and one real client listed alone.
+    fake = SigningKey()
+    batch = bundles[0].payloads[0]
+    forged = Bundle((("hospital-9",),), (batch,), (fake.sign(statement(
+        "t", 0, "hospital-9", digest(batch), b"")),))
+    refused(holder, replace(ask, manifest=replace(manifest, contributors=(
+        "hospital-0", "hospital-9"))), noise, [*bundles, forged],
+        "hospital-9 is not a registered client")
+    refused(holder, replace(ask, manifest=replace(manifest, contributors=("hospital-0",))),
+            noise, bundles, "1 contributor\\(s\\); at least 2 required")
+    # A batch credited to another client: its signature is its own client's.
+    swapped = Bundle((("hospital-1",),), bundles[0].payloads, bundles[0].signatures)
+    refused(holder, ask, noise, [swapped, *bundles[1:]], "hospital-1 twice|not signed by")
+    refused(holder, replace(ask, manifest=replace(manifest, run_id="other")), noise, bundles,
+            "an aggregate of run 'other', not 't'")
+    # The honest request is accepted, once.
+    holder.partial_decrypt(ask, noise, *bundles)
+    refused(holder, ask, noise, bundles, "round 0 again")
+    # Replay: the same signed batches under a new round number.
+    replay = replace(ask, manifest=replace(manifest, round=1))
+    refused(holder, replay, noise, bundles, "not signed by hospital-\\d for this run, round")
+    assert len(holder.refusals) == 7
+
+
+def test_noise_chosen_after_the_batches_were_seen_is_refused():
+    """An aggregator adding noise must commit to it before the clients sign: noise
+    crafted from their ciphertexts (to cancel c1) does not match what they signed."""
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0})
+    fed = federation(cfg)
+    manifest, aggregate, noise, bundles = round_inputs(fed)
+    assert noise is not None and manifest.noise_added
+    ask = DecryptionRequest(manifest, everyone(fed), lead=True)
+    other_noise = _crafted_aggregate(fed, noise)
+    refused(holders(fed)[0], ask, other_noise, bundles,
+            "not signed by hospital-\\d for this run, round and noise")
+    refused(holders(fed)[0], ask, None, bundles, "no DP-noise batch where the run has")
+    holders(fed)[0].partial_decrypt(ask, noise, *bundles)  # the committed noise passes
+
+
+def _crafted_aggregate(fed, like: bytes) -> bytes:
+    """A batch shaped like ``like`` whose c0 is 0 and c1 the constant 2^52."""
+    from fedsim.crypto.batch import decode_batch
+
+    items = decode_batch(like)
+    layout = raw.learn(items[0])
+    res = raw.read_items(layout, items)
+    res[:, 0, :] = 0
+    for j, q in enumerate(layout.moduli):
+        if j >= len(layout.moduli) // 2:
+            res[:, j, :] = np.uint64((1 << 52) % q)
+    return raw.write_batch(layout, res)
+
+
+def test_a_context_outside_the_holders_policy_is_refused():
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True})
+    policy = HolderPolicy.from_config(cfg, run_id="t", num_values=4401, noise_batches=0)
+    honest = CKKSContext.create("test", allow_insecure=True, max_contributors=3,
+                                max_key_holders=3, max_decryptions=policy.budget(
+                                    CKKSContext.create("test", allow_insecure=True)))
+    KeyHolder(policy, honest.to_bytes(), index=0)  # accepted
+    # A coordinator-chosen noise estimate: flooding with a tiny sigma.
+    from fedsim.crypto import context as ctx_module
+
+    meta = replace(honest._meta, measured_noise=-40.0)
+    cc = ctx_module._generate(ctx_module._params(meta, ctx_module.fhe.EXEC_EVALUATION))
+    forged = ctx_module.CKKSContext(meta, cc, ctx_module.fhe.Serialize(cc, ctx_module.fhe.BINARY))
+    assert forged.share_noise_sigma < 2.0**-10
+    with pytest.raises(Refusal, match="noise estimate .* is below this holder's own"):
+        KeyHolder(policy, forged.to_bytes(), index=0)
+    # The insecure ring when the holder's own config does not allow it.
+    strict = replace(policy, allow_insecure=False)
+    with pytest.raises(Refusal, match="insecure profile 'test' and crypto.allow_insecure"):
+        KeyHolder(strict, honest.to_bytes(), index=0)
+    # Another profile than the run's; flooding sized for too few decryptions.
+    with pytest.raises(Refusal, match="profile 'test', but the run configured 'secure'"):
+        KeyHolder(replace(policy, profile="secure"), honest.to_bytes(), index=0)
+    with pytest.raises(Refusal, match="floods for .* decryptions, the run needs"):
+        KeyHolder(replace(policy, rounds=10**6), honest.to_bytes(), index=0)
+    # fast: refused unless the run accepted unflooded decryption explicitly.
+    with pytest.raises(ConfigError, match="'fast' does not flood decryption shares"):
+        tiny_config(federation=HE, crypto={"profile": "fast"})
+    fast = CKKSContext.create("fast", max_contributors=3, max_key_holders=3)
+    with pytest.raises(Refusal, match="set crypto.accept_unflooded_decryption"):
+        KeyHolder(replace(policy, profile="fast"), fast.to_bytes(), index=0)
+
+
+def test_the_decryption_budget_tau_is_counted_and_enforced():
+    fed = he_fed()
+    for h in holders(fed):  # a budget of one round, as a holder's own config could say
+        h._budget = h.policy.ciphertexts_per_round(h._context)
+    fed.run_round(0)
+    with pytest.raises(Refusal, match="would pass this holder's decryption budget tau = "
+                                      "\\d+ \\(used \\d+\\)"):
+        fed.run_round(1)
+
+
+def test_the_coordinator_relays_only_sealed_shares_and_cannot_open_them():
+    from test_protocol_he import RecordingBackend
+
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True,
+                                             "threshold": 2})
+    backend = RecordingBackend()
+    fed = federation(cfg, backend)
+    fed.run_round(0)
+    kept = holders(fed)
+    probes = []
+    for h in kept:
+        probes += [h._share._secret_probe(), h._share._secret_probe(text=True)]
+        for share in h._share._held.values():  # every Shamir share it holds, and their sum
+            probes.append(share.towers[0][100:108].astype("<u8").tobytes())
+        probes.append(h._share._combined()[0][100:108].astype("<u8").tobytes())
+    crossed = b"".join(backend.crossed)
+    assert len(probes) == 3 * (2 + 3 + 1) and len(crossed) > 10_000
+    assert not [p for p in probes if p in crossed]
+    # What the coordinator relayed is sealed: no key of its own opens it.
+    sealed = kept[0].sealed_shares()
+    attacker = ChannelKey()
+    with pytest.raises(CryptoError, match="does not authenticate"):
+        attacker.open_from(kept[0].card().channel, sealed[1], run_id=fed.run_id,
+                           sender="keyholder-0", receiver="keyholder-1")
+    with pytest.raises(TypeError):
+        pickle.dumps(kept[0])
+
+
+def test_t_of_n_decrypts_with_threshold_holders_and_survives_a_lost_one():
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True,
+                                             "key_holders": 3, "threshold": 2})
+    reference = he_fed()
+    fed = federation(cfg)
+    for r in range(2):
+        reference.run_round(r)
+    fed.run_round(0)
+    assert all(len(h._attempts) == (1 if h.index < 2 else 0) for h in holders(fed))
+    fed.backend.stop("keyholder:0")  # lost between rounds: holders 1 and 2 decrypt
+    fed.run_round(1)
+    assert fed.scheme.missing == {0}
+    assert np.max(np.abs(fed.state.params - reference.state.params)) <= 1e-4
+    fed.backend.stop("keyholder:2")
+    with pytest.raises(ProtocolError, match="only 1 key holder\\(s\\) left, threshold is 2"):
+        fed.run_round(2)

@@ -106,6 +106,7 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                                                 for p in ("fedsim", "bare")}
     bare_sum = None
     batch_bytes = 0
+    batches = []
     for i, vector in enumerate(vectors):
         scaled = vector.astype(np.float64) * scale
         for path in (("fedsim", "bare") if i % 2 == 0 else ("bare", "fedsim")):
@@ -123,6 +124,7 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 total.add(batch, contributor=f"c{i}")
                 secs["add", path].append(time.perf_counter() - t0)
                 batch_bytes = len(batch)
+                batches.append(batch)
             else:
                 payloads, enc_s, ser_s = _bare_encrypt(cc, bare_pk, scaled, per_ct,
                                                        ctx.complex_packing)
@@ -141,6 +143,7 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 secs["add", path].append(time.perf_counter() - t0)
 
     aggregate = total.result()
+    verify_s = _verification(ctx, key, batches, aggregate, holders, summation_for)
     bare_aggregate = [fhe.Serialize(ct, fhe.BINARY) for ct in bare_sum]
     shares, bare_shares = [], []
     for i, party in enumerate(parties):
@@ -188,16 +191,46 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                          "bytes_per_value": batch_bytes / num_values,
                          "max_abs_error": errors[path], "error_bound": ctx.error_bound / scale,
                          "ring_dim": ctx.ring_dimension, "clients": clients,
-                         "key_holders": holders})
+                         "key_holders": holders, "flooding": ctx.flooding})
     for row in rows:
         other = next(r for r in rows if r["step"] == row["step"] and r["path"] == "bare")
         row["fedsim_over_bare"] = (row["values_per_s"] / other["values_per_s"]
                                    if row["path"] == "fedsim" else 1.0)
     by = {r["step"]: r["fedsim_over_bare"] for r in rows if r["path"] == "fedsim"}
     # "decrypt" headline: partial decryption, the dominant decryption step.
+    decrypt_s = next(r["seconds"] for r in rows if r["step"] == "partial_decrypt"
+                     and r["path"] == "fedsim")
     summary = {"profile": profile, "encrypt": by["encrypt"], "decrypt": by["partial_decrypt"],
-               "fuse": by["fuse"], "errors": errors, "bytes_per_value": batch_bytes / num_values}
+               "fuse": by["fuse"], "errors": errors, "bytes_per_value": batch_bytes / num_values,
+               "verify_s": verify_s, "partial_decrypt_s": decrypt_s,
+               "verify_over_decrypt": verify_s / decrypt_s,
+               "label": profile if ctx.flooding else f"{profile} (no flooding: not provably "
+                                                    "secure)"}
     return rows, summary
+
+
+def _verification(ctx, key, batches, aggregate, holders, summation_for) -> float:
+    """Median seconds one key holder spends checking a round (`KeyHolder.check`): every
+    client's signature over its batch's digest, the batches re-added in their bytes, the
+    result compared with the aggregator's sum."""
+    from fedsim.crypto.identity import SigningKey, digest, statement, verify
+
+    keys = [SigningKey() for _ in batches]
+    said = [statement("w3", 0, f"c{i}", digest(b), b"") for i, b in enumerate(batches)]
+    signatures = [k.sign(m) for k, m in zip(keys, said)]
+    seconds = []
+    for _ in range(holders):
+        t0 = time.perf_counter()
+        own = summation_for(ctx, key)()
+        for i, batch in enumerate(batches):
+            if not verify(keys[i].public,
+                          signatures[i], statement("w3", 0, f"c{i}", digest(batch), b"")):
+                raise RuntimeError("W3: a signature did not verify")
+            own.add(batch, contributor=f"c{i}")
+        if digest(own.result()) != digest(aggregate):
+            raise RuntimeError("W3: the re-added sum differs from the aggregator's")
+        seconds.append(time.perf_counter() - t0)
+    return float(np.median(seconds))
 
 
 def _plot(rows: list[dict], path) -> None:
@@ -241,9 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = [{**{k: r[k] for k in ("profile", "step", "path", "seconds")},
               "Mvalues_per_s": r["values_per_s"] / 1e6, "fedsim/bare": r["fedsim_over_bare"]}
              for r in rows]
-    err_rows = [{"profile": s["profile"], "bytes/value": s["bytes_per_value"],
+    err_rows = [{"profile": s["label"], "bytes/value": s["bytes_per_value"],
                  "max abs error fedsim": s["errors"]["fedsim"],
                  "max abs error bare": s["errors"]["bare"]} for s in summaries]
+    check_rows = [{"profile": s["label"], "verify s per holder": s["verify_s"],
+                   "partial decrypt s per holder": s["partial_decrypt_s"],
+                   "verify / partial decrypt": s["verify_over_decrypt"]} for s in summaries]
     md = "\n".join([
         "# crypto (W3): CKKS pipeline throughput, fedsim vs bare OpenFHE",
         "",
@@ -267,14 +303,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         {"bytes/value": ".1f", "max abs error fedsim": ".2e",
                          "max abs error bare": ".2e"}),
         "",
+        f"What each key holder checks before it decrypts ({clients} signed client batches: "
+        "SHA-256 and Ed25519 per batch, the batches re-added in their bytes, the sum "
+        "compared with the aggregator's), against its partial decryption of the sum:",
+        "",
+        common.md_table(check_rows, list(check_rows[0]),
+                        {"verify s per holder": ".3f", "partial decrypt s per holder": ".3f",
+                         "verify / partial decrypt": ".2f"}),
+        "",
         "![throughput](crypto.png)",
         "",
     ])
     common.write_text(out / "crypto.md", md)
     for s in summaries:
-        print(f"crypto {s['profile']}: fedsim/bare encrypt = {s['encrypt']:.2f}  "
+        print(f"crypto {s['label']}: fedsim/bare encrypt = {s['encrypt']:.2f}  "
               f"decrypt = {s['decrypt']:.2f}  fuse = {s['fuse']:.2f}  "
-              f"max error {s['errors']['fedsim']:.1e}")
+              f"max error {s['errors']['fedsim']:.1e}  holder checks "
+              f"{s['verify_over_decrypt']:.2f} of its decryption")
     head = summaries[0]
     print(f"crypto {head['profile']}: fedsim/bare encrypt = {head['encrypt']:.2f}  "
           f"decrypt = {head['decrypt']:.2f}")

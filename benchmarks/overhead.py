@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_md(out, summary, args, overrides)
     ratio = {s["variant"]: s["overhead"] for s in summary}
     print(f"overhead he-secure/plaintext = {ratio.get('he-secure', float('nan')):.2f}  "
-          f"he-fast/plaintext = {ratio.get('he-fast', float('nan')):.2f}")
+          f"he-fast/plaintext = {ratio.get('he-fast', float('nan')):.2f} "
+          "(he-fast: no flooding, not provably secure)")
     return 0
 
 

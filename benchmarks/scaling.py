@@ -185,7 +185,7 @@ def _plot(rows: list[dict], path: Path) -> dict[str, float]:
     return slopes
 
 
-PHASE_NAMES = ("train", "encode", "encrypt", "serialize", "transfer", "aggregate",
+PHASE_NAMES = ("train", "encode", "encrypt", "serialize", "transfer", "aggregate", "verify",
                "partial_decrypt", "fuse", "server_update", "evaluate", "other")
 
 

@@ -38,13 +38,16 @@ import numpy as np
 import openfhe as fhe
 
 from fedsim.crypto import _secret_key
+from fedsim.crypto.flooding import (
+    OPENFHE_STATISTICAL_SECURITY,
+    bound_bits,
+    flooding_sigma,
+)
 from fedsim.crypto.profiles import Profile, get_profile
 from fedsim.errors import CryptoError
 
 FIRST_MOD_BITS = 60
 SCALE_MOD_BITS = 50
-OPENFHE_STATISTICAL_SECURITY = 30  # bits this build's flooding formula fixes for CKKS
-ESTIMATE_MARGIN_BITS = 0.5  # added to the measured noise estimate (spread seen: 0.05 bits)
 FIXED_SHARE_SIGMA = 2.0**20  # OpenFHE NOISE_FLOODING::MP_SD, used without flooding
 ERROR_SIGMAS = 8.0  # error_bound in standard deviations of the decrypted error
 
@@ -69,29 +72,6 @@ class _Meta:
     max_decryptions: int
     measured_noise: float | None  # log2 std of the aggregate's noise; None without flooding
     statistical_security: int = OPENFHE_STATISTICAL_SECURITY
-
-
-def tail_bits(ring_dim: int, decryptions: int, statistical_security: int) -> float:
-    """log2 of how many standard deviations bound EVERY coefficient of every decryption.
-
-    A Gaussian coefficient exceeds ``k`` standard deviations with probability at most
-    ``2 exp(-k^2 / 2)``; over ``ring_dim * decryptions`` coefficients (a union bound) that
-    is at most ``2^-s`` for ``k^2 = 2 ln(2 ring_dim decryptions) + 2 s ln 2``.
-    """
-    k2 = 2 * math.log(2 * ring_dim * decryptions) + 2 * statistical_security * math.log(2)
-    return 0.5 * math.log2(k2)
-
-
-def bound_bits(measured: float, ring_dim: int, decryptions: int,
-               statistical_security: int) -> float:
-    """log2 of the high-probability bound the flooding is sized from (margin included)."""
-    return measured + ESTIMATE_MARGIN_BITS + tail_bits(ring_dim, decryptions,
-                                                       statistical_security)
-
-
-def flooding_sigma(bound: float, decryptions: int, statistical_security: int) -> float:
-    """OpenFHE's documented flooding: ``sqrt(12 tau) 2^(s/2) B`` for a noise bound ``B``."""
-    return math.sqrt(12 * decryptions) * 2 ** (statistical_security / 2) * 2**bound
 
 
 def _params(meta: _Meta, mode: Any) -> Any:
@@ -132,8 +112,11 @@ def _generate(params: Any) -> Any:
 
 def _ring_of(meta: _Meta) -> int:
     """The ring OpenFHE picks for the profile's security level (no noise mode needed)."""
-    return _RINGS.setdefault(meta.profile, int(_generate(_params(
-        _Meta(meta.profile, 1, 2, 1, None), None)).GetRingDimension()))
+    if meta.profile not in _RINGS:
+        mode = fhe.EXEC_NOISE_ESTIMATION if get_profile(meta.profile).flooding else None
+        probe = _generate(_params(_Meta(meta.profile, 1, 2, 1, None), mode))
+        _RINGS[meta.profile] = int(probe.GetRingDimension())
+    return _RINGS[meta.profile]
 
 
 _RINGS: dict[str, int] = {}

@@ -169,6 +169,8 @@ class KeyShareHolder:
 
     def _combined(self) -> list[Any]:
         """S_j = sum over owners of f_owner(j): this holder's share of the joint secret."""
+        if self.index not in self._held:
+            self.outgoing_shares()  # makes f_self, and keeps f_self(j) for this holder
         missing = set(range(self.num_holders)) - set(self._held)
         if missing:
             raise CryptoError(f"holder {self.index} has no Shamir share from holder(s) "

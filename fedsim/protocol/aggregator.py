@@ -13,9 +13,9 @@ holders check.
 from __future__ import annotations
 
 import time
-from hashlib import sha256
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Any
 
 from fedsim.aggregate.steps import Pipeline, RoundContext, ServerContext

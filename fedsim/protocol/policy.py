@@ -21,6 +21,15 @@ from fedsim.errors import CryptoError
 ESTIMATE_TOLERANCE_BITS = 0.25
 
 
+def decryption_budget(rounds: int, per_round: int, num_holders: int,
+                      threshold: int | None) -> int:
+    """Ciphertexts one holder decrypts over a run: every round once, plus, in t-of-n, one
+    more round for each holder that may be lost (the survivors decrypt that round again
+    as a new set): at most ``num_holders - threshold`` of them."""
+    spare = 0 if threshold is None else num_holders - threshold
+    return max(1, (rounds + spare) * per_round)
+
+
 @dataclass(frozen=True)
 class HolderPolicy:
     """A key holder's rules; see the module docstring."""
@@ -54,7 +63,8 @@ class HolderPolicy:
 
     def budget(self, context: Any) -> int:
         """tau: the ciphertexts this holder will partially decrypt over the run."""
-        return self.rounds * self.ciphertexts_per_round(context)
+        return decryption_budget(self.rounds, self.ciphertexts_per_round(context),
+                                 self.num_holders, self.threshold)
 
     def check_context(self, context: Any) -> None:
         """Raise `CryptoError` naming the problem unless ``context`` is one this holder

@@ -12,7 +12,8 @@ from fedsim.learning.metrics import BinaryMetrics
 
 CLIENT_PHASES = ("train", "encode", "encrypt", "serialize")
 PHASES = CLIENT_PHASES + (
-    "transfer", "aggregate", "dp_noise", "partial_decrypt", "fuse", "server_update", "evaluate",
+    "transfer", "aggregate", "dp_noise", "verify", "partial_decrypt", "fuse", "server_update",
+    "evaluate",
 )
 _METRIC_FIELDS = ("auc", "pr_auc", "balanced_accuracy", "precision", "recall", "threshold",
                   "accuracy")

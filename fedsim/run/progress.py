@@ -11,7 +11,7 @@ from rich.table import Table
 
 from fedsim.protocol.records import RoundRecord
 
-ENCRYPTION_PHASES = ("encode", "encrypt", "serialize", "partial_decrypt", "fuse")
+ENCRYPTION_PHASES = ("encode", "encrypt", "serialize", "verify", "partial_decrypt", "fuse")
 
 
 def describe(record: RoundRecord, epsilon: float | None = None) -> str:

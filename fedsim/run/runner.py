@@ -16,7 +16,6 @@ from typing import Any
 from rich.console import Console
 
 from fedsim.config import RunConfig
-from fedsim.errors import Refusal
 from fedsim.data import (
     FederatedDataset,
     SynthSpec,
@@ -26,6 +25,7 @@ from fedsim.data import (
     synthetic_dataset,
     teacher_dataset,
 )
+from fedsim.errors import Refusal
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.records import RoundRecord

@@ -47,6 +47,9 @@ def test_crypto_quick(tmp_path, capsys):
     head = next(r for r in rows if r["profile"] == "secure" and r["step"] == "encrypt"
                 and r["path"] == "fedsim")
     assert f"encrypt = {head['fedsim_over_bare']:.2f}" in last
+    assert {r["profile"]: r["flooding"] for r in rows} == {"secure": True, "fast": False}
+    text = (tmp_path / "crypto.md").read_text()
+    assert "fast (no flooding: not provably secure)" in text and "verify / partial decrypt" in text
 
 
 def test_overhead_quick_inprocess(tmp_path, capsys):
@@ -56,7 +59,7 @@ def test_overhead_quick_inprocess(tmp_path, capsys):
                           "--out", str(tmp_path)]) == 0
     last = _last_line(capsys)
     m = re.fullmatch(r"overhead he-secure/plaintext = (\d+\.\d\d)  he-fast/plaintext = "
-                     r"(\d+\.\d\d)", last)
+                     r"(\d+\.\d\d) \(he-fast: no flooding, not provably secure\)", last)
     assert m
     rows = _files(tmp_path, "overhead")
     assert {r["variant"] for r in rows} == set(overhead.VARIANTS)
@@ -121,7 +124,9 @@ def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):
 
     assert overhead.main(["--quick", "--rounds", "1", "--variants", "plaintext,he-fast",
                           "--out", str(tmp_path / "o")]) == 0
-    assert _last_line(capsys).startswith("overhead he-secure/plaintext = nan  he-fast/")
+    last = _last_line(capsys)
+    assert last.startswith("overhead he-secure/plaintext = nan  he-fast/")
+    assert last.endswith("(he-fast: no flooding, not provably secure)")
     assert ray_session.is_initialized()  # the benchmark reused the session's Ray
     assert many_clients.main(["--quick", "--clients", "30", "--rounds", "2",
                               "--out", str(tmp_path / "m")]) == 0

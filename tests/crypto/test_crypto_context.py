@@ -8,6 +8,7 @@ import openfhe as fhe
 import pytest
 
 from fedsim.crypto import CKKSContext, Encryptor, ObjectSum, Packer, encode_batch, fuse
+from fedsim.crypto.flooding import tail_bits
 from fedsim.errors import CryptoError
 
 
@@ -46,7 +47,13 @@ def test_profile_properties(test_ctx, fast_ctx, secure_ctx):
     expected = math.sqrt(12 * secure_ctx.max_decryptions) * 2**15 * 2**secure_ctx.noise_estimate
     assert secure_ctx.share_noise_sigma == pytest.approx(expected, rel=1e-9)
     assert fast_ctx.share_noise_sigma == 2.0**20 and fast_ctx.noise_estimate is None
-    assert 1e-4 < secure_ctx.error_bound < 1e-2 and 1e-7 < fast_ctx.error_bound < 1e-5
+    # Flooding is sized from a bound of every coefficient of every decryption, not the
+    # noise's standard deviation: the tail factor for 2^20 decryptions of ring 4096 at
+    # s = 30 is 2^3.22 (sqrt(2 ln(2 N tau) + 2 s ln 2) standard deviations).
+    assert secure_ctx.noise_estimate == pytest.approx(
+        secure_ctx.measured_noise + 0.5 + tail_bits(4096, 2**20, 30), abs=1e-12)
+    assert tail_bits(4096, 2**20, 30) == pytest.approx(3.224, abs=0.001)
+    assert 1e-3 < secure_ctx.error_bound < 5e-2 and 1e-7 < fast_ctx.error_bound < 1e-5
 
 
 def test_bytes_round_trip_rebuilds_the_same_context(test_ctx, make_holders):
@@ -87,7 +94,7 @@ def test_from_bytes_refuses_tampered_or_truncated_bytes(test_ctx):
     head = struct.Struct("<4sHI")
     magic, version, size = head.unpack_from(blob)
     meta = json.loads(blob[head.size : head.size + size])
-    meta["noise_estimate"] += 0.25
+    meta["measured_noise"] += 0.25
     text = json.dumps(meta).encode()
     forged = head.pack(magic, version, len(text)) + text + blob[head.size + size :]
     with pytest.raises(CryptoError, match="do not rebuild identically"):

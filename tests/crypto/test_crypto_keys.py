@@ -90,11 +90,15 @@ def test_fewer_than_threshold_holders_decrypt_nothing(test_ctx, make_holders):
     keys = [insider._secret, _secret_key.write(template, insider._combined()),
             *(_secret_key.write(template, list(share.towers))
               for share in insider._held.values())]
-    (ct,) = load_ciphertexts(test_ctx, aggregate, kind="ciphertext")
+    ct = load_ciphertexts(test_ctx, aggregate, kind="ciphertext")[0]
     for guess in keys:
-        plain = cc.MultipartyDecryptFusion([cc.MultipartyDecryptLead([ct], guess)[0]])
+        try:
+            plain = cc.MultipartyDecryptFusion([cc.MultipartyDecryptLead([ct], guess)[0]])
+        except RuntimeError as exc:  # OpenFHE's decoder refuses the garbage outright
+            assert "approximation error is too high" in str(exc)
+            continue
         plain.SetLength(test_ctx.slots)
-        assert np.abs(np.asarray(plain.GetRealPackedValueArray())[:600] - vector).mean() > 0.1
+        assert np.abs(np.asarray(plain.GetRealPackedValueArray()) - vector[:512]).mean() > 0.1
 
 
 def test_share_exchange_checks(test_ctx, make_holders):

@@ -46,8 +46,8 @@ def test_a_client_with_a_broken_update_is_dropped_and_the_round_goes_on():
     victim = fed.backend.parties[f"client:{fed.names[0]}"]
     honest = victim.train
 
-    def broken(round_idx, flat, clients, context):
-        reports, bundle = honest(round_idx, flat, clients, context)
+    def broken(round_idx, flat, clients, context, commitment):
+        reports, bundle = honest(round_idx, flat, clients, context, commitment)
         payload = bundle.payloads[0].copy()
         payload[3] = np.nan
         return reports, replace(bundle, payloads=(payload,))

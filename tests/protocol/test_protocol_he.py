@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from builders import federation, scored_rounds, tiny_config, train_one
 
-from fedsim.aggregate.steps import RoundContext
 from fedsim.errors import ProtocolError
 from fedsim.protocol.backend import InProcessBackend
 from fedsim.protocol.manifest import Manifest, digest
@@ -74,8 +73,8 @@ def test_bad_ciphertext_bytes_drop_the_client_that_sent_them(damage):
     client = fed.backend.parties[f"client:{victim}"]
     honest = client.train
 
-    def broken(round_idx, flat, clients, context):
-        reports, bundle = honest(round_idx, flat, clients, context)
+    def broken(round_idx, flat, clients, context, commitment):
+        reports, bundle = honest(round_idx, flat, clients, context, commitment)
         (blob,) = bundle.payloads
         if damage == "truncate":
             blob = blob[: len(blob) // 2]
@@ -100,10 +99,10 @@ def test_a_round_with_too_few_valid_updates_fails_cleanly(tmp_path, monkeypatch)
     cfg = he_config(rounds=3, clients_per_round=3, min_clients=3)
     honest = Hospital.train
 
-    def flaky(self, round_idx, flat, clients, context):
+    def flaky(self, round_idx, flat, clients, context, commitment):
         if round_idx == 1 and self.name == "hospital-0":
             raise CryptoError("client hospital-0: simulated encryption failure")
-        return honest(self, round_idx, flat, clients, context)
+        return honest(self, round_idx, flat, clients, context, commitment)
 
     monkeypatch.setattr(Hospital, "train", flaky)
     with pytest.raises(ProtocolError, match="round 1: only 2 valid update"):

@@ -85,7 +85,8 @@ def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
     refused(holder, replace(ask, manifest=replace(manifest, run_id="other")), noise, bundles,
             "an aggregate of run 'other', not 't'")
     # The honest request is accepted, once.
-    holder.partial_decrypt(ask, noise, *bundles)
+    share, checked_s = holder.partial_decrypt(ask, noise, *bundles)
+    assert share[:4] == b"FSCB" and checked_s > 0
     refused(holder, ask, noise, bundles, "round 0 again")
     # Replay: the same signed batches under a new round number.
     replay = replace(ask, manifest=replace(manifest, round=1))
@@ -210,3 +211,25 @@ def test_t_of_n_decrypts_with_threshold_holders_and_survives_a_lost_one():
     fed.backend.stop("keyholder:2")
     with pytest.raises(ProtocolError, match="only 1 key holder\\(s\\) left, threshold is 2"):
         fed.run_round(2)
+
+
+def test_an_unflooded_run_warns_every_time_and_says_so_in_its_manifest(tmp_path):
+    from rich.console import Console
+
+    from fedsim import load_run
+    from fedsim.run.runner import run_federated
+
+    cfg = tiny_config(federation={"mode": "he", "rounds": 1},
+                      crypto={"profile": "fast", "accept_unflooded_decryption": True})
+    console = Console(record=True, width=200)
+    run_federated(cfg, out_dir=tmp_path / "run", backend="inprocess", reference=False,
+                  console=console)
+    said = console.export_text()
+    assert said.count("does not flood decryption shares") == 2  # at the start and the end
+    assert "not provably secure" in said
+    (caveat,) = load_run(tmp_path / "run").manifest["caveats"]
+    assert caveat.startswith("crypto.profile 'fast' does not flood decryption shares")
+    plain = tiny_config(federation={"rounds": 1})
+    run_federated(plain, out_dir=tmp_path / "plain", backend="inprocess", reference=False,
+                  console=Console(record=True))
+    assert load_run(tmp_path / "plain").manifest["caveats"] == []

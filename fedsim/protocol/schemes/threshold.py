@@ -12,6 +12,7 @@ and fuses the shares (`fedsim.crypto.Opener`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, final
@@ -122,6 +123,7 @@ class ThresholdCKKS(Scheme):
         (rounds x ciphertexts per round): more decryptions need more noise per share.
         """
         from fedsim.crypto import CKKSContext, Packer
+        from fedsim.protocol.policy import decryption_budget
 
         c, fed = cfg.crypto, cfg.federation
         probe = CKKSContext.create(c.profile, allow_insecure=c.allow_insecure,
@@ -131,7 +133,7 @@ class ThresholdCKKS(Scheme):
         context = CKKSContext.create(
             c.profile, allow_insecure=c.allow_insecure,
             max_contributors=fed.clients_per_round, max_key_holders=max(c.key_holders, 2),
-            max_decryptions=max(1, fed.rounds * per_round),
+            max_decryptions=decryption_budget(fed.rounds, per_round, c.key_holders, c.threshold),
             statistical_security=c.statistical_security,
         )
         return cls(cfg, context, num_params, slots)
@@ -200,15 +202,19 @@ class ThresholdCKKS(Scheme):
         or a crypto failure ends the round; a holder that is gone ends it in n-of-n, and
         in t-of-n the survivors decrypt again as a new set (its Lagrange weights differ).
         """
-        with timer.phase("partial_decrypt"):
-            partials = self._partials(backend, manifest, noise, bundles)
+        t0 = time.perf_counter()
+        partials, checked = self._partials(backend, manifest, noise, bundles)
+        # The holders check in parallel: the slowest one's checks are on the critical path.
+        verify = max(checked.values())
+        timer.add("verify", verify)
+        timer.add("partial_decrypt", time.perf_counter() - t0 - verify)
         flat, seconds = self.opener.open([partials[i] for i in sorted(partials)],
                                          scale=self.scale)
         timer.add("fuse", seconds)
         return flat
 
     def _partials(self, backend: Backend, manifest: Manifest, noise: Any,
-                  bundles: Sequence[Any]) -> dict[int, bytes]:
+                  bundles: Sequence[Any]) -> tuple[dict[int, bytes], dict[int, float]]:
         from fedsim.protocol.keyholder import DecryptionRequest
 
         n, t = self.crypto.key_holders, self.crypto.threshold
@@ -228,12 +234,13 @@ class ThresholdCKKS(Scheme):
                                      noise, *bundles)
                      for i in chosen}
             partials: dict[int, bytes] = {}
+            checked: dict[int, float] = {}
             for i, h in calls.items():
                 try:
-                    partials[i] = backend.get(h)
+                    partials[i], checked[i] = backend.get(h)
                 except FedSimError:
                     raise  # a refusal or a crypto failure ends the round
                 except Exception:  # the holder is gone (actor died or was stopped)
                     self.missing.add(i)
             if len(partials) == len(chosen):
-                return partials
+                return partials, checked

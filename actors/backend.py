@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.placement import Placement, plan
 from fedsim.config import ResourceSpec
 from fedsim.errors import FedSimError, ProtocolError
-from fedsim.protocol.backend import PartySpec
+from fedsim.protocol.backend import PartySpec, check_method
 
 try:
     from ray.exceptions import AuthenticationError
@@ -173,6 +173,7 @@ class RayBackend:
 
     def call(self, role: str, method: str, *args: Any, num_returns: int = 1,
              **kwargs: Any) -> Any:
+        check_method(role, method)
         bound = getattr(self.handles[role], method)
         if num_returns != 1:
             bound = bound.options(num_returns=num_returns)

@@ -143,7 +143,7 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
                 secs["add", path].append(time.perf_counter() - t0)
 
     aggregate = total.result()
-    verify_s = _verification(ctx, key, batches, aggregate, holders, summation_for)
+    verify_s = _verification(ctx, key, batches, aggregate, holders, num_values)
     bare_aggregate = [fhe.Serialize(ct, fhe.BINARY) for ct in bare_sum]
     shares, bare_shares = [], []
     for i, party in enumerate(parties):
@@ -209,26 +209,40 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
     return rows, summary
 
 
-def _verification(ctx, key, batches, aggregate, holders, summation_for) -> float:
-    """Median seconds one key holder spends checking a round (`KeyHolder.check`): every
-    client's signature over its batch's digest, the batches re-added in their bytes, the
-    result compared with the aggregator's sum."""
-    from fedsim.crypto.identity import SigningKey, digest, statement, verify
+def _verification(ctx, key, batches, aggregate, holders, num_values) -> float:
+    """Median seconds one key holder spends in `KeyHolder.check` on a round of these
+    batches: every client's batch signature and endorsement verified, the batches
+    re-added in their bytes, the result compared with the aggregator's sum (its policy
+    checks come on top). Real `KeyHolder`s, registered as a run would register them."""
+    from fedsim.crypto.identity import SigningKey, digest, endorsement, statement
+    from fedsim.protocol.keyholder import DecryptionRequest, KeyHolder
+    from fedsim.protocol.manifest import Manifest
+    from fedsim.protocol.manifest import digest as manifest_digest
+    from fedsim.protocol.policy import HolderPolicy
+    from fedsim.protocol.schemes import Bundle
 
-    keys = [SigningKey() for _ in batches]
-    said = [statement("w3", 0, f"c{i}", digest(b), b"") for i, b in enumerate(batches)]
-    signatures = [k.sign(m) for k, m in zip(keys, said)]
+    names = tuple(f"c{i}" for i in range(len(batches)))
+    policy = HolderPolicy(run_id="w3", profile=ctx.profile, allow_insecure=ctx.spec.insecure,
+                          accept_unflooded=True, statistical_security=ctx.statistical_security,
+                          num_holders=holders, threshold=None, min_clients=1,
+                          max_contributors=len(batches), rounds=1, num_values=num_values,
+                          noise_batches=0)
+    blob = ctx.to_bytes()
+    parties = [KeyHolder(policy, blob, index=i) for i in range(holders)]
+    keys = {name: SigningKey() for name in names}
+    cards = {p.index: p.card() for p in parties}
+    for party in parties:
+        party.register({n: k.public for n, k in keys.items()}, cards, SigningKey().public)
+        party.use_public_key(key)
+    bundle = Bundle(tuple((n,) for n in names), tuple(batches), tuple(
+        keys[n].sign(statement("w3", 0, n, digest(b), b"")) for n, b in zip(names, batches)))
+    endorsed = {n: keys[n].sign(endorsement("w3", 0, n, names, b"")) for n in names}
+    request = DecryptionRequest(Manifest("w3", 0, names, (), manifest_digest(aggregate)),
+                                tuple(range(holders)), lead=False, endorsements=endorsed)
     seconds = []
-    for _ in range(holders):
+    for party in parties:
         t0 = time.perf_counter()
-        own = summation_for(ctx, key)()
-        for i, batch in enumerate(batches):
-            if not verify(keys[i].public,
-                          signatures[i], statement("w3", 0, f"c{i}", digest(batch), b"")):
-                raise RuntimeError("W3: a signature did not verify")
-            own.add(batch, contributor=f"c{i}")
-        if digest(own.result()) != digest(aggregate):
-            raise RuntimeError("W3: the re-added sum differs from the aggregator's")
+        party.check(request, None, (bundle,))
         seconds.append(time.perf_counter() - t0)
     return float(np.median(seconds))
 

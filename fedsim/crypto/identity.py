@@ -7,6 +7,11 @@
   domain tag, the run, the round, the client, the batch's digest and the aggregator's
   noise commitment (so a batch cannot be replayed in another round or run, credited
   to another client, or paired with noise chosen after the batch was seen).
+* `noise_statement`: what the aggregator signs for the round's DP-noise batch (so
+  nobody else can put a batch of their own in its place).
+* `endorsement`: what a client signs, once per round, to agree to the round's sum: its
+  contributor set and noise commitment (so no two different sums of one round, which
+  would differ by some client's update, can both be decrypted).
 * `ChannelKey`: a party's static X25519 key; `seal_for` / `open_from` encrypt a message
   from one party to another with ChaCha20-Poly1305 under a key derived (HKDF-SHA256)
   from their X25519 agreement, bound to the run and the two party names. Whoever relays
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterable
 from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -32,6 +38,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fedsim.errors import CryptoError
 
 _BATCH_TAG = b"fedsim/batch/v1"
+_NOISE_TAG = b"fedsim/noise/v1"
+_SET_TAG = b"fedsim/set/v1"
 _CHANNEL_TAG = b"fedsim/channel/v1"
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -69,12 +77,29 @@ def verify(public: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
+def _fields(*fields: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(f)) + f for f in fields)
+
+
 def statement(run_id: str, round_idx: int, client: str, batch_digest: bytes,
               commitment: bytes) -> bytes:
     """What a client signs for its batch of round ``round_idx`` (length-prefixed fields)."""
-    fields = [_BATCH_TAG, run_id.encode(), struct.pack("<Q", round_idx), client.encode(),
-              batch_digest, commitment]
-    return b"".join(struct.pack("<I", len(f)) + f for f in fields)
+    return _fields(_BATCH_TAG, run_id.encode(), struct.pack("<Q", round_idx),
+                   client.encode(), batch_digest, commitment)
+
+
+def noise_statement(run_id: str, round_idx: int, noise_digest: bytes) -> bytes:
+    """What the aggregator signs for its DP-noise batch of round ``round_idx``."""
+    return _fields(_NOISE_TAG, run_id.encode(), struct.pack("<Q", round_idx), noise_digest)
+
+
+def endorsement(run_id: str, round_idx: int, client: str, contributors: Iterable[str],
+                commitment: bytes) -> bytes:
+    """What ``client`` signs to agree that round ``round_idx``'s sum is the sum of
+    ``contributors``' batches (in any order) and the noise behind ``commitment``."""
+    members = digest(_fields(*(c.encode() for c in sorted(contributors))))
+    return _fields(_SET_TAG, run_id.encode(), struct.pack("<Q", round_idx), client.encode(),
+                   members, commitment)
 
 
 class ChannelKey(_Unpicklable):

@@ -5,7 +5,8 @@ What a contribution is and how it is summed comes from the run's encoding
 vectors summed in name order (plaintext), or ciphertext batches added as they arrive
 (he; CKKS addition is exact modular arithmetic, so order does not matter). A round is
 ``begin`` (which draws and encodes this round's DP noise when the run places it here,
-while the clients train), ``add_many`` as each training party reports (its `Bundle` of
+while the clients train, and signs it in he mode with the key it registered at set-up),
+``add_many`` as each training party reports (its `Bundle` of
 payloads), and ``finish``, which returns the aggregate with the `Manifest` the key
 holders check.
 """
@@ -15,13 +16,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from hashlib import sha256
 from typing import Any
 
 from fedsim.aggregate.steps import Pipeline, RoundContext, ServerContext
+from fedsim.crypto.identity import digest as digest_bytes
+from fedsim.crypto.identity import SigningKey, noise_statement
 from fedsim.errors import CryptoError, ProtocolError
 from fedsim.protocol.manifest import Manifest, digest
-from fedsim.protocol.schemes import Bundle, Encoder, Encoding, RoundSum, Summation
+from fedsim.protocol.schemes import Bundle, Encoder, Encoding, NoiseBatch, RoundSum, Summation
 
 NOISE = "aggregator-noise"
 
@@ -39,6 +41,7 @@ class Aggregator:
 
     def __init__(self, run_id: str, pipeline: Pipeline, num_values: int, seed: int) -> None:
         self.run_id = run_id
+        self._signing = SigningKey()  # OS CSPRNG, never leaves this process
         self._pipeline = pipeline  # its noise hook is what this party adds, if anything
         self._num_values = num_values
         self._seed = seed
@@ -52,19 +55,23 @@ class Aggregator:
         self._busy_s = 0.0
         self._noise_s = 0.0
 
+    def identity(self) -> bytes:
+        """The aggregator's public signing key, for the key holders' roster."""
+        return self._signing.public
+
     def use_encoding(self, encoding: Encoding) -> None:
         """How contributions are summed, and DP noise encoded, from now on."""
         self._summation = encoding.summation()
         self._encoder = encoding.encoder(self._pipeline.slots)
 
-    def begin(self, context: RoundContext) -> tuple[bytes, Any]:
+    def begin(self, context: RoundContext) -> tuple[bytes, NoiseBatch | None]:
         """Start a new round's sum, dropping anything left from the previous one.
 
         Draws and encodes the round's DP noise now when this party places it: the
         coordinator does not wait for ``begin``, so that work overlaps local training.
         Returns the noise commitment (the noise payload's SHA-256, empty without noise:
-        clients sign it with their batches) and the noise payload (None without noise,
-        for the key holders to add themselves). The round is open only once ``begin``
+        clients sign it with their batches) and the noise batch (None without noise, for
+        the key holders to add themselves), signed by this party when the encoder signs. The round is open only once ``begin``
         has completed: should it fail, every ``add`` and ``finish`` of the round is
         refused (no sum without its noise).
         """
@@ -78,14 +85,19 @@ class Aggregator:
         self._noise = None
         noise = self._pipeline.noise(self._num_values, ServerContext(
             context.round, (), self._seed, context.params))
-        commitment = b""
+        commitment, batch = b"", None
         if noise is not None:
             self._noise, _ = self._encoder.encode(noise, client=NOISE)
-            commitment = sha256(self._noise if isinstance(self._noise, bytes)
-                                else self._noise.tobytes()).digest()
+            commitment = digest_bytes(self._noise if isinstance(self._noise, bytes)
+                                      else self._noise.tobytes())
+            signature = b""
+            if self._encoder.signs:
+                signature = self._signing.sign(
+                    noise_statement(self.run_id, context.round, commitment))
+            batch = NoiseBatch(self._noise, signature)
         self._noise_s = time.perf_counter() - t0
         self._round = context.round
-        return commitment, self._noise
+        return commitment, batch
 
     def add(self, client: str | Sequence[str], payload: Any) -> float:
         """Add one client's contribution (or one party's partial sum of several clients);

@@ -5,6 +5,12 @@ in both. Roles are addressed by name: ``client:<hospital>`` or ``cohort:<k>`` (t
 parties), ``aggregator``, ``keyholder:<i>``. Calls return handles; handles passed as
 arguments are resolved by the callee's side (as Ray does for object refs), so a
 client's payload can go to the aggregator without passing through the coordinator.
+
+A call names one of the party's public methods: a name with a leading underscore (a
+private helper, or Ray's ``__ray_call__``, which would run any code inside the actor)
+is refused by both backends. That is the simulation's boundary, not a sandbox: the
+driver process starts every party, and in a deployment each party runs in its own
+trust domain and answers only its public methods.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedsim.config import ResourceSpec
+from fedsim.errors import ProtocolError
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,13 @@ class Backend(Protocol):
 
     def stop(self, role: str) -> None: ...
     def shutdown(self) -> None: ...
+
+
+def check_method(role: str, method: str) -> None:
+    """Refuse a call of anything but a party's public method (`ProtocolError`)."""
+    if not method or method.startswith("_"):
+        raise ProtocolError(f"{role}: {method!r} is not a public method of the party; "
+                            "parties answer only their public methods")
 
 
 class Deferred(Protocol):
@@ -93,6 +107,7 @@ class InProcessBackend:
 
     def call(self, role: str, method: str, *args: Any, num_returns: int = 1,
              **kwargs: Any) -> Any:
+        check_method(role, method)
         try:
             target = self.parties[role]
         except KeyError:

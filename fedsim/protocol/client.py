@@ -75,6 +75,8 @@ class Contributions:
 
     Each simulated client has its own Ed25519 signing key, made here from the OS CSPRNG
     and never leaving this process; `identities` gives the public keys to register.
+    A client that sent a signed batch in a round agrees to that round's sum once
+    (`endorse`): one contributor set, with the noise commitment it signed its batch with.
     """
 
     def __init__(self, pipeline: Pipeline, seed: int, run_id: str,
@@ -86,6 +88,8 @@ class Contributions:
         self.run_id = run_id
         self.encoder: Encoder = PlainEncoding().encoder(pipeline.slots)
         self._keys = {name: SigningKey() for name in clients}
+        self._sent: dict[str, tuple[int, bytes]] = {}  # client -> (round, commitment)
+        self._endorsed: dict[str, tuple[int, frozenset[str]]] = {}
 
     def identities(self) -> dict[str, bytes]:
         """Each client's public signing key, for the key holders' roster."""
@@ -131,7 +135,36 @@ class Contributions:
             bundle = replace(bundle, signatures=tuple(
                 self._keys[c].sign(statement(self.run_id, round_idx, c, digest(p), seen))
                 for c, p in kept))
+            self._sent.update({c: (round_idx, seen) for c, _ in kept})
         return tuple(r for r, _ in made), bundle
+
+    def endorse(self, round_idx: int, contributors: Sequence[str]) -> dict[str, bytes]:
+        """Each of this party's clients among ``contributors`` signs that round
+        ``round_idx``'s sum is these contributors' batches and the noise it saw committed
+        (`fedsim.crypto.identity.endorsement`).
+
+        A client signs for one contributor set per round, only for a round it sent a
+        signed batch in, and only for the newest such round: asked again for the same set
+        it signs again (t-of-n may ask other holders), for another set it refuses
+        (`ProtocolError`), so no two different sums of one round can both be decrypted.
+        """
+        from fedsim.crypto.identity import endorsement
+
+        members = frozenset(contributors)
+        signatures: dict[str, bytes] = {}
+        for client in sorted(members.intersection(self._keys)):
+            sent_round, seen = self._sent.get(client, (-1, b""))
+            if sent_round != round_idx:
+                raise ProtocolError(f"client {client} refuses to endorse round {round_idx}: "
+                                    "it sent no batch in that round (or a newer one since)")
+            endorsed_round, endorsed = self._endorsed.get(client, (-1, members))
+            if endorsed_round == round_idx and endorsed != members:
+                raise ProtocolError(f"client {client} refuses to endorse round {round_idx} "
+                                    "as another set of contributors than the one it endorsed")
+            self._endorsed[client] = (round_idx, members)
+            signatures[client] = self._keys[client].sign(
+                endorsement(self.run_id, round_idx, client, members, seen))
+        return signatures
 
 
 class Hospital:
@@ -170,6 +203,9 @@ class Hospital:
 
     def identities(self) -> dict[str, bytes]:
         return self.contributions.identities()
+
+    def endorse(self, round_idx: int, contributors: Sequence[str]) -> dict[str, bytes]:
+        return self.contributions.endorse(round_idx, contributors)
 
     def use_encoding(self, encoding: Encoding) -> None:
         """Encode every later contribution with ``encoding`` (e.g. seal it)."""

@@ -82,6 +82,9 @@ class Cohort:
     def identities(self) -> dict[str, bytes]:
         return self.contributions.identities()
 
+    def endorse(self, round_idx: int, contributors: Sequence[str]) -> dict[str, bytes]:
+        return self.contributions.endorse(round_idx, contributors)
+
     def use_encoding(self, encoding: Encoding) -> None:
         self.contributions.use_encoding(encoding)
 

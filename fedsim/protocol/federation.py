@@ -130,7 +130,8 @@ class Federation:
         # Step 3: sampled clients train, apply the client steps and encode (and in he
         # sign each batch with the noise commitment, which they wait for only then);
         # each party's bundle goes straight to the aggregator, which adds as they arrive.
-        metas, adds, bundles, dropped = self._train(round_idx, sampled, global_ref, context,
+        groups = self.population.groups(sampled)
+        metas, adds, bundles, dropped = self._train(round_idx, groups, global_ref, context,
                                                     b.defer(opened))
 
         # Step 4: the aggregator closes the sum (adding its noise) and writes the manifest.
@@ -145,10 +146,16 @@ class Federation:
         timer.add("aggregate", seconds["aggregate"])
         timer.add("dp_noise", seconds["dp_noise"])
 
-        # Step 5: open the aggregate: read it (plaintext), or have the key holders check
-        # the signed batches, re-add them and partially decrypt their own sum (he).
+        # Step 5: open the aggregate: read it (plaintext), or (he) have the contributors
+        # endorse the round's contributor set, once each, and the key holders check the
+        # signed batches and endorsements, re-add the batches and partially decrypt their
+        # own sum.
+        endorsements = {}
+        if self.scheme.endorsed:
+            with timer.phase("verify"):
+                endorsements = self._endorsements(round_idx, groups, manifest)
         flat = self.scheme.open(b, manifest, aggregate_h, timer, noise=noise_h,
-                                bundles=bundles)
+                                bundles=bundles, endorsements=endorsements)
         aggregate = split_payload(flat, self.num_params, self.pipeline.slots,
                                   manifest.contributors)
 
@@ -175,7 +182,7 @@ class Federation:
         raise ProtocolError(f"round {round_idx}: only {count} {what} update(s) "
                             f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
 
-    def _train(self, round_idx: int, sampled: list[str], global_ref: Any,
+    def _train(self, round_idx: int, groups: dict[str, list[str]], global_ref: Any,
                context: RoundContext, commitment: Any
                ) -> tuple[dict[str, UpdateMeta], list[Any], list[Any], list[str]]:
         """Step 3: every training party trains its sampled clients; payloads stream on.
@@ -187,7 +194,7 @@ class Federation:
         """
         b = self.backend
         pending = {}
-        for role, clients in self.population.groups(sampled).items():
+        for role, clients in groups.items():
             reports_h, payloads_h = b.call(role, "train", round_idx, global_ref, clients,
                                            context, commitment, num_returns=2)
             pending[reports_h] = (clients, payloads_h)
@@ -215,6 +222,30 @@ class Federation:
                     adds.append(b.call(AGGREGATOR, "add_many", payloads))
                     bundles.append(payloads)
         return metas, adds, bundles, dropped
+
+    def _endorsements(self, round_idx: int, groups: dict[str, list[str]],
+                      manifest: Manifest) -> dict[str, bytes]:
+        """Every contributor's signature of the round's contributor set (he).
+
+        A party lost since it trained takes its clients' endorsements with it: their
+        batches are in the sum, so the round cannot be decrypted and ends here.
+        """
+        b = self.backend
+        members = set(manifest.contributors)
+        calls = {role: b.call(role, "endorse", round_idx, manifest.contributors)
+                 for role, clients in groups.items() if members.intersection(clients)}
+        endorsed: dict[str, bytes] = {}
+        for role, h in calls.items():
+            try:
+                endorsed.update(b.get(h))
+            except FedSimError:
+                raise
+            except Exception as err:  # the party is gone
+                raise ProtocolError(
+                    f"round {round_idx}: {role} is gone ({type(err).__name__}) before its "
+                    "clients endorsed the round's sum, which holds their batches: it cannot "
+                    "be decrypted") from None
+        return endorsed
 
     def _accepted(self, round_idx: int, results: list[Any], metas: dict[str, UpdateMeta],
                   dropped: list[str]) -> dict[str, float]:

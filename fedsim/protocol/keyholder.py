@@ -9,13 +9,19 @@ coordinator's word:
   identity (Ed25519) and a channel (X25519) key; in t-of-n it seals each Shamir share
   for its receiver, so whoever relays them sees only ciphertexts.
 * every decryption: it is handed the clients' signed batches themselves (as object
-  references) and the aggregator's noise batch, and checks that every signature is a
+  references), the aggregator's signed noise batch and each contributor's endorsement
+  of the round's contributor set, and checks that every batch signature is a
   registered client's over (run, round, client, batch digest, noise commitment), that
-  the contributors are distinct, at least ``min_clients`` and at most the context's
-  ``max_contributors``, that the round is newer than every round it decrypted, that the
-  noise batch is the one the clients saw committed, and that its decryption budget
-  tau allows it. It then adds the ciphertexts itself (in their bytes) and decrypts only
-  its own sum, after checking that the aggregator's sum is the same bytes.
+  the noise batch is signed by the registered aggregator for this run and round and is
+  the one the clients saw committed, that every contributor endorsed exactly this
+  contributor set (a client endorses one set per round, so no two different sums of a
+  round can be decrypted, not even by two disjoint sets of holders in t-of-n), that
+  the contributors are distinct, at least ``min_clients`` and at most the run's
+  clients per round, that the round is one of the run's and newer than every round it
+  decrypted (t-of-n may ask again with other holders, for the same sum only), that the
+  holders named to decrypt are a valid set that includes it, and that its decryption
+  budget tau allows it. It then adds the ciphertexts itself (in their bytes) and
+  decrypts only its own sum, after checking that the aggregator's sum is the same bytes.
 
 A refusal raises `ProtocolError` naming the holder and the reason, and is kept in
 `refusals`.
@@ -29,12 +35,20 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fedsim.crypto.batch import batch_count
-from fedsim.crypto.identity import ChannelKey, SigningKey, digest, statement, verify
+from fedsim.crypto.identity import (
+    ChannelKey,
+    SigningKey,
+    digest,
+    endorsement,
+    noise_statement,
+    statement,
+    verify,
+)
 from fedsim.errors import CryptoError, Refusal
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.manifest import digest as manifest_digest
 from fedsim.protocol.policy import HolderPolicy
-from fedsim.protocol.schemes import Bundle
+from fedsim.protocol.schemes import Bundle, NoiseBatch
 
 
 @dataclass(frozen=True)
@@ -49,11 +63,14 @@ class HolderCard:
 
 @dataclass(frozen=True)
 class DecryptionRequest:
-    """What the coordinator asks of a key holder for one aggregate."""
+    """What the coordinator asks of a key holder for one aggregate: the manifest, the
+    holders that decrypt it together (sorted), whether this one leads, and each
+    contributor's endorsement of the round's contributor set."""
 
     manifest: Manifest
     participants: tuple[int, ...]
     lead: bool
+    endorsements: Mapping[str, bytes]
 
 
 class KeyHolder:
@@ -78,8 +95,9 @@ class KeyHolder:
         self._signing = SigningKey()
         self._channel = ChannelKey()
         self._clients: dict[str, bytes] = {}
+        self._aggregator = b""
         self._holders: dict[int, HolderCard] = {}
-        self._decrypted: set[int] = set()
+        self._decrypted: dict[int, str] = {}  # round -> digest of the one sum decrypted
         self._attempts: set[tuple[int, tuple[int, ...]]] = set()
         self._used = 0  # ciphertexts partially decrypted so far (against tau)
         self._budget = policy.budget(context)
@@ -98,9 +116,10 @@ class KeyHolder:
         return HolderCard(self.index, self._signing.public, self._channel.public,
                           self._signing.sign(self._channel.public))
 
-    def register(self, clients: Mapping[str, bytes], holders: Mapping[int, HolderCard]
-                 ) -> None:
-        """The run's roster: each client's signing key, each holder's card (once)."""
+    def register(self, clients: Mapping[str, bytes], holders: Mapping[int, HolderCard],
+                 aggregator: bytes) -> None:
+        """The run's roster (once): each client's and the aggregator's signing key, each
+        holder's card."""
         if self._clients or self._holders:
             raise self._refuse("a second roster: the run's roster is fixed at set-up")
         if len(clients) < self.policy.min_clients:
@@ -116,13 +135,16 @@ class KeyHolder:
                                    "signed by its identity key")
         self._clients = dict(clients)
         self._holders = dict(holders)
+        self._aggregator = bytes(aggregator)
 
     def keygen(self, previous_public_key: bytes | None) -> bytes:
         """Generate this holder's share; returns the public key chained so far."""
         return self._share.keygen(previous_public_key)
 
     def use_public_key(self, public_key: bytes) -> None:
-        """The joint public key: how this holder adds the ciphertexts it checks."""
+        """The joint public key (once): how this holder adds the ciphertexts it checks."""
+        if self._new_sum is not None:
+            raise self._refuse("a second joint public key: the run's key is fixed at set-up")
         self._new_sum = self._summation_for(self._context, public_key)
 
     def sealed_shares(self) -> dict[int, bytes]:
@@ -148,7 +170,7 @@ class KeyHolder:
             raise self._refuse("to share keys before the roster is registered")
 
     # ---- decryption -----------------------------------------------------------------
-    def partial_decrypt(self, request: DecryptionRequest, noise: bytes | None,
+    def partial_decrypt(self, request: DecryptionRequest, noise: NoiseBatch | None,
                         *bundles: Bundle) -> tuple[bytes, float]:
         """This holder's partial decryption of the sum it re-adds from the signed batches,
         and the seconds its checks took (verifying signatures, re-adding)."""
@@ -159,25 +181,33 @@ class KeyHolder:
             refusal.round = request.manifest.round
             raise
         checked_s = time.perf_counter() - t0
-        self._decrypted.add(request.manifest.round)
+        self._decrypted[request.manifest.round] = request.manifest.aggregate_digest
         self._attempts.add((request.manifest.round, request.participants))
         self._used += count
         return self._share.partial_decrypt(total, lead=request.lead,
                                            participants=request.participants), checked_s
 
-    def check(self, request: DecryptionRequest, noise: bytes | None,
+    def check(self, request: DecryptionRequest, noise: NoiseBatch | None,
               bundles: tuple[Bundle, ...]) -> tuple[bytes, int]:
         """The checked sum and its ciphertext count; raises `ProtocolError` (recorded)."""
         m = request.manifest
         if m.run_id != self.policy.run_id:
             raise self._refuse(f"an aggregate of run {m.run_id!r}, not "
                                f"{self.policy.run_id!r}")
+        if not 0 <= m.round < self.policy.rounds:
+            raise self._refuse(f"round {m.round}: the run has rounds 0..{self.policy.rounds - 1}")
+        self._check_participants(m.round, request.participants)
         if (m.round, request.participants) in self._attempts:
             raise self._refuse(f"round {m.round} again: already decrypted by these holders")
+        if self._decrypted.get(m.round, m.aggregate_digest) != m.aggregate_digest:
+            # Another sum of the same round (another subset of its clients) would let
+            # differences of decrypted sums isolate one client.
+            raise self._refuse(f"round {m.round} as another sum than the one it decrypted")
         newest = max(self._decrypted, default=-1)
         if m.round < newest:
             raise self._refuse(f"round {m.round}: older than round {newest}")
-        batches = self._signed_batches(m, noise, bundles)
+        batches, commitment = self._signed_batches(m, noise, bundles)
+        self._check_endorsements(m, request.endorsements, commitment)
         if self._new_sum is None:
             raise self._refuse("to decrypt before the joint public key is known")
         total_sum = self._new_sum()
@@ -185,7 +215,7 @@ class KeyHolder:
             for client, batch in batches.items():
                 total_sum.add(batch, contributor=client)
             if noise is not None:
-                total_sum.add(noise, contributor="aggregator-noise")
+                total_sum.add(noise.payload, contributor="aggregator-noise")
             total = total_sum.result()
         except CryptoError as err:
             raise self._refuse(f"round {m.round}: {err}") from None
@@ -199,14 +229,48 @@ class KeyHolder:
                 f"decryption budget tau = {self._budget} (used {self._used})")
         return total, count
 
-    def _signed_batches(self, m: Manifest, noise: bytes | None,
-                        bundles: tuple[Bundle, ...]) -> dict[str, bytes]:
-        """The manifest's contributors' batches, each checked against its signature."""
+    def _check_participants(self, round_idx: int, participants: tuple[int, ...]) -> None:
+        n, t = self.policy.num_holders, self.policy.threshold
+        size = n if t is None else t
+        if not (isinstance(participants, tuple) and len(participants) == size
+                and list(participants) == sorted(set(participants))
+                and all(isinstance(i, int) and 0 <= i < n for i in participants)
+                and self.index in participants):
+            raise self._refuse(f"round {round_idx}: decrypting with holders {participants!r}: "
+                               f"not {size} distinct holders of 0..{n - 1} in order, "
+                               "this one among them")
+
+    def _signed_noise(self, m: Manifest, noise: NoiseBatch | None) -> bytes:
+        """The noise commitment, once the noise batch is checked as the aggregator's."""
         wanted = self.policy.noise_batches
         if (noise is not None) != bool(wanted):
             raise self._refuse(f"round {m.round}: {'no' if wanted else 'a'} DP-noise batch "
                                f"where the run {'has' if wanted else 'has none'}")
-        commitment = digest(noise) if noise is not None else b""
+        if noise is None:
+            return b""
+        if not isinstance(noise, NoiseBatch) or not isinstance(noise.payload, bytes):
+            raise self._refuse(f"round {m.round}: a DP-noise batch that is not ciphertexts")
+        commitment = digest(noise.payload)
+        if not verify(self._aggregator, noise.signature,
+                      noise_statement(self.policy.run_id, m.round, commitment)):
+            raise self._refuse(f"round {m.round}: a DP-noise batch not signed by the "
+                               "aggregator for this run and round")
+        return commitment
+
+    def _check_endorsements(self, m: Manifest, endorsements: Mapping[str, bytes],
+                            commitment: bytes) -> None:
+        for client in m.contributors:
+            said = endorsement(self.policy.run_id, m.round, client, m.contributors,
+                               commitment)
+            if not verify(self._clients[client], endorsements.get(client, b""), said):
+                raise self._refuse(f"round {m.round}: {client} did not endorse this round's "
+                                   "contributor set and noise")
+
+    def _signed_batches(self, m: Manifest, noise: NoiseBatch | None,
+                        bundles: tuple[Bundle, ...]) -> tuple[dict[str, bytes], bytes]:
+        """The manifest's contributors' batches, each checked against its signature, and
+        the round's noise commitment."""
+        commitment = self._signed_noise(m, noise)
         found: dict[str, tuple[bytes, bytes]] = {}
         for bundle in bundles:
             for group, payload, signature in zip(bundle.groups, bundle.payloads,
@@ -224,9 +288,10 @@ class KeyHolder:
         if len(contributors) < self.policy.min_clients:
             raise self._refuse(f"round {m.round}: {len(contributors)} contributor(s); at least "
                                f"{self.policy.min_clients} required")
-        if len(contributors) > self._context.max_contributors:
+        cap = min(self.policy.max_contributors, self._context.max_contributors)
+        if len(contributors) > cap:
             raise self._refuse(f"round {m.round}: {len(contributors)} contributors, more than "
-                               f"the {self._context.max_contributors} the flooding is sized for")
+                               f"the run's {cap} per round")
         batches: dict[str, bytes] = {}
         for client in contributors:
             if client not in self._clients:
@@ -239,4 +304,4 @@ class KeyHolder:
                 raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
                                    f"{client} for this run, round and noise")
             batches[client] = payload
-        return batches
+        return batches, commitment

@@ -182,6 +182,8 @@ def test_three_encrypted_rounds_on_ray(ray_session):
         records = scored_rounds(fed, 3)
         listed = {a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True)}
         assert {f"he-ray/keyholder-{i}" for i in range(3)} <= listed
+        with pytest.raises(ProtocolError, match="'__ray_call__' is not a public method"):
+            fed.backend.call("keyholder:0", "__ray_call__", lambda holder: holder._share)
     finally:
         fed.backend.shutdown()
     local = federation(he_config())

@@ -12,12 +12,13 @@ from builders import federation, tiny_config
 
 from fedsim.aggregate.steps import RoundContext
 from fedsim.crypto import CKKSContext, raw
-from fedsim.crypto.identity import ChannelKey, SigningKey, digest, statement
+from fedsim.crypto.identity import ChannelKey, SigningKey, digest, noise_statement, statement
 from fedsim.errors import ConfigError, CryptoError, ProtocolError, Refusal
+from fedsim.protocol.backend import Ready
 from fedsim.protocol.keyholder import DecryptionRequest, KeyHolder
 from fedsim.protocol.manifest import digest as manifest_digest
 from fedsim.protocol.policy import HolderPolicy
-from fedsim.protocol.schemes import Bundle
+from fedsim.protocol.schemes import Bundle, NoiseBatch
 
 HE = {"mode": "he", "rounds": 3}
 
@@ -27,20 +28,26 @@ def he_fed(**crypto):
                                                          "allow_insecure": True, **crypto}))
 
 
-def round_inputs(fed, round_idx=0):
-    """What the coordinator holds after the aggregator's sum of one honest round."""
+def round_inputs(fed, round_idx=0, commitment=None):
+    """What the coordinator holds after one round's sum and its endorsements: manifest,
+    aggregate, noise batch, bundles, endorsements. ``commitment``: what the coordinator
+    tells the clients the noise commitment is (the aggregator's own by default)."""
     b = fed.backend
     context = RoundContext(round_idx, fed.pipeline.round_params(fed.step_states))
     commit_h, noise_h = b.call("aggregator", "begin", context, num_returns=2)
+    told = b.defer(commit_h) if commitment is None else Ready(commitment)
     ref = b.put(fed.state.params)
     bundles = []
-    for role, clients in fed.population.groups(fed.names).items():
-        _, bundle_h = b.call(role, "train", round_idx, ref, clients, context,
-                             b.defer(commit_h), num_returns=2)
+    groups = fed.population.groups(fed.names)
+    for role, clients in groups.items():
+        _, bundle_h = b.call(role, "train", round_idx, ref, clients, context, told,
+                             num_returns=2)
         b.get(b.call("aggregator", "add_many", bundle_h))
         bundles.append(b.get(bundle_h))
     manifest_h, aggregate_h, _ = b.call("aggregator", "finish", num_returns=3)
-    return b.get(manifest_h), b.get(aggregate_h), b.get(noise_h), bundles
+    manifest = b.get(manifest_h)
+    endorsements = fed._endorsements(round_idx, groups, manifest)
+    return manifest, b.get(aggregate_h), b.get(noise_h), bundles, endorsements
 
 
 def holders(fed):
@@ -61,9 +68,9 @@ def everyone(fed):
 
 def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
     fed = he_fed()
-    manifest, aggregate, noise, bundles = round_inputs(fed)
+    manifest, aggregate, noise, bundles, endorsed = round_inputs(fed)
     holder = holders(fed)[1]
-    ask = DecryptionRequest(manifest, everyone(fed), lead=False)
+    ask = DecryptionRequest(manifest, everyone(fed), lead=False, endorsements=endorsed)
     # A crafted aggregate (c0 = 0, c1 = 2^52 would make a share reveal the key exactly):
     # the holder decrypts only its own sum of the signed batches, never the one it is sent.
     crafted = _crafted_aggregate(fed, aggregate)
@@ -84,6 +91,16 @@ def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
     refused(holder, ask, noise, [swapped, *bundles[1:]], "hospital-1 twice|not signed by")
     refused(holder, replace(ask, manifest=replace(manifest, run_id="other")), noise, bundles,
             "an aggregate of run 'other', not 't'")
+    refused(holder, replace(ask, manifest=replace(manifest, round=3)), noise, bundles,
+            "round 3: the run has rounds 0..2")
+    # n-of-n: every holder decrypts, or none (a share of a subset would be useless to an
+    # honest coordinator and is a different Lagrange set to a dishonest one).
+    for participants in [(0, 1), (0, 1, 1), (2, 1, 0), (0, 2, 3)]:
+        refused(holder, replace(ask, participants=participants), noise, bundles,
+                "decrypting with holders")
+    # A contributor that did not endorse the set (the coordinator drops its endorsement).
+    refused(holder, replace(ask, endorsements={**endorsed, "hospital-2": b""}), noise,
+            bundles, "hospital-2 did not endorse this round's contributor set")
     # The honest request is accepted, once.
     share, checked_s = holder.partial_decrypt(ask, noise, *bundles)
     assert share[:4] == b"FSCB" and checked_s > 0
@@ -91,7 +108,7 @@ def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
     # Replay: the same signed batches under a new round number.
     replay = replace(ask, manifest=replace(manifest, round=1))
     refused(holder, replay, noise, bundles, "not signed by hospital-\\d for this run, round")
-    assert len(holder.refusals) == 7
+    assert len(holder.refusals) == 13
 
 
 def test_noise_chosen_after_the_batches_were_seen_is_refused():
@@ -100,14 +117,101 @@ def test_noise_chosen_after_the_batches_were_seen_is_refused():
     cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True},
                       privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0})
     fed = federation(cfg)
-    manifest, aggregate, noise, bundles = round_inputs(fed)
-    assert noise is not None and manifest.noise_added
-    ask = DecryptionRequest(manifest, everyone(fed), lead=True)
-    other_noise = _crafted_aggregate(fed, noise)
-    refused(holders(fed)[0], ask, other_noise, bundles,
+    manifest, aggregate, noise, bundles, endorsed = round_inputs(fed)
+    assert isinstance(noise, NoiseBatch) and manifest.noise_added
+    ask = DecryptionRequest(manifest, everyone(fed), lead=True, endorsements=endorsed)
+    # Noise swapped after the clients signed, even with the aggregator's signature over it
+    # (an aggregator that changes its mind): the clients signed another commitment.
+    other = _crafted_aggregate(fed, noise.payload)
+    signer = fed.backend.parties["aggregator"]._signing
+    resigned = NoiseBatch(other, signer.sign(noise_statement("t", 0, digest(other))))
+    refused(holders(fed)[0], ask, resigned, bundles,
             "not signed by hospital-\\d for this run, round and noise")
     refused(holders(fed)[0], ask, None, bundles, "no DP-noise batch where the run has")
     holders(fed)[0].partial_decrypt(ask, noise, *bundles)  # the committed noise passes
+
+
+def test_noise_the_coordinator_injects_or_replays_is_refused():
+    """The coordinator tells the clients the commitment of a noise batch of its own
+    (crafted, say, to make the decrypted sum reveal the key): the clients sign it, but
+    the noise is not the aggregator's. Nor is the aggregator's noise of another round."""
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0})
+    fed = federation(cfg)
+    _, _, honest, _, _ = round_inputs(fed)
+    crafted = _crafted_aggregate(fed, honest.payload)
+    manifest, _, _, bundles, endorsed = round_inputs(fed, 1, commitment=digest(crafted))
+    ask = DecryptionRequest(manifest, everyone(fed), lead=True, endorsements=endorsed)
+    coordinator = SigningKey()
+    for noise in [NoiseBatch(crafted), NoiseBatch(crafted, coordinator.sign(
+            noise_statement("t", 1, digest(crafted))))]:
+        refused(holders(fed)[2], ask, noise, bundles,
+                "round 1: a DP-noise batch not signed by the aggregator for this run and round")
+    # The aggregator's own noise of round 0, its commitment told to the clients in round 2.
+    manifest, _, _, bundles, endorsed = round_inputs(fed, 2, commitment=digest(honest.payload))
+    refused(holders(fed)[2], replace(ask, manifest=manifest, endorsements=endorsed), honest,
+            bundles, "round 2: a DP-noise batch not signed by the aggregator")
+    # With distributed noise there is no aggregator batch: one offered is refused, even
+    # one the aggregator signed (a malicious aggregator's crafted batch).
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0,
+                               "placement": "distributed"})
+    fed = federation(cfg)
+    manifest, _, none, bundles, endorsed = round_inputs(fed, commitment=digest(crafted))
+    assert none is None and not manifest.noise_added
+    signer = fed.backend.parties["aggregator"]._signing
+    signed = NoiseBatch(crafted, signer.sign(noise_statement("t", 0, digest(crafted))))
+    ask = DecryptionRequest(manifest, everyone(fed), lead=True, endorsements=endorsed)
+    refused(holders(fed)[0], ask, signed, bundles,
+            "round 0: a DP-noise batch where the run has none")
+
+
+def test_t_of_n_never_decrypts_two_sums_of_one_round_even_with_a_colluding_holder():
+    """2-of-3: holders {0, 1} decrypt the round's sum; the coordinator, with holder 1 on
+    its side, then asks holder 2, who has decrypted nothing, for the sum of two of the
+    round's three clients (the difference of the two sums is the third client's update).
+    The clients endorsed one set each, and holder 2 requires their endorsements."""
+    cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True,
+                                             "key_holders": 3, "threshold": 2})
+    fed = federation(cfg)
+    manifest, _, noise, bundles, endorsed = round_inputs(fed)
+    kept = holders(fed)
+    ask = DecryptionRequest(manifest, (0, 1), lead=True, endorsements=endorsed)
+    kept[0].partial_decrypt(ask, noise, *bundles)
+    kept[1].partial_decrypt(replace(ask, lead=False), noise, *bundles)
+    two = replace(manifest, contributors=manifest.contributors[:2])
+    two = replace(two, aggregate_digest=manifest_digest(_sum_of(fed, bundles[:2])))
+    groups = fed.population.groups(fed.names)
+    with pytest.raises(ProtocolError, match="client hospital-0 refuses to endorse round 0 as "
+                                            "another set of contributors"):
+        fed._endorsements(0, groups, two)
+    other = DecryptionRequest(two, (1, 2), lead=False, endorsements=endorsed)
+    refused(kept[2], other, noise, bundles[:2], "hospital-0 did not endorse")
+    # An honest holder that decrypted the round refuses another sum of it outright.
+    refused(kept[1], replace(other, lead=True), noise, bundles[:2],
+            "round 0 as another sum than the one it decrypted")
+    # The same sum again, by the set that stands in for a lost holder, is accepted.
+    kept[2].partial_decrypt(replace(ask, participants=(0, 2), lead=False), noise, *bundles)
+
+
+def test_parties_answer_only_their_public_methods():
+    fed = he_fed()
+    for method in ["_refuse", "__ray_call__", "__reduce__", ""]:
+        with pytest.raises(ProtocolError, match="is not a public method of the party"):
+            fed.backend.call("keyholder:0", method, "x")
+    with pytest.raises(Refusal, match="a second roster"):
+        fed.backend.get(fed.backend.call("keyholder:0", "register", {}, {}, b""))
+    with pytest.raises(Refusal, match="a second joint public key"):
+        fed.backend.get(fed.backend.call("keyholder:0", "use_public_key", b"key"))
+
+
+def _sum_of(fed, bundles) -> bytes:
+    """What the aggregator would return for these bundles alone."""
+    total = fed.backend.parties["aggregator"]._summation.start()
+    for bundle in bundles:
+        for (client,), batch in zip(bundle.groups, bundle.payloads):
+            total.add(batch, client)
+    return total.result()
 
 
 def _crafted_aggregate(fed, like: bytes) -> bytes:

@@ -17,7 +17,7 @@ under a joint CKKS key and opens the sum by threshold decryption.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,15 @@ class Bundle:
     groups: tuple[tuple[str, ...], ...] = ()
     payloads: tuple[Any, ...] = ()
     signatures: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoiseBatch:
+    """The aggregator's DP-noise payload of one round and, when the scheme signs, the
+    aggregator's signature of it (`fedsim.crypto.identity.noise_statement`)."""
+
+    payload: Any
+    signature: bytes = b""
 
 
 class Encoder(abc.ABC):
@@ -102,7 +111,13 @@ class Encoding(abc.ABC):
 
 
 class Scheme(abc.ABC):
-    """The coordinator's side of a scheme."""
+    """The coordinator's side of a scheme.
+
+    ``endorsed``: whether a round's contributors must each endorse its contributor set
+    before the sum is opened (he: the key holders require every endorsement).
+    """
+
+    endorsed = False
 
     @property
     @abc.abstractmethod
@@ -125,11 +140,13 @@ class Scheme(abc.ABC):
 
     @abc.abstractmethod
     def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
-             *, noise: Any, bundles: Sequence[Any]) -> Any:
+             *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes]
+             ) -> Any:
         """The opened sum as a flat float64 vector ``[vector..., slots..., weight]``.
 
-        ``noise`` and ``bundles`` are handles of the round's noise payload and of every
-        training party's bundle: what a key holder re-adds itself.
+        ``noise`` and ``bundles`` are handles of the round's `NoiseBatch` and of every
+        training party's bundle: what a key holder re-adds itself; ``endorsements`` maps
+        each contributor to its signature of the round's contributor set.
         """
 
 

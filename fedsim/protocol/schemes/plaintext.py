@@ -103,5 +103,5 @@ class Plaintext(Scheme):
         return PlainEncoding()
 
     def open(self, backend: Any, manifest: Any, aggregate: Any, timer: Any, *, noise: Any,
-             bundles: Sequence[Any]) -> np.ndarray:
+             bundles: Sequence[Any], endorsements: Any) -> np.ndarray:
         return backend.get(aggregate)

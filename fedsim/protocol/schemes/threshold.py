@@ -13,7 +13,7 @@ and fuses the shares (`fedsim.crypto.Opener`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -24,7 +24,7 @@ from fedsim.errors import CryptoError, FedSimError, ProtocolError
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.records import PhaseTimer
-from fedsim.protocol.schemes import Encoder, Encoding, RoundSum, Scheme, Summation
+from fedsim.protocol.schemes import AGGREGATOR, Encoder, Encoding, RoundSum, Scheme, Summation
 
 
 def holder_role(i: int) -> str:
@@ -105,6 +105,8 @@ class ThresholdCKKS(Scheme):
     no Shamir share and no client's signing key, and decides nothing a key holder takes
     on trust (each checks the batches it decrypts itself)."""
 
+    endorsed = True
+
     def __init__(self, cfg: Any, context: Any, num_params: int, slots: Sequence[str]) -> None:
         from fedsim.crypto import Opener
 
@@ -166,10 +168,10 @@ class ThresholdCKKS(Scheme):
         """Roster, key ceremony and (t-of-n) sealed share exchange; returns what clients
         and the aggregator encode with.
 
-        The coordinator relays: the holders' public cards and the clients' public signing
-        keys to every holder (set-up is assumed to run as agreed, as a consortium's PKI
-        would make it), the chained public key, and Shamir shares sealed for their
-        receivers (it cannot open them).
+        The coordinator relays: the holders' public cards, the clients' and the
+        aggregator's public signing keys to every holder (set-up is assumed to run as
+        agreed, as a consortium's PKI would make it), the chained public key, and Shamir
+        shares sealed for their receivers (it cannot open them).
         """
         from fedsim.crypto import slot_scale
 
@@ -179,7 +181,8 @@ class ThresholdCKKS(Scheme):
         clients: dict[str, bytes] = {}
         for found in backend.get([backend.call(role, "identities") for role in training]):
             clients.update(found)
-        backend.get([backend.call(holder_role(i), "register", clients, cards)
+        aggregator = backend.get(backend.call(AGGREGATOR, "identity"))
+        backend.get([backend.call(holder_role(i), "register", clients, cards, aggregator)
                      for i in range(n)])
         key = None
         for i in range(n):
@@ -194,7 +197,8 @@ class ThresholdCKKS(Scheme):
         return SealedEncoding(self.context.to_bytes(), key, update_bound, self.scale)
 
     def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
-             *, noise: Any, bundles: Sequence[Any]) -> np.ndarray:
+             *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes]
+             ) -> np.ndarray:
         """Partial decryptions of the round's sum by every key holder (n-of-n) or the
         first ``threshold`` live ones (t-of-n), fused.
 
@@ -203,7 +207,7 @@ class ThresholdCKKS(Scheme):
         in t-of-n the survivors decrypt again as a new set (its Lagrange weights differ).
         """
         t0 = time.perf_counter()
-        partials, checked = self._partials(backend, manifest, noise, bundles)
+        partials, checked = self._partials(backend, manifest, noise, bundles, endorsements)
         # The holders check in parallel: the slowest one's checks are on the critical path.
         verify = max(checked.values())
         timer.add("verify", verify)
@@ -214,7 +218,8 @@ class ThresholdCKKS(Scheme):
         return flat
 
     def _partials(self, backend: Backend, manifest: Manifest, noise: Any,
-                  bundles: Sequence[Any]) -> tuple[dict[int, bytes], dict[int, float]]:
+                  bundles: Sequence[Any], endorsements: Mapping[str, bytes]
+                  ) -> tuple[dict[int, bytes], dict[int, float]]:
         from fedsim.protocol.keyholder import DecryptionRequest
 
         n, t = self.crypto.key_holders, self.crypto.threshold
@@ -230,7 +235,8 @@ class ThresholdCKKS(Scheme):
                     f"only {len(alive)} key holder(s) left, threshold is {t}: cannot decrypt")
             chosen = tuple(alive if t is None else alive[:t])
             calls = {i: backend.call(holder_role(i), "partial_decrypt",
-                                     DecryptionRequest(manifest, chosen, i == chosen[0]),
+                                     DecryptionRequest(manifest, chosen, i == chosen[0],
+                                                       dict(endorsements)),
                                      noise, *bundles)
                      for i in chosen}
             partials: dict[int, bytes] = {}

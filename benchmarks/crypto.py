@@ -214,7 +214,7 @@ def _verification(ctx, key, batches, aggregate, holders, num_values) -> float:
     batches: every client's batch signature and endorsement verified, the batches
     re-added in their bytes, the result compared with the aggregator's sum (its policy
     checks come on top). Real `KeyHolder`s, registered as a run would register them."""
-    from fedsim.crypto.identity import SigningKey, digest, endorsement, statement
+    from fedsim.crypto.identity import SigningKey, digest, endorsement, statement, sum_digest
     from fedsim.protocol.keyholder import DecryptionRequest, KeyHolder
     from fedsim.protocol.manifest import Manifest
     from fedsim.protocol.manifest import digest as manifest_digest
@@ -234,9 +234,12 @@ def _verification(ctx, key, batches, aggregate, holders, num_values) -> float:
     for party in parties:
         party.register({n: k.public for n, k in keys.items()}, cards, SigningKey().public)
         party.use_public_key(key)
+    model = digest(b"w3 model")
     bundle = Bundle(tuple((n,) for n in names), tuple(batches), tuple(
-        keys[n].sign(statement("w3", 0, n, digest(b), b"")) for n, b in zip(names, batches)))
-    endorsed = {n: keys[n].sign(endorsement("w3", 0, n, names, b"")) for n in names}
+        keys[n].sign(statement("w3", 0, n, digest(b), model, b""))
+        for n, b in zip(names, batches)), model)
+    summed = sum_digest({n: digest(b).hex() for n, b in zip(names, batches)})
+    endorsed = {n: keys[n].sign(endorsement("w3", 0, n, summed, b"")) for n in names}
     request = DecryptionRequest(Manifest("w3", 0, names, (), manifest_digest(aggregate)),
                                 tuple(range(holders)), lead=False, endorsements=endorsed)
     seconds = []

@@ -4,14 +4,17 @@
   of (it refuses to be pickled); its 32-byte public key is what it registers at set-up.
   `verify` checks a signature against a registered public key.
 * `statement`: the exact bytes a client signs for a round's ciphertext batch: a
-  domain tag, the run, the round, the client, the batch's digest and the aggregator's
+  domain tag, the run, the round, the client, the batch's digest, the digest of the
+  model and round parameters it trained from (`model_digest`) and the aggregator's
   noise commitment (so a batch cannot be replayed in another round or run, credited
-  to another client, or paired with noise chosen after the batch was seen).
+  to another client, paired with noise chosen after the batch was seen, or summed with
+  batches trained from another model).
 * `noise_statement`: what the aggregator signs for the round's DP-noise batch (so
   nobody else can put a batch of their own in its place).
-* `endorsement`: what a client signs, once per round, to agree to the round's sum: its
-  contributor set and noise commitment (so no two different sums of one round, which
-  would differ by some client's update, can both be decrypted).
+* `endorsement`: what a client signs, once per round, to agree to the round's sum: the
+  exact batches summed (each contributor with its batch digest) and the noise
+  commitment (so no two different sums of one round, which would differ by some
+  client's update, can both be decrypted).
 * `ChannelKey`: a party's static X25519 key; `seal_for` / `open_from` encrypt a message
   from one party to another with ChaCha20-Poly1305 under a key derived (HKDF-SHA256)
   from their X25519 agreement, bound to the run and the two party names. Whoever relays
@@ -25,8 +28,10 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import numpy as np
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -81,11 +86,20 @@ def _fields(*fields: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(f)) + f for f in fields)
 
 
+def model_digest(params: Any, round_params: Mapping[str, float]) -> bytes:
+    """Digest of what a client trains from: the global parameters (dtype, shape and
+    bytes) and the round's public parameters (sorted by name)."""
+    array = np.ascontiguousarray(params)
+    named = sorted((str(k), repr(float(v))) for k, v in round_params.items())
+    return digest(_fields(array.dtype.str.encode(), repr(array.shape).encode(),
+                          array.tobytes(), *(f"{k}={v}".encode() for k, v in named)))
+
+
 def statement(run_id: str, round_idx: int, client: str, batch_digest: bytes,
-              commitment: bytes) -> bytes:
+              model: bytes, commitment: bytes) -> bytes:
     """What a client signs for its batch of round ``round_idx`` (length-prefixed fields)."""
     return _fields(_BATCH_TAG, run_id.encode(), struct.pack("<Q", round_idx),
-                   client.encode(), batch_digest, commitment)
+                   client.encode(), batch_digest, model, commitment)
 
 
 def noise_statement(run_id: str, round_idx: int, noise_digest: bytes) -> bytes:
@@ -93,13 +107,18 @@ def noise_statement(run_id: str, round_idx: int, noise_digest: bytes) -> bytes:
     return _fields(_NOISE_TAG, run_id.encode(), struct.pack("<Q", round_idx), noise_digest)
 
 
-def endorsement(run_id: str, round_idx: int, client: str, contributors: Iterable[str],
+def sum_digest(batches: Mapping[str, str]) -> bytes:
+    """Digest of one sum's batches: each contributor with its batch's hex digest, sorted
+    by contributor (compute it once per round: it covers every contributor)."""
+    return digest(_fields(*(f"{c}={d}".encode() for c, d in sorted(batches.items()))))
+
+
+def endorsement(run_id: str, round_idx: int, client: str, summed: bytes,
                 commitment: bytes) -> bytes:
-    """What ``client`` signs to agree that round ``round_idx``'s sum is the sum of
-    ``contributors``' batches (in any order) and the noise behind ``commitment``."""
-    members = digest(_fields(*(c.encode() for c in sorted(contributors))))
+    """What ``client`` signs to agree that round ``round_idx``'s sum is exactly the
+    batches behind ``summed`` (`sum_digest`) and the noise behind ``commitment``."""
     return _fields(_SET_TAG, run_id.encode(), struct.pack("<Q", round_idx), client.encode(),
-                   members, commitment)
+                   summed, commitment)
 
 
 class ChannelKey(_Unpicklable):

@@ -48,6 +48,7 @@ class Aggregator:
         self._summation: Summation | None = None
         self._encoder: Encoder | None = None
         self._round: int | None = None
+        self._begun = -1  # the newest round begun (he: rounds only move forward)
         self._sum: RoundSum | None = None
         self._noise: Any = None
         self._contributors: list[str] = []
@@ -60,7 +61,10 @@ class Aggregator:
         return self._signing.public
 
     def use_encoding(self, encoding: Encoding) -> None:
-        """How contributions are summed, and DP noise encoded, from now on."""
+        """How contributions are summed, and DP noise encoded: once, at set-up."""
+        if self._summation is not None:
+            raise ProtocolError("aggregator: a second encoding refused: the run's encoding "
+                                "is fixed at set-up")
         self._summation = encoding.summation()
         self._encoder = encoding.encoder(self._pipeline.slots)
 
@@ -77,6 +81,11 @@ class Aggregator:
         """
         if self._summation is None or self._encoder is None:
             raise ProtocolError("aggregator: begin() before use_encoding()")
+        if self._encoder.signs and context.round <= self._begun:
+            # A second noise batch of a round would be a second signed sum to difference.
+            raise ProtocolError(f"aggregator: round {context.round} begun after round "
+                                f"{self._begun}: rounds only move forward")
+        self._begun = context.round
         t0 = time.perf_counter()
         self._round = None
         self._sum = self._summation.start()

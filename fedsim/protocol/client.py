@@ -15,7 +15,7 @@ the run's encoder (a float64 vector, or a sealed ciphertext batch).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from fedsim.aggregate.steps import ClientContext, Pipeline, RoundContext, Update
 from fedsim.config import RunConfig
+from fedsim.crypto.identity import model_digest
 from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.model import build_model, init_params
@@ -75,32 +76,64 @@ class Contributions:
 
     Each simulated client has its own Ed25519 signing key, made here from the OS CSPRNG
     and never leaving this process; `identities` gives the public keys to register.
-    A client that sent a signed batch in a round agrees to that round's sum once
-    (`endorse`): one contributor set, with the noise commitment it signed its batch with.
+
+    What a client agrees to, it agrees to once, so the coordinator cannot replay a
+    party's memory against it:
+
+    * the encoding: handed over once at set-up, and of the run's mode (``he``: nothing
+      is encoded before it arrives, and no later encoding, plaintext or under another
+      key, replaces it);
+    * a signed batch per round, rounds strictly increasing (no second batch of a round
+      the client already signed, no older round: the difference of two batches of one
+      round, each summed with the same others, would be one client's update);
+    * one endorsement per round (`endorse`): the exact batches summed and the noise
+      commitment it signed its batch with.
     """
 
     def __init__(self, pipeline: Pipeline, seed: int, run_id: str,
-                 clients: Sequence[str]) -> None:
+                 clients: Sequence[str], *, mode: str = "plaintext") -> None:
         from fedsim.crypto.identity import SigningKey
 
         self.pipeline = pipeline
         self.seed = seed
         self.run_id = run_id
-        self.encoder: Encoder = PlainEncoding().encoder(pipeline.slots)
+        self.mode = mode
+        self.encoder: Encoder | None = (PlainEncoding().encoder(pipeline.slots)
+                                        if mode == "plaintext" else None)
+        self._encoding_set = False
         self._keys = {name: SigningKey() for name in clients}
-        self._sent: dict[str, tuple[int, bytes]] = {}  # client -> (round, commitment)
-        self._endorsed: dict[str, tuple[int, frozenset[str]]] = {}
+        # client -> (round, batch hex digest, noise commitment) of its newest signed batch
+        self._sent: dict[str, tuple[int, str, bytes]] = {}
+        self._endorsed: dict[str, tuple[int, bytes]] = {}  # client -> (round, sum digest)
 
     def identities(self) -> dict[str, bytes]:
         """Each client's public signing key, for the key holders' roster."""
         return {name: key.public for name, key in self._keys.items()}
 
     def use_encoding(self, encoding: Encoding) -> None:
+        """The run's encoding, accepted once and only of the run's mode."""
+        if self._encoding_set:
+            raise ProtocolError("a second encoding refused: the run's encoding is fixed at "
+                                "set-up")
+        if encoding.mode != self.mode:
+            raise ProtocolError(f"a {encoding.mode} encoding refused in a {self.mode} run")
         self.encoder = encoding.encoder(self.pipeline.slots)
+        self._encoding_set = True
+
+    def check_round(self, round_idx: int, clients: Sequence[str]) -> None:
+        """Refuse to train ``clients`` for a round not newer than one they signed for."""
+        stale = [c for c in clients if self._sent.get(c, (-1,))[0] >= round_idx]
+        if stale:
+            raise ProtocolError(f"client {stale[0]} refuses to train round {round_idx}: it "
+                                f"signed a batch for round {self._sent[stale[0]][0]} already")
+        if self.encoder is None:
+            raise ProtocolError(f"client {clients[0]} refuses to train before the run's "
+                                f"{self.mode} encoding is set up")
 
     def make(self, name: str, index: int, num_examples: int, delta: np.ndarray, loss: float,
              context: RoundContext, train_s: float) -> tuple[Report, Any]:
         """One client's report and payload (None when dropped)."""
+        assert self.encoder is not None  # check_round ran first
         if not np.all(np.isfinite(delta)):
             return Dropped(name, f"client {name}: local training diverged (non-finite update "
                                  f"in round {context.round}); lower train.lr"), None
@@ -118,52 +151,64 @@ class Contributions:
         return meta, payload
 
     def bundle(self, made: Sequence[tuple[Report, Any]], round_idx: int,
-               commitment: Deferred) -> tuple[tuple[Report, ...], Bundle]:
+               commitment: Deferred, model: bytes = b"") -> tuple[tuple[Report, ...], Bundle]:
         """The party's answer: every report, and the payloads of the clients kept.
 
-        When the encoder signs, each client signs its batch for this run and round and
-        the aggregator's noise commitment, which it waits for only now (the noise is
-        drawn while the clients train): a batch never leaves the party before the noise
-        it will be summed with is fixed.
+        When the encoder signs, each client signs its batch for this run and round, the
+        model it trained from (``model``: `fedsim.crypto.identity.model_digest`) and the
+        aggregator's noise commitment, which it waits for only now (the noise is drawn
+        while the clients train): a batch never leaves the party before the noise it
+        will be summed with is fixed.
         """
         from fedsim.crypto.identity import digest, statement
 
+        assert self.encoder is not None
         kept = [(r.client, p) for r, p in made if isinstance(r, UpdateMeta)]
         bundle = self.encoder.bundle([c for c, _ in kept], [p for _, p in kept])
         if self.encoder.signs and kept:
+            self.check_round(round_idx, [c for c, _ in kept])
             seen = commitment.get()
-            bundle = replace(bundle, signatures=tuple(
-                self._keys[c].sign(statement(self.run_id, round_idx, c, digest(p), seen))
-                for c, p in kept))
-            self._sent.update({c: (round_idx, seen) for c, _ in kept})
+            digests = {c: digest(p) for c, p in kept}
+            bundle = replace(bundle, model=model, signatures=tuple(
+                self._keys[c].sign(statement(self.run_id, round_idx, c, digests[c], model,
+                                             seen))
+                for c, _ in kept))
+            self._sent.update({c: (round_idx, digests[c].hex(), seen) for c, _ in kept})
         return tuple(r for r, _ in made), bundle
 
-    def endorse(self, round_idx: int, contributors: Sequence[str]) -> dict[str, bytes]:
-        """Each of this party's clients among ``contributors`` signs that round
-        ``round_idx``'s sum is these contributors' batches and the noise it saw committed
+    def endorse(self, round_idx: int, batches: Mapping[str, str]) -> dict[str, bytes]:
+        """Each of this party's clients among the keys of ``batches`` (contributor ->
+        batch hex digest, as in the round's manifest) signs that round ``round_idx``'s
+        sum is exactly these batches and the noise it saw committed
         (`fedsim.crypto.identity.endorsement`).
 
-        A client signs for one contributor set per round, only for a round it sent a
-        signed batch in, and only for the newest such round: asked again for the same set
-        it signs again (t-of-n may ask other holders), for another set it refuses
-        (`ProtocolError`), so no two different sums of one round can both be decrypted.
+        A client endorses only a round it sent a signed batch in, only with that batch,
+        and only one sum per round: asked again for the same sum it signs again (t-of-n
+        may ask other holders), for another it refuses (`ProtocolError`), so no two
+        different sums of one round can both be decrypted. All of a party's clients
+        endorse, or none.
         """
-        from fedsim.crypto.identity import endorsement
+        from fedsim.crypto.identity import endorsement, sum_digest
 
-        members = frozenset(contributors)
-        signatures: dict[str, bytes] = {}
-        for client in sorted(members.intersection(self._keys)):
-            sent_round, seen = self._sent.get(client, (-1, b""))
+        summed = sum_digest(batches)
+        mine = sorted(set(batches).intersection(self._keys))
+        for client in mine:
+            sent_round, sent_digest, _ = self._sent.get(client, (-1, "", b""))
             if sent_round != round_idx:
                 raise ProtocolError(f"client {client} refuses to endorse round {round_idx}: "
                                     "it sent no batch in that round (or a newer one since)")
-            endorsed_round, endorsed = self._endorsed.get(client, (-1, members))
-            if endorsed_round == round_idx and endorsed != members:
+            if batches[client] != sent_digest:
+                raise ProtocolError(f"client {client} refuses to endorse round {round_idx}: "
+                                    "the sum lists another batch as its own")
+            endorsed_round, endorsed = self._endorsed.get(client, (-1, summed))
+            if endorsed_round == round_idx and endorsed != summed:
                 raise ProtocolError(f"client {client} refuses to endorse round {round_idx} "
-                                    "as another set of contributors than the one it endorsed")
-            self._endorsed[client] = (round_idx, members)
+                                    "as another sum than the one it endorsed")
+        signatures: dict[str, bytes] = {}
+        for client in mine:
+            self._endorsed[client] = (round_idx, summed)
             signatures[client] = self._keys[client].sign(
-                endorsement(self.run_id, round_idx, client, members, seen))
+                endorsement(self.run_id, round_idx, client, summed, self._sent[client][2]))
         return signatures
 
 
@@ -191,7 +236,8 @@ class Hospital:
         self.steps = local_steps(cfg.train, len(data.train))
         self.trainer = (privacy.trainer(self.model, cfg.train, len(data.train))
                         if privacy is not None else LocalTrainer(self.model, cfg.train))
-        self.contributions = Contributions(pipeline, cfg.seed, run_id, [data.name])
+        self.contributions = Contributions(pipeline, cfg.seed, run_id, [data.name],
+                                           mode=cfg.federation.mode)
 
     @property
     def name(self) -> str:
@@ -204,8 +250,8 @@ class Hospital:
     def identities(self) -> dict[str, bytes]:
         return self.contributions.identities()
 
-    def endorse(self, round_idx: int, contributors: Sequence[str]) -> dict[str, bytes]:
-        return self.contributions.endorse(round_idx, contributors)
+    def endorse(self, round_idx: int, batches: Mapping[str, str]) -> dict[str, bytes]:
+        return self.contributions.endorse(round_idx, batches)
 
     def use_encoding(self, encoding: Encoding) -> None:
         """Encode every later contribution with ``encoding`` (e.g. seal it)."""
@@ -216,6 +262,7 @@ class Hospital:
         """Train on the global parameters: ``(reports, bundle)`` for this one hospital."""
         if tuple(clients) != (self.name,):
             raise ProtocolError(f"hospital {self.name} asked to train {list(clients)}")
+        self.contributions.check_round(round_idx, clients)
         t0 = time.perf_counter()
         params = self._unravel(np.asarray(global_flat, np.float32))
         rng = stream(self.cfg.seed, "batches", round_idx, self.index)
@@ -226,4 +273,5 @@ class Hospital:
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
         made = self.contributions.make(self.name, self.index, self.num_examples, delta, loss,
                                        context, time.perf_counter() - t0)
-        return self.contributions.bundle([made], round_idx, commitment)
+        return self.contributions.bundle([made], round_idx, commitment,
+                                         model_digest(global_flat, context.params))

@@ -19,7 +19,7 @@ function serves every round (padding rows repeat a client and are discarded).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,6 +28,7 @@ from jax.flatten_util import ravel_pytree
 
 from fedsim.aggregate.steps import Pipeline, RoundContext
 from fedsim.config import RunConfig
+from fedsim.crypto.identity import model_digest
 from fedsim.data import ClientData
 from fedsim.errors import ConfigError, ProtocolError
 from fedsim.learning.model import build_model, init_params
@@ -73,7 +74,8 @@ class Cohort:
         self.trainer = LocalTrainer(model, cfg.train)
         self._flatten = jax.jit(jax.vmap(lambda tree: ravel_pytree(tree)[0]))
         self.contributions = Contributions(pipeline, cfg.seed, run_id,
-                                           [c.name for c in self.clients])
+                                           [c.name for c in self.clients],
+                                           mode=cfg.federation.mode)
 
     @property
     def size(self) -> int:
@@ -82,8 +84,8 @@ class Cohort:
     def identities(self) -> dict[str, bytes]:
         return self.contributions.identities()
 
-    def endorse(self, round_idx: int, contributors: Sequence[str]) -> dict[str, bytes]:
-        return self.contributions.endorse(round_idx, contributors)
+    def endorse(self, round_idx: int, batches: Mapping[str, str]) -> dict[str, bytes]:
+        return self.contributions.endorse(round_idx, batches)
 
     def use_encoding(self, encoding: Encoding) -> None:
         self.contributions.use_encoding(encoding)
@@ -96,6 +98,7 @@ class Cohort:
         if unknown or not clients:
             raise ProtocolError(f"cohort of {self.clients[0].name}..{self.clients[-1].name} "
                                 f"asked to train {unknown or 'no clients'}")
+        self.contributions.check_round(round_idx, clients)
         t0 = time.perf_counter()
         members = [self.clients[self._position[c]] for c in clients]
         inputs = [
@@ -114,4 +117,4 @@ class Cohort:
             self.contributions.make(data.name, self.first + self._position[data.name],
                                     len(data.train), delta, float(loss), context, train_s)
             for data, delta, loss in zip(members, deltas, losses)
-        ], round_idx, commitment)
+        ], round_idx, commitment, model_digest(global_flat, context.params))

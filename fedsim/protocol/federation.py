@@ -225,15 +225,15 @@ class Federation:
 
     def _endorsements(self, round_idx: int, groups: dict[str, list[str]],
                       manifest: Manifest) -> dict[str, bytes]:
-        """Every contributor's signature of the round's contributor set (he).
+        """Every contributor's signature of the round's sum: the manifest's batches (he).
 
         A party lost since it trained takes its clients' endorsements with it: their
         batches are in the sum, so the round cannot be decrypted and ends here.
         """
         b = self.backend
-        members = set(manifest.contributors)
-        calls = {role: b.call(role, "endorse", round_idx, manifest.contributors)
-                 for role, clients in groups.items() if members.intersection(clients)}
+        batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
+        calls = {role: b.call(role, "endorse", round_idx, batches)
+                 for role, clients in groups.items() if batches.keys() & set(clients)}
         endorsed: dict[str, bytes] = {}
         for role, h in calls.items():
             try:

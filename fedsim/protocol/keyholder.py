@@ -42,6 +42,7 @@ from fedsim.crypto.identity import (
     endorsement,
     noise_statement,
     statement,
+    sum_digest,
     verify,
 )
 from fedsim.errors import CryptoError, Refusal
@@ -207,7 +208,7 @@ class KeyHolder:
         if m.round < newest:
             raise self._refuse(f"round {m.round}: older than round {newest}")
         batches, commitment = self._signed_batches(m, noise, bundles)
-        self._check_endorsements(m, request.endorsements, commitment)
+        self._check_endorsements(m, batches, request.endorsements, commitment)
         if self._new_sum is None:
             raise self._refuse("to decrypt before the joint public key is known")
         total_sum = self._new_sum()
@@ -257,22 +258,24 @@ class KeyHolder:
                                "aggregator for this run and round")
         return commitment
 
-    def _check_endorsements(self, m: Manifest, endorsements: Mapping[str, bytes],
-                            commitment: bytes) -> None:
+    def _check_endorsements(self, m: Manifest, batches: Mapping[str, bytes],
+                            endorsements: Mapping[str, bytes], commitment: bytes) -> None:
+        summed = sum_digest({c: digest(b).hex() for c, b in batches.items()})
         for client in m.contributors:
-            said = endorsement(self.policy.run_id, m.round, client, m.contributors,
-                               commitment)
+            said = endorsement(self.policy.run_id, m.round, client, summed, commitment)
             if not verify(self._clients[client], endorsements.get(client, b""), said):
-                raise self._refuse(f"round {m.round}: {client} did not endorse this round's "
-                                   "contributor set and noise")
+                raise self._refuse(f"round {m.round}: {client} did not endorse this sum "
+                                   "(these batches and this noise)")
 
     def _signed_batches(self, m: Manifest, noise: NoiseBatch | None,
                         bundles: tuple[Bundle, ...]) -> tuple[dict[str, bytes], bytes]:
         """The manifest's contributors' batches, each checked against its signature, and
         the round's noise commitment."""
         commitment = self._signed_noise(m, noise)
-        found: dict[str, tuple[bytes, bytes]] = {}
+        found: dict[str, tuple[bytes, bytes, bytes]] = {}
         for bundle in bundles:
+            if len(bundle.signatures) != len(bundle.payloads):
+                raise self._refuse(f"round {m.round}: a bundle with unsigned batches")
             for group, payload, signature in zip(bundle.groups, bundle.payloads,
                                                  bundle.signatures, strict=True):
                 if len(group) != 1 or not isinstance(payload, bytes):
@@ -281,7 +284,7 @@ class KeyHolder:
                 (client,) = group
                 if client in found:
                     raise self._refuse(f"round {m.round}: client {client} twice")
-                found[client] = (payload, signature)
+                found[client] = (payload, signature, bytes(bundle.model))
         contributors = list(m.contributors)
         if len(set(contributors)) != len(contributors):
             raise self._refuse(f"round {m.round}: the manifest lists a contributor twice")
@@ -293,15 +296,23 @@ class KeyHolder:
             raise self._refuse(f"round {m.round}: {len(contributors)} contributors, more than "
                                f"the run's {cap} per round")
         batches: dict[str, bytes] = {}
+        models: set[bytes] = set()
         for client in contributors:
             if client not in self._clients:
                 raise self._refuse(f"round {m.round}: {client} is not a registered client")
             if client not in found:
                 raise self._refuse(f"round {m.round}: no signed batch from {client}")
-            payload, signature = found[client]
-            said = statement(self.policy.run_id, m.round, client, digest(payload), commitment)
+            payload, signature, model = found[client]
+            said = statement(self.policy.run_id, m.round, client, digest(payload), model,
+                             commitment)
             if not verify(self._clients[client], signature, said):
                 raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
-                                   f"{client} for this run, round and noise")
+                                   f"{client} for this run, round, model and noise")
             batches[client] = payload
+            models.add(model)
+        if len(models) > 1:
+            # A client trained from a model or round parameters of its own could be told
+            # apart from the others in the sum (e.g. a zero learning rate for all but one).
+            raise self._refuse(f"round {m.round}: its batches were trained from "
+                               f"{len(models)} different models or round parameters")
         return batches, commitment

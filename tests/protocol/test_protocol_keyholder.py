@@ -80,15 +80,16 @@ def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
     fake = SigningKey()
     batch = bundles[0].payloads[0]
     forged = Bundle((("hospital-9",),), (batch,), (fake.sign(statement(
-        "t", 0, "hospital-9", digest(batch), b"")),))
+        "t", 0, "hospital-9", digest(batch), bundles[0].model, b"")),), bundles[0].model)
     refused(holder, replace(ask, manifest=replace(manifest, contributors=(
         "hospital-0", "hospital-9"))), noise, [*bundles, forged],
         "hospital-9 is not a registered client")
     refused(holder, replace(ask, manifest=replace(manifest, contributors=("hospital-0",))),
             noise, bundles, "1 contributor\\(s\\); at least 2 required")
     # A batch credited to another client: its signature is its own client's.
-    swapped = Bundle((("hospital-1",),), bundles[0].payloads, bundles[0].signatures)
-    refused(holder, ask, noise, [swapped, *bundles[1:]], "hospital-1 twice|not signed by")
+    swapped = replace(bundles[0], groups=(("hospital-1",),))
+    refused(holder, ask, noise, [bundles[0], swapped, bundles[2]],
+            "hospital-1's batch is not signed by hospital-1")
     refused(holder, replace(ask, manifest=replace(manifest, run_id="other")), noise, bundles,
             "an aggregate of run 'other', not 't'")
     refused(holder, replace(ask, manifest=replace(manifest, round=3)), noise, bundles,
@@ -100,7 +101,7 @@ def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
                 "decrypting with holders")
     # A contributor that did not endorse the set (the coordinator drops its endorsement).
     refused(holder, replace(ask, endorsements={**endorsed, "hospital-2": b""}), noise,
-            bundles, "hospital-2 did not endorse this round's contributor set")
+            bundles, "hospital-2 did not endorse this sum")
     # The honest request is accepted, once.
     share, checked_s = holder.partial_decrypt(ask, noise, *bundles)
     assert share[:4] == b"FSCB" and checked_s > 0
@@ -126,7 +127,7 @@ def test_noise_chosen_after_the_batches_were_seen_is_refused():
     signer = fed.backend.parties["aggregator"]._signing
     resigned = NoiseBatch(other, signer.sign(noise_statement("t", 0, digest(other))))
     refused(holders(fed)[0], ask, resigned, bundles,
-            "not signed by hospital-\\d for this run, round and noise")
+            "not signed by hospital-\\d for this run, round, model and noise")
     refused(holders(fed)[0], ask, None, bundles, "no DP-noise batch where the run has")
     holders(fed)[0].partial_decrypt(ask, noise, *bundles)  # the committed noise passes
 
@@ -179,11 +180,12 @@ def test_t_of_n_never_decrypts_two_sums_of_one_round_even_with_a_colluding_holde
     ask = DecryptionRequest(manifest, (0, 1), lead=True, endorsements=endorsed)
     kept[0].partial_decrypt(ask, noise, *bundles)
     kept[1].partial_decrypt(replace(ask, lead=False), noise, *bundles)
-    two = replace(manifest, contributors=manifest.contributors[:2])
+    two = replace(manifest, contributors=manifest.contributors[:2],
+                  digests=manifest.digests[:2])
     two = replace(two, aggregate_digest=manifest_digest(_sum_of(fed, bundles[:2])))
     groups = fed.population.groups(fed.names)
     with pytest.raises(ProtocolError, match="client hospital-0 refuses to endorse round 0 as "
-                                            "another set of contributors"):
+                                            "another sum"):
         fed._endorsements(0, groups, two)
     other = DecryptionRequest(two, (1, 2), lead=False, endorsements=endorsed)
     refused(kept[2], other, noise, bundles[:2], "hospital-0 did not endorse")
@@ -337,3 +339,118 @@ def test_an_unflooded_run_warns_every_time_and_says_so_in_its_manifest(tmp_path)
     run_federated(plain, out_dir=tmp_path / "plain", backend="inprocess", reference=False,
                   console=Console(record=True))
     assert load_run(tmp_path / "plain").manifest["caveats"] == []
+
+
+def test_clients_and_the_aggregator_take_the_encoding_once_and_of_the_runs_mode():
+    """The coordinator, after set-up, hands a client a plaintext encoding (or a sealed
+    one under a key of its own) to read its next update: refused, as is a second
+    encoding to the aggregator. A client of an he run encodes nothing before set-up."""
+    from fedsim.protocol.schemes.plaintext import PlainEncoding
+
+    from fedsim.protocol.schemes.threshold import SealedEncoding
+
+    fed = he_fed()
+    b = fed.backend
+    own_key = SealedEncoding(fed.scheme.context.to_bytes(), b"a key the coordinator holds",
+                             1.0, fed.scheme.scale)
+    for role in [fed.population.roles[fed.names[0]], "aggregator"]:
+        for encoding in [PlainEncoding(), own_key]:
+            with pytest.raises(ProtocolError, match="a second encoding refused"):
+                b.get(b.call(role, "use_encoding", encoding))
+    from fedsim.protocol.client import Contributions
+
+    fresh = Contributions(fed.pipeline, 0, "t", ["c"], mode="he")
+    with pytest.raises(ProtocolError, match="a plaintext encoding refused in a he run"):
+        fresh.use_encoding(PlainEncoding())
+    with pytest.raises(ProtocolError, match="refuses to train before the run's he encoding"):
+        fresh.check_round(0, ["c"])
+
+
+def test_a_client_signs_one_batch_per_round_and_rounds_only_move_forward():
+    """Retrain: the coordinator asks the clients for a second batch of round 0 and would
+    decrypt the difference of two sums; rollback: a round older than one they signed."""
+    fed = he_fed()
+    manifest, _, noise, bundles, endorsed = round_inputs(fed)
+    b = fed.backend
+    context = RoundContext(0, fed.pipeline.round_params(fed.step_states))
+    role = fed.population.roles[fed.names[0]]
+    for round_idx in [0, 1, 0]:
+        if round_idx == 1:
+            round_inputs(fed, 1)
+            continue
+        _, bundle_h = b.call(role, "train", round_idx, b.put(fed.state.params),
+                             [fed.names[0]], context, Ready(b""), num_returns=2)
+        with pytest.raises(ProtocolError, match=f"refuses to train round {round_idx}: it "
+                                                "signed a batch for round"):
+            b.get(bundle_h)
+    with pytest.raises(ProtocolError, match="round 0 begun after round 1"):
+        b.get(b.call("aggregator", "begin", context))
+
+
+def test_a_client_endorses_only_its_own_batch_in_the_sum():
+    fed = he_fed()
+    manifest, _, _, bundles, _ = round_inputs(fed)
+    groups = fed.population.groups(fed.names)
+    other = bundles[1].payloads[0]
+    swapped = replace(manifest, digests=(manifest_digest(other), *manifest.digests[1:]))
+    with pytest.raises(ProtocolError, match="client hospital-0 refuses to endorse round 0: "
+                                            "the sum lists another batch as its own"):
+        fed._endorsements(0, groups, swapped)
+    # The refused request changed nothing: the honest sum is still endorsed, and only it.
+    assert fed._endorsements(0, groups, manifest).keys() == set(fed.names)
+
+
+def test_a_client_trained_from_its_own_model_or_round_parameters_is_refused():
+    """The coordinator sends one client other parameters (a model of its own, or other
+    round parameters) to tell its update apart in the sum: each batch is signed with
+    the digest of what it trained from, and the holders require one for all."""
+    fed = he_fed()
+    b = fed.backend
+    context = RoundContext(0, fed.pipeline.round_params(fed.step_states))
+    commit_h, noise_h = b.call("aggregator", "begin", context, num_returns=2)
+    bundles = []
+    for i, (role, clients) in enumerate(fed.population.groups(fed.names).items()):
+        params = fed.state.params * (0.5 if i == 2 else 1.0)
+        _, bundle_h = b.call(role, "train", 0, b.put(params), clients, context,
+                             b.defer(commit_h), num_returns=2)
+        b.get(b.call("aggregator", "add_many", bundle_h))
+        bundles.append(b.get(bundle_h))
+    manifest_h, _, _ = b.call("aggregator", "finish", num_returns=3)
+    manifest = b.get(manifest_h)
+    endorsed = fed._endorsements(0, fed.population.groups(fed.names), manifest)
+    ask = DecryptionRequest(manifest, everyone(fed), lead=True, endorsements=endorsed)
+    refused(holders(fed)[0], ask, b.get(noise_h), bundles,
+            "round 0: its batches were trained from 2 different models or round parameters")
+    # Claiming the others' model digest for the odd batch breaks its signature instead.
+    relabelled = [*bundles[:2], replace(bundles[2], model=bundles[0].model)]
+    refused(holders(fed)[0], ask, b.get(noise_h), relabelled,
+            "hospital-2's batch is not signed by hospital-2 for this run, round, model")
+
+
+def test_holders_refuse_malformed_sets_older_rounds_and_sets_without_them():
+    cfg = tiny_config(federation={**HE, "clients_per_round": 2, "min_clients": 2},
+                      crypto={"profile": "test", "allow_insecure": True,
+                              "key_holders": 3, "threshold": 2})
+    fed = federation(cfg)
+    manifest, _, noise, bundles, endorsed = round_inputs(fed)  # all three clients trained
+    holder = holders(fed)[1]
+    ask = DecryptionRequest(manifest, (0, 1), lead=False, endorsements=endorsed)
+    refused(holder, ask, noise, bundles, "3 contributors, more than the run's 2 per round")
+    twice = replace(manifest, contributors=("hospital-0", "hospital-0"),
+                    digests=manifest.digests[:1] * 2)
+    refused(holder, replace(ask, manifest=twice), noise, bundles,
+            "the manifest lists a contributor twice")
+    refused(holder, replace(ask, participants=(0, 2)), noise, bundles, "decrypting with "
+            "holders \\(0, 2\\): not 2 distinct holders of 0..2 in order, this one among them")
+    # Rounds move forward: after round 1, round 0 is refused.
+    fed = federation(tiny_config(federation=HE, crypto={"profile": "test",
+                                                        "allow_insecure": True}))
+    first = round_inputs(fed, 0)
+    second = round_inputs(fed, 1)
+    holder = holders(fed)[0]
+    for (manifest, _, noise, bundles, endorsed), outcome in [(second, None), (first, "older")]:
+        ask = DecryptionRequest(manifest, everyone(fed), lead=True, endorsements=endorsed)
+        if outcome is None:
+            holder.partial_decrypt(ask, noise, *bundles)
+        else:
+            refused(holder, ask, noise, bundles, "round 0: older than round 1")

@@ -37,11 +37,14 @@ class Bundle:
     """A training party's payloads of one round: ``payloads[i]`` carries the
     contributions of the clients ``groups[i]`` (one client each, unless the scheme lets a
     party pre-sum its clients), and ``signatures[i]`` is that client's signature of it
-    when the scheme signs (`fedsim.crypto.identity.statement`)."""
+    when the scheme signs (`fedsim.crypto.identity.statement`); ``model`` is the digest
+    of the global model and round parameters the party trained from, which every
+    signature covers (`fedsim.crypto.identity.model_digest`)."""
 
     groups: tuple[tuple[str, ...], ...] = ()
     payloads: tuple[Any, ...] = ()
     signatures: tuple[bytes, ...] = ()
+    model: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,10 @@ class Summation(abc.ABC):
 
 
 class Encoding(abc.ABC):
-    """What clients and the aggregator are told at set-up; picklable."""
+    """What clients and the aggregator are told at set-up; picklable. ``mode``: the
+    ``federation.mode`` it belongs to (a party accepts only its run's)."""
+
+    mode = ""
 
     @abc.abstractmethod
     def encoder(self, slots: Sequence[str]) -> Encoder: ...

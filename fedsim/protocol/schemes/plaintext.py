@@ -79,6 +79,8 @@ class PlainSummation(Summation):
 @final
 @dataclass(frozen=True)
 class PlainEncoding(Encoding):
+    mode = "plaintext"
+
     def encoder(self, slots: Sequence[str]) -> PlainEncoder:
         return PlainEncoder(slots)
 

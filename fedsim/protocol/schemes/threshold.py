@@ -87,6 +87,7 @@ class CipherSummation(Summation):
 class SealedEncoding(Encoding):
     """The run's context, joint public key and public scale (no secret in here)."""
 
+    mode = "he"  # not a field: the class says which mode it belongs to
     context_bytes: bytes
     public_key: bytes
     update_bound: float

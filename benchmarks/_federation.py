@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.config import RunConfig
+import numpy as np
+
+from fedsim.config import RunConfig, replace
 from fedsim.learning.evaluation import CentralEvaluator
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import Callback, run_rounds
@@ -73,7 +75,12 @@ class Session:
 
     def measure(self, cfg: RunConfig, *, rounds: int, warmup: int = 1,
                 memory: bool = False) -> Measured:
-        """Set up ``cfg``'s parties, run ``warmup`` + ``rounds`` rounds, tear down."""
+        """Set up ``cfg``'s parties, run ``warmup`` + ``rounds`` rounds, tear down.
+
+        Round 0 is `prime`'s (never summed); warm-up and measured rounds follow it.
+        """
+        total = warmup + rounds
+        cfg = replace(cfg, [f"federation.rounds={total + 1}"])
         self._runs += 1
         run_id = f"bench{os.getpid()}-{self._runs}"
         dataset = self.dataset(cfg)
@@ -91,11 +98,10 @@ class Session:
                 pids = {"driver": os.getpid(), **_actor_pids(backend)}
                 sampler = RssSampler(lambda: pids)
                 sampler.__enter__()
-            total = warmup + rounds
             meter = CpuMeter()
             evaluate = Evaluate(CentralEvaluator(federation.model, dataset),
-                                every=cfg.evaluation.every, rounds=total)
-            done = run_rounds(federation, total, [evaluate, meter])
+                                every=cfg.evaluation.every, rounds=total + 1)
+            done = run_rounds(federation, total + 1, [evaluate, meter], start=1)
         finally:
             if sampler is not None:
                 sampler.__exit__(None, None, None)
@@ -132,13 +138,16 @@ def busy_cpu_seconds() -> float:
 
 
 def prime(federation: Federation) -> None:
-    """Train (and seal) once on every client, results discarded, so that no measured
-    round pays a client's first-call JIT compilation (only sampled clients train in the
-    warm-up round). Clients keep no state between rounds, so nothing else changes."""
+    """Train (and seal) round 0 once on every client, results discarded, so that no
+    measured round pays a client's first-call JIT compilation (only sampled clients
+    train in the warm-up round), from zeros. The rounds measured come after it: a client
+    signs one batch per round, rounds only moving forward, each from a new model."""
     from fedsim.aggregate.steps import RoundContext
 
     b = federation.backend
-    ref = b.put(federation.state.params)
+    # Not the round-1 model: a client trains from any one model once (shapes alone
+    # decide what JIT compiles).
+    ref = b.put(np.zeros_like(federation.state.params))
     context = RoundContext(0, federation.pipeline.round_params(federation.step_states))
     commitment = b.defer(b.put(b""))  # no noise: these batches are never decrypted
     groups = federation.population.groups(federation.names)

@@ -31,7 +31,6 @@ from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
-from fedsim.protocol.schemes.plaintext import PlainEncoding
 from fedsim.seeding import client_key, stream
 
 
@@ -98,13 +97,12 @@ class Contributions:
         self.seed = seed
         self.run_id = run_id
         self.mode = mode
-        self.encoder: Encoder | None = (PlainEncoding().encoder(pipeline.slots)
-                                        if mode == "plaintext" else None)
-        self._encoding_set = False
+        self.encoder: Encoder | None = None  # the run's, from `use_encoding` at set-up
         self._keys = {name: SigningKey() for name in clients}
         # client -> (round, batch hex digest, noise commitment) of its newest signed batch
         self._sent: dict[str, tuple[int, str, bytes]] = {}
         self._endorsed: dict[str, tuple[int, bytes]] = {}  # client -> (round, sum digest)
+        self._models: set[bytes] = set()  # model digests its clients signed batches with
 
     def identities(self) -> dict[str, bytes]:
         """Each client's public signing key, for the key holders' roster."""
@@ -112,23 +110,31 @@ class Contributions:
 
     def use_encoding(self, encoding: Encoding) -> None:
         """The run's encoding, accepted once and only of the run's mode."""
-        if self._encoding_set:
+        if self.encoder is not None:
             raise ProtocolError("a second encoding refused: the run's encoding is fixed at "
                                 "set-up")
         if encoding.mode != self.mode:
             raise ProtocolError(f"a {encoding.mode} encoding refused in a {self.mode} run")
         self.encoder = encoding.encoder(self.pipeline.slots)
-        self._encoding_set = True
 
-    def check_round(self, round_idx: int, clients: Sequence[str]) -> None:
-        """Refuse to train ``clients`` for a round not newer than one they signed for."""
+    def check_round(self, round_idx: int, clients: Sequence[str], model: bytes) -> None:
+        """Refuse to train ``clients`` twice in one call, for a round not newer than one
+        they signed for, or from a model (`fedsim.crypto.identity.model_digest`) they
+        trained from before (the exact cross-round difference of a frozen model)."""
+        if self.encoder is None:
+            raise ProtocolError(f"client {clients[0]} refuses to train before the run's "
+                                f"{self.mode} encoding is set up")
+        if len(set(clients)) != len(clients):
+            raise ProtocolError(f"asked to train {list(clients)}: a client listed twice")
+        if not self.encoder.signs:
+            return
         stale = [c for c in clients if self._sent.get(c, (-1,))[0] >= round_idx]
         if stale:
             raise ProtocolError(f"client {stale[0]} refuses to train round {round_idx}: it "
                                 f"signed a batch for round {self._sent[stale[0]][0]} already")
-        if self.encoder is None:
-            raise ProtocolError(f"client {clients[0]} refuses to train before the run's "
-                                f"{self.mode} encoding is set up")
+        if model in self._models:
+            raise ProtocolError(f"client {clients[0]} refuses to train round {round_idx} "
+                                "from a model and round parameters it trained from before")
 
     def make(self, name: str, index: int, num_examples: int, delta: np.ndarray, loss: float,
              context: RoundContext, train_s: float) -> tuple[Report, Any]:
@@ -166,7 +172,7 @@ class Contributions:
         kept = [(r.client, p) for r, p in made if isinstance(r, UpdateMeta)]
         bundle = self.encoder.bundle([c for c, _ in kept], [p for _, p in kept])
         if self.encoder.signs and kept:
-            self.check_round(round_idx, [c for c, _ in kept])
+            self.check_round(round_idx, [c for c, _ in kept], model)
             seen = commitment.get()
             digests = {c: digest(p) for c, p in kept}
             bundle = replace(bundle, model=model, signatures=tuple(
@@ -174,6 +180,7 @@ class Contributions:
                                              seen))
                 for c, _ in kept))
             self._sent.update({c: (round_idx, digests[c].hex(), seen) for c, _ in kept})
+            self._models.add(model)
         return tuple(r for r, _ in made), bundle
 
     def endorse(self, round_idx: int, batches: Mapping[str, str]) -> dict[str, bytes]:
@@ -262,9 +269,11 @@ class Hospital:
         """Train on the global parameters: ``(reports, bundle)`` for this one hospital."""
         if tuple(clients) != (self.name,):
             raise ProtocolError(f"hospital {self.name} asked to train {list(clients)}")
-        self.contributions.check_round(round_idx, clients)
+        start = np.asarray(global_flat, np.float32)  # what training starts from
+        model = model_digest(start, context.params)
+        self.contributions.check_round(round_idx, clients, model)
         t0 = time.perf_counter()
-        params = self._unravel(np.asarray(global_flat, np.float32))
+        params = self._unravel(start)
         rng = stream(self.cfg.seed, "batches", round_idx, self.index)
         inputs = self.trainer.inputs(rng, self.data.train, self.steps, seed=self.cfg.seed,
                                      round_idx=round_idx, index=self.index)
@@ -273,5 +282,4 @@ class Hospital:
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)
         made = self.contributions.make(self.name, self.index, self.num_examples, delta, loss,
                                        context, time.perf_counter() - t0)
-        return self.contributions.bundle([made], round_idx, commitment,
-                                         model_digest(global_flat, context.params))
+        return self.contributions.bundle([made], round_idx, commitment, model)

@@ -98,7 +98,9 @@ class Cohort:
         if unknown or not clients:
             raise ProtocolError(f"cohort of {self.clients[0].name}..{self.clients[-1].name} "
                                 f"asked to train {unknown or 'no clients'}")
-        self.contributions.check_round(round_idx, clients)
+        start = np.asarray(global_flat, np.float32)  # what training starts from
+        model = model_digest(start, context.params)
+        self.contributions.check_round(round_idx, clients, model)
         t0 = time.perf_counter()
         members = [self.clients[self._position[c]] for c in clients]
         inputs = [
@@ -108,7 +110,7 @@ class Cohort:
             for data, index in ((m, self.first + self._position[m.name]) for m in members)
         ]
         padded = inputs + inputs[:1] * max(0, self.pad_to - len(inputs))
-        params = self._unravel(np.asarray(global_flat, np.float32))
+        params = self._unravel(start)
         new, losses = self.trainer.train_many(params, padded)
         flat = np.asarray(self._flatten(new), np.float64)[: len(members)]
         deltas = flat - np.asarray(global_flat, np.float64)
@@ -117,4 +119,4 @@ class Cohort:
             self.contributions.make(data.name, self.first + self._position[data.name],
                                     len(data.train), delta, float(loss), context, train_s)
             for data, delta, loss in zip(members, deltas, losses)
-        ], round_idx, commitment, model_digest(global_flat, context.params))
+        ], round_idx, commitment, model)

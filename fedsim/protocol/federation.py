@@ -147,7 +147,7 @@ class Federation:
         timer.add("dp_noise", seconds["dp_noise"])
 
         # Step 5: open the aggregate: read it (plaintext), or (he) have the contributors
-        # endorse the round's contributor set, once each, and the key holders check the
+        # endorse the round's sum (its batches), once each, and the key holders check the
         # signed batches and endorsements, re-add the batches and partially decrypt their
         # own sum.
         endorsements = {}

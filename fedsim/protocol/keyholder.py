@@ -10,13 +10,14 @@ coordinator's word:
   for its receiver, so whoever relays them sees only ciphertexts.
 * every decryption: it is handed the clients' signed batches themselves (as object
   references), the aggregator's signed noise batch and each contributor's endorsement
-  of the round's contributor set, and checks that every batch signature is a
-  registered client's over (run, round, client, batch digest, noise commitment), that
-  the noise batch is signed by the registered aggregator for this run and round and is
-  the one the clients saw committed, that every contributor endorsed exactly this
-  contributor set (a client endorses one set per round, so no two different sums of a
-  round can be decrypted, not even by two disjoint sets of holders in t-of-n), that
-  the contributors are distinct, at least ``min_clients`` and at most the run's
+  of the round's sum, and checks that every batch signature is a registered client's
+  over (run, round, client, batch digest, model digest, noise commitment), that every
+  batch was trained from the same model and round parameters, that the noise batch is
+  signed by the registered aggregator for this run and round and is the one the
+  clients saw committed, that every contributor endorsed exactly these batches (a
+  client endorses one sum per round, so no two different sums of a round can be
+  decrypted, not even by two disjoint sets of holders in t-of-n), that the
+  contributors are distinct, at least ``min_clients`` and at most the run's
   clients per round, that the round is one of the run's and newer than every round it
   decrypted (t-of-n may ask again with other holders, for the same sum only), that the
   holders named to decrypt are a valid set that includes it, and that its decryption
@@ -66,7 +67,7 @@ class HolderCard:
 class DecryptionRequest:
     """What the coordinator asks of a key holder for one aggregate: the manifest, the
     holders that decrypt it together (sorted), whether this one leads, and each
-    contributor's endorsement of the round's contributor set."""
+    contributor's endorsement of the round's sum."""
 
     manifest: Manifest
     participants: tuple[int, ...]

@@ -36,7 +36,8 @@ def round_inputs(fed, round_idx=0, commitment=None):
     context = RoundContext(round_idx, fed.pipeline.round_params(fed.step_states))
     commit_h, noise_h = b.call("aggregator", "begin", context, num_returns=2)
     told = b.defer(commit_h) if commitment is None else Ready(commitment)
-    ref = b.put(fed.state.params)
+    # A new model each round, as a server step would make (clients train from a model once).
+    ref = b.put((fed.state.params + 1e-3 * round_idx).astype(fed.state.params.dtype))
     bundles = []
     groups = fed.population.groups(fed.names)
     for role, clients in groups.items():
@@ -363,7 +364,7 @@ def test_clients_and_the_aggregator_take_the_encoding_once_and_of_the_runs_mode(
     with pytest.raises(ProtocolError, match="a plaintext encoding refused in a he run"):
         fresh.use_encoding(PlainEncoding())
     with pytest.raises(ProtocolError, match="refuses to train before the run's he encoding"):
-        fresh.check_round(0, ["c"])
+        fresh.check_round(0, ["c"], b"")
 
 
 def test_a_client_signs_one_batch_per_round_and_rounds_only_move_forward():
@@ -385,6 +386,20 @@ def test_a_client_signs_one_batch_per_round_and_rounds_only_move_forward():
             b.get(bundle_h)
     with pytest.raises(ProtocolError, match="round 0 begun after round 1"):
         b.get(b.call("aggregator", "begin", context))
+    # A frozen model: round 2 from the model of round 0 (the difference of the two sums,
+    # one client left out, would be that client's update exactly).
+    _, bundle_h = b.call(role, "train", 2, b.put(fed.state.params), [fed.names[0]], context,
+                         Ready(b""), num_returns=2)
+    with pytest.raises(ProtocolError, match="refuses to train round 2 from a model and round "
+                                            "parameters it trained from before"):
+        b.get(bundle_h)
+    cohort = federation(tiny_config(federation={**HE, "clients": "cohort"},
+                                    crypto={"profile": "test", "allow_insecure": True}))
+    (role, clients), = cohort.population.groups(cohort.names).items()
+    _, bundle_h = cohort.backend.call(role, "train", 0, cohort.backend.put(
+        cohort.state.params), [clients[0], *clients], context, Ready(b""), num_returns=2)
+    with pytest.raises(ProtocolError, match="a client listed twice"):
+        cohort.backend.get(bundle_h)
 
 
 def test_a_client_endorses_only_its_own_batch_in_the_sum():

@@ -119,7 +119,7 @@ class Encoding(abc.ABC):
 class Scheme(abc.ABC):
     """The coordinator's side of a scheme.
 
-    ``endorsed``: whether a round's contributors must each endorse its contributor set
+    ``endorsed``: whether a round's contributors must each endorse its sum (its batches)
     before the sum is opened (he: the key holders require every endorsement).
     """
 
@@ -152,7 +152,7 @@ class Scheme(abc.ABC):
 
         ``noise`` and ``bundles`` are handles of the round's `NoiseBatch` and of every
         training party's bundle: what a key holder re-adds itself; ``endorsements`` maps
-        each contributor to its signature of the round's contributor set.
+        each contributor to its endorsement of the round's sum.
         """
 
 

@@ -31,7 +31,7 @@ A refusal raises `ProtocolError` naming the holder and the reason, and is kept i
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -49,6 +49,7 @@ from fedsim.crypto.identity import (
 from fedsim.errors import CryptoError, Refusal
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.manifest import digest as manifest_digest
+from fedsim.protocol.backend import Deferred
 from fedsim.protocol.policy import HolderPolicy
 from fedsim.protocol.schemes import Bundle, NoiseBatch
 
@@ -173,9 +174,13 @@ class KeyHolder:
 
     # ---- decryption -----------------------------------------------------------------
     def partial_decrypt(self, request: DecryptionRequest, noise: NoiseBatch | None,
-                        *bundles: Bundle) -> tuple[bytes, float]:
+                        bundles: Sequence[Bundle | Deferred]) -> tuple[bytes, float]:
         """This holder's partial decryption of the sum it re-adds from the signed batches,
-        and the seconds its checks took (verifying signatures, re-adding)."""
+        and the seconds its checks took (verifying signatures, re-adding).
+
+        ``bundles``: every training party's bundle, or a deferred handle of it, fetched
+        one at a time and dropped once added (a holder never holds every client's batch
+        at once)."""
         t0 = time.perf_counter()
         try:
             total, count = self.check(request, noise, bundles)
@@ -190,7 +195,7 @@ class KeyHolder:
                                            participants=request.participants), checked_s
 
     def check(self, request: DecryptionRequest, noise: NoiseBatch | None,
-              bundles: tuple[Bundle, ...]) -> tuple[bytes, int]:
+              bundles: Sequence[Bundle | Deferred]) -> tuple[bytes, int]:
         """The checked sum and its ciphertext count; raises `ProtocolError` (recorded)."""
         m = request.manifest
         if m.run_id != self.policy.run_id:
@@ -208,14 +213,14 @@ class KeyHolder:
         newest = max(self._decrypted, default=-1)
         if m.round < newest:
             raise self._refuse(f"round {m.round}: older than round {newest}")
-        batches, commitment = self._signed_batches(m, noise, bundles)
-        self._check_endorsements(m, batches, request.endorsements, commitment)
+        commitment = self._signed_noise(m, noise)
+        self._check_contributors(m)
         if self._new_sum is None:
             raise self._refuse("to decrypt before the joint public key is known")
         total_sum = self._new_sum()
+        digests = self._add_signed(m, bundles, commitment, total_sum)
+        self._check_endorsements(m, digests, request.endorsements, commitment)
         try:
-            for client, batch in batches.items():
-                total_sum.add(batch, contributor=client)
             if noise is not None:
                 total_sum.add(noise.payload, contributor="aggregator-noise")
             total = total_sum.result()
@@ -259,33 +264,16 @@ class KeyHolder:
                                "aggregator for this run and round")
         return commitment
 
-    def _check_endorsements(self, m: Manifest, batches: Mapping[str, bytes],
+    def _check_endorsements(self, m: Manifest, digests: Mapping[str, str],
                             endorsements: Mapping[str, bytes], commitment: bytes) -> None:
-        summed = sum_digest({c: digest(b).hex() for c, b in batches.items()})
+        summed = sum_digest(digests)
         for client in m.contributors:
             said = endorsement(self.policy.run_id, m.round, client, summed, commitment)
             if not verify(self._clients[client], endorsements.get(client, b""), said):
                 raise self._refuse(f"round {m.round}: {client} did not endorse this sum "
                                    "(these batches and this noise)")
 
-    def _signed_batches(self, m: Manifest, noise: NoiseBatch | None,
-                        bundles: tuple[Bundle, ...]) -> tuple[dict[str, bytes], bytes]:
-        """The manifest's contributors' batches, each checked against its signature, and
-        the round's noise commitment."""
-        commitment = self._signed_noise(m, noise)
-        found: dict[str, tuple[bytes, bytes, bytes]] = {}
-        for bundle in bundles:
-            if len(bundle.signatures) != len(bundle.payloads):
-                raise self._refuse(f"round {m.round}: a bundle with unsigned batches")
-            for group, payload, signature in zip(bundle.groups, bundle.payloads,
-                                                 bundle.signatures, strict=True):
-                if len(group) != 1 or not isinstance(payload, bytes):
-                    raise self._refuse(f"round {m.round}: a batch that is not one client's "
-                                       "ciphertexts")
-                (client,) = group
-                if client in found:
-                    raise self._refuse(f"round {m.round}: client {client} twice")
-                found[client] = (payload, signature, bytes(bundle.model))
+    def _check_contributors(self, m: Manifest) -> None:
         contributors = list(m.contributors)
         if len(set(contributors)) != len(contributors):
             raise self._refuse(f"round {m.round}: the manifest lists a contributor twice")
@@ -296,24 +284,53 @@ class KeyHolder:
         if len(contributors) > cap:
             raise self._refuse(f"round {m.round}: {len(contributors)} contributors, more than "
                                f"the run's {cap} per round")
-        batches: dict[str, bytes] = {}
+        unknown = [c for c in contributors if c not in self._clients]
+        if unknown:
+            raise self._refuse(f"round {m.round}: {unknown[0]} is not a registered client")
+
+    def _add_signed(self, m: Manifest, bundles: Sequence[Bundle | Deferred],
+                    commitment: bytes, total_sum: Any) -> dict[str, str]:
+        """Add every contributor's batch to ``total_sum`` once its signature is checked,
+        one bundle at a time; returns each contributor's batch digest (hex)."""
+        wanted = set(m.contributors)
+        digests: dict[str, str] = {}
+        seen: set[str] = set()
         models: set[bytes] = set()
-        for client in contributors:
-            if client not in self._clients:
-                raise self._refuse(f"round {m.round}: {client} is not a registered client")
-            if client not in found:
-                raise self._refuse(f"round {m.round}: no signed batch from {client}")
-            payload, signature, model = found[client]
-            said = statement(self.policy.run_id, m.round, client, digest(payload), model,
-                             commitment)
-            if not verify(self._clients[client], signature, said):
-                raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
-                                   f"{client} for this run, round, model and noise")
-            batches[client] = payload
-            models.add(model)
+        for item in bundles:
+            bundle = item if isinstance(item, Bundle) else item.get()
+            if not isinstance(bundle, Bundle) or \
+                    len(bundle.signatures) != len(bundle.payloads):
+                raise self._refuse(f"round {m.round}: a bundle with unsigned batches")
+            for group, payload, signature in zip(bundle.groups, bundle.payloads,
+                                                 bundle.signatures, strict=True):
+                if len(group) != 1 or not isinstance(payload, bytes):
+                    raise self._refuse(f"round {m.round}: a batch that is not one client's "
+                                       "ciphertexts")
+                (client,) = group
+                if client in seen:
+                    raise self._refuse(f"round {m.round}: client {client} twice")
+                seen.add(client)
+                if client not in wanted:
+                    continue  # not in this sum
+                batch_digest = digest(payload)
+                said = statement(self.policy.run_id, m.round, client, batch_digest,
+                                 bytes(bundle.model), commitment)
+                if not verify(self._clients[client], signature, said):
+                    raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
+                                       f"{client} for this run, round, model and noise")
+                try:
+                    total_sum.add(payload, contributor=client)
+                except CryptoError as err:
+                    raise self._refuse(f"round {m.round}: {err}") from None
+                digests[client] = batch_digest.hex()
+                models.add(bytes(bundle.model))
+            del bundle, item  # one party's batches in memory at a time
+        missing = [c for c in m.contributors if c not in digests]
+        if missing:
+            raise self._refuse(f"round {m.round}: no signed batch from {missing[0]}")
         if len(models) > 1:
             # A client trained from a model or round parameters of its own could be told
             # apart from the others in the sum (e.g. a zero learning rate for all but one).
             raise self._refuse(f"round {m.round}: its batches were trained from "
                                f"{len(models)} different models or round parameters")
-        return batches, commitment
+        return digests

@@ -57,7 +57,7 @@ def holders(fed):
 
 def refused(holder, request, noise, bundles, match):
     with pytest.raises(Refusal, match=match) as info:
-        holder.partial_decrypt(request, noise, *bundles)
+        holder.partial_decrypt(request, noise, bundles)
     assert str(info.value).startswith(f"keyholder-{holder.index} refuses ")
     assert holder.refusals[-1] == str(info.value) and info.value.round == request.manifest.round
     return str(info.value)
@@ -104,7 +104,7 @@ def test_an_honest_round_is_decrypted_and_each_check_stops_its_attack():
     refused(holder, replace(ask, endorsements={**endorsed, "hospital-2": b""}), noise,
             bundles, "hospital-2 did not endorse this sum")
     # The honest request is accepted, once.
-    share, checked_s = holder.partial_decrypt(ask, noise, *bundles)
+    share, checked_s = holder.partial_decrypt(ask, noise, bundles)
     assert share[:4] == b"FSCB" and checked_s > 0
     refused(holder, ask, noise, bundles, "round 0 again")
     # Replay: the same signed batches under a new round number.
@@ -130,7 +130,7 @@ def test_noise_chosen_after_the_batches_were_seen_is_refused():
     refused(holders(fed)[0], ask, resigned, bundles,
             "not signed by hospital-\\d for this run, round, model and noise")
     refused(holders(fed)[0], ask, None, bundles, "no DP-noise batch where the run has")
-    holders(fed)[0].partial_decrypt(ask, noise, *bundles)  # the committed noise passes
+    holders(fed)[0].partial_decrypt(ask, noise, bundles)  # the committed noise passes
 
 
 def test_noise_the_coordinator_injects_or_replays_is_refused():
@@ -179,8 +179,8 @@ def test_t_of_n_never_decrypts_two_sums_of_one_round_even_with_a_colluding_holde
     manifest, _, noise, bundles, endorsed = round_inputs(fed)
     kept = holders(fed)
     ask = DecryptionRequest(manifest, (0, 1), lead=True, endorsements=endorsed)
-    kept[0].partial_decrypt(ask, noise, *bundles)
-    kept[1].partial_decrypt(replace(ask, lead=False), noise, *bundles)
+    kept[0].partial_decrypt(ask, noise, bundles)
+    kept[1].partial_decrypt(replace(ask, lead=False), noise, bundles)
     two = replace(manifest, contributors=manifest.contributors[:2],
                   digests=manifest.digests[:2])
     two = replace(two, aggregate_digest=manifest_digest(_sum_of(fed, bundles[:2])))
@@ -194,7 +194,7 @@ def test_t_of_n_never_decrypts_two_sums_of_one_round_even_with_a_colluding_holde
     refused(kept[1], replace(other, lead=True), noise, bundles[:2],
             "round 0 as another sum than the one it decrypted")
     # The same sum again, by the set that stands in for a lost holder, is accepted.
-    kept[2].partial_decrypt(replace(ask, participants=(0, 2), lead=False), noise, *bundles)
+    kept[2].partial_decrypt(replace(ask, participants=(0, 2), lead=False), noise, bundles)
 
 
 def test_parties_answer_only_their_public_methods():
@@ -466,6 +466,6 @@ def test_holders_refuse_malformed_sets_older_rounds_and_sets_without_them():
     for (manifest, _, noise, bundles, endorsed), outcome in [(second, None), (first, "older")]:
         ask = DecryptionRequest(manifest, everyone(fed), lead=True, endorsements=endorsed)
         if outcome is None:
-            holder.partial_decrypt(ask, noise, *bundles)
+            holder.partial_decrypt(ask, noise, bundles)
         else:
             refused(holder, ask, noise, bundles, "round 0: older than round 1")

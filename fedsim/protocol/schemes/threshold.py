@@ -235,10 +235,12 @@ class ThresholdCKKS(Scheme):
                 raise ProtocolError(
                     f"only {len(alive)} key holder(s) left, threshold is {t}: cannot decrypt")
             chosen = tuple(alive if t is None else alive[:t])
+            # Bundles travel as deferred handles: each holder fetches one at a time.
+            deferred = [backend.defer(h) for h in bundles]
             calls = {i: backend.call(holder_role(i), "partial_decrypt",
                                      DecryptionRequest(manifest, chosen, i == chosen[0],
                                                        dict(endorsements)),
-                                     noise, *bundles)
+                                     noise, deferred)
                      for i in chosen}
             partials: dict[int, bytes] = {}
             checked: dict[int, float] = {}

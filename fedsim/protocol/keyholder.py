@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fedsim.crypto.batch import batch_count
+from fedsim.crypto.memory import release_memory
 from fedsim.crypto.identity import (
     ChannelKey,
     SigningKey,
@@ -191,8 +192,11 @@ class KeyHolder:
         self._decrypted[request.manifest.round] = request.manifest.aggregate_digest
         self._attempts.add((request.manifest.round, request.participants))
         self._used += count
-        return self._share.partial_decrypt(total, lead=request.lead,
-                                           participants=request.participants), checked_s
+        share = self._share.partial_decrypt(total, lead=request.lead,
+                                            participants=request.participants)
+        del total
+        release_memory()  # idle between rounds, a holder should not sit on its peak
+        return share, checked_s
 
     def check(self, request: DecryptionRequest, noise: NoiseBatch | None,
               bundles: Sequence[Bundle | Deferred]) -> tuple[bytes, int]:

@@ -175,13 +175,13 @@ class ByteSum(CiphertextSum):
         self._residues: np.ndarray | None = None
 
     def _add(self, batch: bytes) -> None:
-        res = raw.read_batch(batch, self._layout, kind="ciphertext")
-        self._check_count(res.shape[0],
-                          None if self._residues is None else self._residues.shape[0])
         if self._residues is None:
+            res = raw.read_batch(batch, self._layout, kind="ciphertext")
+            self._check_count(res.shape[0], None)
             self._residues = res
-        else:
-            raw.add_residues(self._residues, res, self._layout)
+            return
+        self._check_count(batch_count(batch, kind="ciphertext"), self._residues.shape[0])
+        raw.add_batch(self._residues, batch, self._layout, kind="ciphertext")
 
     def result(self) -> bytes:
         if self._residues is None:

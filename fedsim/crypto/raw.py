@@ -147,9 +147,32 @@ def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
 
     Checks what ``iter_batch`` and ``iter_ciphertexts`` check: header, kind, framing,
     CRCs, and beyond: every byte outside the residues equals the layout's template (so
-    the same context, key tag, level, scale and format), and every residue is below
+    the same context, key, level, scale and format), and every residue is below
     its modulus. Raises ``CryptoError`` naming the first problem.
     """
+    rows, count = _framed_rows(blob, layout, kind=kind)
+    return _residues(rows, layout, count)
+
+
+def add_batch(total: np.ndarray, blob: bytes, layout: Layout, *, kind: str) -> None:
+    """``total += read_batch(blob)`` modulo each modulus, in place, without the batch's
+    residues ever held whole (one block of items at a time): the same checks, all made
+    before anything is added, so a refused batch leaves ``total`` unchanged."""
+    rows, count = _framed_rows(blob, layout, kind=kind)
+    if count != total.shape[0]:
+        raise CryptoError(f"{count} ciphertexts, expected {total.shape[0]}")
+    block = np.empty((min(count, _ROWS), layout.arrays, layout.ring), dtype=np.uint64)
+    for lo in range(0, count, _ROWS):  # check every block first: all or nothing
+        n = min(_ROWS, count - lo)
+        _residues(rows[lo : lo + n], layout, n, out=block[:n], first=lo)
+    for lo in range(0, count, _ROWS):
+        n = min(_ROWS, count - lo)
+        _residues(rows[lo : lo + n], layout, n, out=block[:n], first=lo)
+        add_residues(total[lo : lo + n], block[:n], layout)
+
+
+def _framed_rows(blob: bytes, layout: Layout, *, kind: str) -> tuple[np.ndarray, int]:
+    """A batch's item bytes (``[count, layout.size]``) once its framing is checked."""
     count = batch_count(blob, kind=kind)
     stride = ITEM.size + layout.size
     if len(blob) != HEAD.size + count * stride:
@@ -168,7 +191,7 @@ def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
         _, crc = ITEM.unpack_from(blob, start)
         if zlib.crc32(view[start + ITEM.size : start + stride]) != crc:
             raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
-    return _residues(rows[:, ITEM.size :], layout, count)
+    return rows[:, ITEM.size :], count
 
 
 def read_items(layout: Layout, items: list[bytes]) -> np.ndarray:
@@ -180,15 +203,19 @@ def read_items(layout: Layout, items: list[bytes]) -> np.ndarray:
     return _residues(rows, layout, len(items))
 
 
-def _residues(rows: np.ndarray, layout: Layout, count: int) -> np.ndarray:
+def _residues(rows: np.ndarray, layout: Layout, count: int, *,
+              out: np.ndarray | None = None, first: int = 0) -> np.ndarray:
+    """The checked residues of ``count`` items (into ``out`` if given); ``first``: the
+    index of ``rows[0]`` in its batch, for error messages."""
     template = np.frombuffer(layout.template, dtype=np.uint8)
-    out = np.empty((count, layout.arrays, layout.ring), dtype=np.uint64)
+    if out is None:
+        out = np.empty((count, layout.arrays, layout.ring), dtype=np.uint64)
     for lo in range(0, count, _ROWS):
         block = rows[lo : lo + _ROWS]
         for a, b in layout.fixed():
             bad = np.any(block[:, a:b] != template[a:b], axis=1)
             if bad.any():
-                i = lo + int(np.flatnonzero(bad)[0])
+                i = first + lo + int(np.flatnonzero(bad)[0])
                 raise CryptoError(
                     f"item {i} is not a ciphertext of this context and key (its metadata "
                     "differs: another context, key, level, scale or format)"

@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 from fedsim.aggregate.steps import ClientContext, Pipeline, RoundContext, Update
 from fedsim.config import RunConfig
 from fedsim.crypto.identity import model_digest
+from fedsim.crypto.memory import release_memory
 from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.model import build_model, init_params
@@ -32,6 +33,9 @@ from fedsim.learning.train import LocalTrainer, local_steps
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.seeding import client_key, stream
+
+
+_LARGE = 64 << 20  # bytes of payloads a round makes past which freed memory goes back
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,8 @@ class Contributions:
                 for c, _ in kept))
             self._sent.update({c: (round_idx, digests[c].hex(), seen) for c, _ in kept})
             self._models.add(model)
+        if sum(Encoder.size(p) for _, p in kept) > _LARGE:
+            release_memory()  # the encryption's freed temporaries, before the next round
         return tuple(r for r, _ in made), bundle
 
     def endorse(self, round_idx: int, batches: Mapping[str, str]) -> dict[str, bytes]:

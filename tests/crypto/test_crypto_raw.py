@@ -20,6 +20,7 @@ from fedsim.crypto import (
 )
 from fedsim.crypto.batch import HEAD, ITEM, decode_batch
 from fedsim.crypto.cipher import learn_share_layout
+from fedsim.errors import CryptoError
 
 
 def ciphertext_layout(ctx: CKKSContext, key: bytes) -> raw.Layout:
@@ -124,3 +125,32 @@ def test_residues_wrap_modulo_q(test_ctx, holders):
 
 def test_learn_gives_up_on_bytes_it_cannot_read():
     assert raw.learn(b"not a ciphertext") is None
+
+
+def test_add_batch_adds_block_by_block_and_refuses_all_or_nothing(test_ctx, holders, monkeypatch):
+    """A batch added in blocks (the sum never holds a second batch's residues whole)
+    gives read_batch + add_residues exactly; a bad item in the last block leaves the
+    sum as it was."""
+    _, key = holders
+    layout = ciphertext_layout(test_ctx, key)
+    monkeypatch.setattr(raw, "_ROWS", 2)  # blocks of 2 items, the last one shorter
+    encryptor = Encryptor(test_ctx, key)
+    packer = Packer(4 * test_ctx.values_per_ciphertext, test_ctx.values_per_ciphertext)
+    rng = np.random.default_rng(0)
+    a, b = (encryptor.encrypt(packer.pack(rng.uniform(-0.1, 0.1, packer.num_values), 0.1))
+            for _ in range(2))
+    expected = raw.add_residues(raw.read_batch(a, layout, kind="ciphertext"),
+                                raw.read_batch(b, layout, kind="ciphertext"), layout)
+    total = raw.read_batch(a, layout, kind="ciphertext")
+    raw.add_batch(total, b, layout, kind="ciphertext")
+    np.testing.assert_array_equal(total, expected)
+    count = total.shape[0]
+    assert count % 2 == 1 and count >= 5
+    before = total.copy()
+    unreduced = bytearray(b)
+    last = count - 1  # in the last block
+    at = HEAD.size + last * (ITEM.size + layout.size) + ITEM.size + layout.offsets[0] + 8 * 3
+    struct.pack_into("<Q", unreduced, at, layout.moduli[0])
+    with pytest.raises(CryptoError, match="not reduced"):
+        raw.add_batch(total, with_crc(unreduced, last, layout.size), layout, kind="ciphertext")
+    np.testing.assert_array_equal(total, before)

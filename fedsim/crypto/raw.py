@@ -156,19 +156,28 @@ def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
 
 def add_batch(total: np.ndarray, blob: bytes, layout: Layout, *, kind: str) -> None:
     """``total += read_batch(blob)`` modulo each modulus, in place, without the batch's
-    residues ever held whole (one block of items at a time): the same checks, all made
-    before anything is added, so a refused batch leaves ``total`` unchanged."""
+    residues ever held whole (one block of items at a time), with read_batch's checks.
+    A refused batch leaves ``total`` unchanged: the blocks already added are taken out
+    again (adding q - r subtracts r)."""
     rows, count = _framed_rows(blob, layout, kind=kind)
     if count != total.shape[0]:
         raise CryptoError(f"{count} ciphertexts, expected {total.shape[0]}")
     block = np.empty((min(count, _ROWS), layout.arrays, layout.ring), dtype=np.uint64)
-    for lo in range(0, count, _ROWS):  # check every block first: all or nothing
-        n = min(_ROWS, count - lo)
-        _residues(rows[lo : lo + n], layout, n, out=block[:n], first=lo)
-    for lo in range(0, count, _ROWS):
-        n = min(_ROWS, count - lo)
-        _residues(rows[lo : lo + n], layout, n, out=block[:n], first=lo)
-        add_residues(total[lo : lo + n], block[:n], layout)
+    added = 0
+    try:
+        for lo in range(0, count, _ROWS):
+            n = min(_ROWS, count - lo)
+            _residues(rows[lo : lo + n], layout, n, out=block[:n], first=lo)
+            add_residues(total[lo : lo + n], block[:n], layout)
+            added = lo + n
+    except CryptoError:
+        moduli = layout._moduli_column()
+        for lo in range(0, added, _ROWS):
+            n = min(_ROWS, added - lo)
+            _residues(rows[lo : lo + n], layout, n, out=block[:n], first=lo)
+            np.subtract(moduli, block[:n], out=block[:n])
+            add_residues(total[lo : lo + n], block[:n], layout)
+        raise
 
 
 def _framed_rows(blob: bytes, layout: Layout, *, kind: str) -> tuple[np.ndarray, int]:

@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import numpy as np
-
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey

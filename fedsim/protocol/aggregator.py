@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsim.aggregate.steps import Pipeline, RoundContext, ServerContext
-from fedsim.crypto.identity import digest as digest_bytes
 from fedsim.crypto.identity import SigningKey, noise_statement
+from fedsim.crypto.identity import digest as digest_bytes
 from fedsim.errors import CryptoError, ProtocolError
 from fedsim.protocol.manifest import Manifest, digest
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding, NoiseBatch, RoundSum, Summation
@@ -75,9 +75,10 @@ class Aggregator:
         coordinator does not wait for ``begin``, so that work overlaps local training.
         Returns the noise commitment (the noise payload's SHA-256, empty without noise:
         clients sign it with their batches) and the noise batch (None without noise, for
-        the key holders to add themselves), signed by this party when the encoder signs. The round is open only once ``begin``
-        has completed: should it fail, every ``add`` and ``finish`` of the round is
-        refused (no sum without its noise).
+        the key holders to add themselves), signed by this party when the encoder signs.
+        The round is open only once ``begin`` has completed: should it fail, every
+        ``add`` and ``finish`` of the round is refused (no sum without its noise). In he
+        mode rounds only move forward (a second noise batch of a round is refused).
         """
         if self._summation is None or self._encoder is None:
             raise ProtocolError("aggregator: begin() before use_encoding()")

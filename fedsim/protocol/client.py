@@ -34,7 +34,6 @@ from fedsim.protocol.backend import Deferred
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.seeding import client_key, stream
 
-
 _LARGE = 64 << 20  # bytes of payloads a round makes past which freed memory goes back
 
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fedsim.crypto.batch import batch_count
-from fedsim.crypto.memory import release_memory
 from fedsim.crypto.identity import (
     ChannelKey,
     SigningKey,
@@ -47,10 +46,11 @@ from fedsim.crypto.identity import (
     sum_digest,
     verify,
 )
+from fedsim.crypto.memory import release_memory
 from fedsim.errors import CryptoError, Refusal
+from fedsim.protocol.backend import Deferred
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.manifest import digest as manifest_digest
-from fedsim.protocol.backend import Deferred
 from fedsim.protocol.policy import HolderPolicy
 from fedsim.protocol.schemes import Bundle, NoiseBatch
 

@@ -347,7 +347,6 @@ def test_clients_and_the_aggregator_take_the_encoding_once_and_of_the_runs_mode(
     one under a key of its own) to read its next update: refused, as is a second
     encoding to the aggregator. A client of an he run encodes nothing before set-up."""
     from fedsim.protocol.schemes.plaintext import PlainEncoding
-
     from fedsim.protocol.schemes.threshold import SealedEncoding
 
     fed = he_fed()

@@ -4,15 +4,16 @@ A round's ciphertexts are many allocations of 0.1-1 MB; once freed, glibc keeps 
 its heap (its mmap threshold grows after the first large free), so a party that peaked
 at several GB while decrypting keeps that resident while the next round trains, and on
 a shared machine the next peak can push Ray's memory monitor over its limit.
-`release_memory` collects garbage and asks glibc to return free heap pages
-(``malloc_trim(0)``); on other C libraries it only collects.
+`release_memory` asks glibc to return free heap pages (``malloc_trim(0)``) after a
+party handled at least 64 MiB of payloads (below that the heap is small, and a trim on
+a large process, say an in-process test run, costs more than it returns); on other C
+libraries it does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 from functools import cache
 
 
@@ -25,9 +26,12 @@ def _trim() -> object | None:
         return None
 
 
-def release_memory() -> None:
-    """Collect garbage and return free heap pages to the OS (glibc only)."""
-    gc.collect()
-    trim = _trim()
+LARGE = 64 << 20  # bytes of payloads handled past which freed memory goes back
+
+
+def release_memory(handled: int) -> None:
+    """Return free heap pages to the OS (glibc only) once ``handled`` bytes of payloads
+    went through this party since the last call, if that is at least `LARGE`."""
+    trim = _trim() if handled >= LARGE else None
     if trim is not None:
         trim(0)

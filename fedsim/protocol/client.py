@@ -34,8 +34,6 @@ from fedsim.protocol.backend import Deferred
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.seeding import client_key, stream
 
-_LARGE = 64 << 20  # bytes of payloads a round makes past which freed memory goes back
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -184,8 +182,8 @@ class Contributions:
                 for c, _ in kept))
             self._sent.update({c: (round_idx, digests[c].hex(), seen) for c, _ in kept})
             self._models.add(model)
-        if sum(Encoder.size(p) for _, p in kept) > _LARGE:
-            release_memory()  # the encryption's freed temporaries, before the next round
+        # The encryption's freed temporaries go back before the next round.
+        release_memory(sum(Encoder.size(p) for _, p in kept))
         return tuple(r for r, _ in made), bundle
 
     def endorse(self, round_idx: int, batches: Mapping[str, str]) -> dict[str, bytes]:

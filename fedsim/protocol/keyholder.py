@@ -194,8 +194,9 @@ class KeyHolder:
         self._used += count
         share = self._share.partial_decrypt(total, lead=request.lead,
                                             participants=request.participants)
+        handled = len(total) * (1 + len(request.manifest.contributors))
         del total
-        release_memory()  # idle between rounds, a holder should not sit on its peak
+        release_memory(handled)  # idle between rounds, a holder should not sit on its peak
         return share, checked_s
 
     def check(self, request: DecryptionRequest, noise: NoiseBatch | None,

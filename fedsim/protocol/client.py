@@ -173,7 +173,6 @@ class Contributions:
         kept = [(r.client, p) for r, p in made if isinstance(r, UpdateMeta)]
         bundle = self.encoder.bundle([c for c, _ in kept], [p for _, p in kept])
         if self.encoder.signs and kept:
-            self.check_round(round_idx, [c for c, _ in kept], model)
             seen = commitment.get()
             digests = {c: digest(p) for c, p in kept}
             bundle = replace(bundle, model=model, signatures=tuple(

@@ -317,17 +317,18 @@ class KeyHolder:
                 seen.add(client)
                 if client not in wanted:
                     continue  # not in this sum
-                batch_digest = digest(payload)
-                said = statement(self.policy.run_id, m.round, client, batch_digest,
-                                 bytes(bundle.model), commitment)
+                # The sum hashes what it adds: that digest is the one the signature must
+                # cover (this sum is this holder's own, thrown away on any refusal).
+                try:
+                    batch_digest = total_sum.add(payload, contributor=client)
+                except CryptoError as err:
+                    raise self._refuse(f"round {m.round}: {err}") from None
+                said = statement(self.policy.run_id, m.round, client,
+                                 bytes.fromhex(batch_digest), bytes(bundle.model), commitment)
                 if not verify(self._clients[client], signature, said):
                     raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
                                        f"{client} for this run, round, model and noise")
-                try:
-                    total_sum.add(payload, contributor=client)
-                except CryptoError as err:
-                    raise self._refuse(f"round {m.round}: {err}") from None
-                digests[client] = batch_digest.hex()
+                digests[client] = batch_digest
                 models.add(bytes(bundle.model))
             del bundle, item  # one party's batches in memory at a time
         missing = [c for c in m.contributors if c not in digests]

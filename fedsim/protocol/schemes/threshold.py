@@ -224,6 +224,8 @@ class ThresholdCKKS(Scheme):
         from fedsim.protocol.keyholder import DecryptionRequest
 
         n, t = self.crypto.key_holders, self.crypto.threshold
+        # Bundles travel as deferred handles: each holder fetches one at a time.
+        deferred = [backend.defer(h) for h in bundles]
         while True:
             alive = [i for i in range(n) if i not in self.missing]
             if t is None and len(alive) < n:
@@ -235,8 +237,6 @@ class ThresholdCKKS(Scheme):
                 raise ProtocolError(
                     f"only {len(alive)} key holder(s) left, threshold is {t}: cannot decrypt")
             chosen = tuple(alive if t is None else alive[:t])
-            # Bundles travel as deferred handles: each holder fetches one at a time.
-            deferred = [backend.defer(h) for h in bundles]
             calls = {i: backend.call(holder_role(i), "partial_decrypt",
                                      DecryptionRequest(manifest, chosen, i == chosen[0],
                                                        dict(endorsements)),

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 
-def _tag(purpose: str) -> int:
+def purpose_tag(purpose: str) -> int:
     return zlib.crc32(purpose.encode())
 
 
 def stream(seed: int, purpose: str, *ids: int) -> np.random.Generator:
     """A numpy generator for ``purpose`` (e.g. "sampling", "batches") and integer ids."""
-    return np.random.default_rng(np.random.SeedSequence([seed, _tag(purpose), *ids]))
+    return np.random.default_rng(np.random.SeedSequence([seed, purpose_tag(purpose), *ids]))
 
 
 def client_key(seed: int, *ids: int) -> Any:

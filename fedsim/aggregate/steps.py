@@ -36,23 +36,27 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class ClientContext:
-    """One client in one round: its name, index in the federation and sample count."""
+    """One client in one round: its name, index in the federation and sample count.
+
+    ``randomness`` is where the party's secret draws come from
+    (`fedsim.privacy.randomness.NoiseSource`; None: the OS CSPRNG).
+    """
 
     client: str
     index: int
     round: int
     num_examples: int
-    seed: int
+    randomness: Any = None
     params: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ServerContext:
-    """The server side of one round: who contributed."""
+    """The server side of one round: who contributed; ``randomness`` as for a client."""
 
     round: int
     contributors: tuple[str, ...]
-    seed: int
+    randomness: Any = None
     params: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -132,6 +136,10 @@ class Step:
                ) -> tuple[Aggregate, Any]:
         return aggregate, state
 
+    def skipped(self, state: Any, ctx: ServerContext) -> tuple[Mapping[str, float], Any]:
+        """A round that released nothing (too few clients sampled): metrics and state."""
+        return {}, state
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -184,6 +192,15 @@ class Pipeline:
         for i in reversed(range(len(self.steps))):
             aggregate, new[i] = self.steps[i].server(aggregate, new[i], ctx)
         return aggregate, tuple(new)
+
+    def skipped(self, states: Sequence[Any], ctx: ServerContext
+                ) -> tuple[dict[str, float], tuple[Any, ...]]:
+        """Every step's `Step.skipped`, in server order: merged metrics, new states."""
+        new, metrics = list(states), {}
+        for i in reversed(range(len(self.steps))):
+            more, new[i] = self.steps[i].skipped(new[i], ctx)
+            metrics.update(more)
+        return metrics, tuple(new)
 
 
 def flat_payload(update: Update, slots: Sequence[str]) -> np.ndarray:

@@ -9,6 +9,7 @@ name alone) and ``to_config()`` for the way back.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            value = parse_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
         return float(value)
@@ -96,6 +99,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+# A number as users type it: YAML 1.1 reads "1e-5", "1E5" and "5e3" (no dot, or no
+# signed exponent) as strings; Python's float() accepts all of them (and ".5", "inf").
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> Any:
+    """``text`` as a float when it spells a finite decimal number, else unchanged."""
+    stripped = text.strip()
+    return float(stripped) if _NUMBER.fullmatch(stripped) else text
 
 
 def _describe(value: Any) -> str:

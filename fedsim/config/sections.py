@@ -144,7 +144,10 @@ class ServerOptimizerConfig:
         if not isinstance(value.get("name"), str):
             raise ConfigError(f"{key}.name: required, the server optimizer's name "
                               "(e.g. fedavg, fedadam, adam, yogi)")
-        options = {k: v for k, v in value.items() if k != "name"}
+        from fedsim.config.coerce import parse_number
+
+        options = {k: parse_number(v) if isinstance(v, str) else v
+                   for k, v in value.items() if k != "name"}
         return cls(value["name"], tuple(sorted(options.items())))
 
     def to_config(self) -> dict[str, Any]:
@@ -276,6 +279,13 @@ class PrivacyConfig:
     accountant: Literal["rdp", "pld"] = "rdp"
     record_sampling_rate: float | None = None
     adaptive_clipping: AdaptiveClippingConfig | None = None
+    # Which adversary privacy.target_epsilon is met against: "participants" (the
+    # coordinator and aggregator, who see who took part: no amplification by sampling)
+    # or "observer" (sees only the released models: amplified by the secret sampling).
+    epsilon_against: Literal["participants", "observer"] = "participants"
+    # INSECURE, for tests only: draw DP noise and DP sampling from the run seed (anyone
+    # with the config regenerates them). Marked in the manifest and the progress line.
+    insecure_seeded_noise: bool = False
 
     def __post_init__(self) -> None:
         from fedsim.privacy.mechanisms import mechanism_names

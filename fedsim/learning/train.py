@@ -21,7 +21,6 @@ from scipy.special import expit
 
 from fedsim.config import TrainConfig
 from fedsim.learning.model import EHRMLP
-from fedsim.seeding import client_key
 
 Params = Any
 
@@ -126,8 +125,9 @@ class LocalTrainer:
         self._vmapped: Callable[..., Any] | None = None
 
     def inputs(self, rng: np.random.Generator, split: Any, steps: int, *, seed: int,
-               round_idx: int, index: int) -> Batches:
-        """One client's stacked batches for ``steps`` steps (batch order from ``rng``)."""
+               round_idx: int, index: int, secret: Any = None) -> Batches:
+        """One client's stacked batches for ``steps`` steps (batch order from ``rng``, the
+        public stream; ``secret`` is unused: non-private training has no secret draws)."""
         plan = batch_plan(rng, len(split), steps, self.cfg.batch_size, shuffle=self.cfg.shuffle)
         return gather(split, plan)
 
@@ -218,15 +218,21 @@ class DPSGDTrainer:
         self._run = run
 
     def inputs(self, rng: np.random.Generator, split: Any, steps: int, *, seed: int,
-               round_idx: int, index: int) -> tuple:
-        """Poisson-sampled, padded batches for ``steps`` steps, their masks and noise keys."""
-        from fedsim.privacy import poisson_batch_indices
+               round_idx: int, index: int, secret: Any = None) -> tuple:
+        """Poisson-sampled, padded batches for ``steps`` steps, their masks and noise keys.
 
-        idx, masks = zip(*(poisson_batch_indices(rng, len(split), self.rate, self.max_batch)
+        Both the record sampling and the noise key are secret randomness of this
+        hospital (``secret``: a `fedsim.privacy.randomness` source, the OS CSPRNG unless
+        the run is marked insecure); the public stream ``rng`` is not used.
+        """
+        from fedsim.privacy import poisson_batch_indices
+        from fedsim.privacy.randomness import SecretRandom
+
+        secret = secret if secret is not None else SecretRandom()
+        idx, masks = zip(*(poisson_batch_indices(secret, len(split), self.rate, self.max_batch)
                            for _ in range(steps)))
         plan, mask = np.stack(idx), np.stack(masks).astype(np.float32)
-        key = client_key(seed, 1, round_idx, index)
-        return gather(split, plan), mask, jax.random.split(key, mask.shape[0])
+        return gather(split, plan), mask, jax.random.split(secret.jax_key(), mask.shape[0])
 
     def train(self, params: Params, inputs: tuple) -> tuple[Params, float]:
         data, mask, keys = inputs

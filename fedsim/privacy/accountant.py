@@ -182,9 +182,13 @@ def calibrate_noise_multiplier(
     sample_size: int | None = None,
     accountant: AccountantKind = "rdp",
     pld_discretization: float = 1e-4,
+    sampled: bool = True,
     tol: float = 1e-4,
 ) -> float:
     """Smallest client-level multiplier whose epsilon after ``rounds`` is <= target.
+
+    ``sampled=False`` calibrates against a party that sees who took part (no
+    amplification; a client may take part in every round).
 
     The result ``z`` satisfies ``epsilon(spec(z), rounds) <= target_epsilon`` and is
     within ``tol`` of the exact root (the contract of ``calibrate_dp_mechanism``).
@@ -205,6 +209,7 @@ def calibrate_noise_multiplier(
             sample_size=sample_size,
             accountant=accountant,
             pld_discretization=pld_discretization,
+            sampled=sampled,
         )
 
     return _calibrate(make_spec, target_epsilon, rounds, tol)

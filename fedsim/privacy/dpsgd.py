@@ -118,9 +118,13 @@ def _check_rate(num_examples: int, rate: float) -> None:
 
 
 def poisson_batch_indices(
-    rng: np.random.Generator, num_examples: int, rate: float, max_batch: int
+    rng: Any, num_examples: int, rate: float, max_batch: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Poisson-sample records: each of ``num_examples`` is in with probability ``rate``.
+
+    ``rng`` is anything with ``random(size)``: the hospital's secret source
+    (`fedsim.privacy.randomness`) in a run, since the accounting's amplification by
+    sampling holds only while the sample is secret.
 
     Returns ``(indices, mask)`` of fixed shape ``(max_batch,)``: the sampled indices
     (ascending) then padding with index 0 and mask 0. Gather the batch with

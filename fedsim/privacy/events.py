@@ -17,6 +17,12 @@ Per-round events (dp-accounting, Google), composed over rounds with
 * ``fixed`` (m of n): ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(z / 2))``,
   neighbours differ by replacing one client.
 
+Against a party that sees who took part (the coordinator and the aggregator), sampling
+amplifies nothing: `AccountingSpec.participants` is the same spec with ``sampled=False``,
+whose unit event is the base event alone (``GaussianDpEvent(z)``, or ``z / 2`` for the
+replace-one relation of fixed-size sampling), composed over the rounds a client took part
+in.
+
 Fixed-size sampling is only analysed under the replace-one relation (n is public;
 Wang, Balle and Kasiviswanathan 2019, Thm. 27). Replacing one client moves a sum of
 updates clipped to ``C`` by up to ``2C``, and dp-accounting's RDP bound takes the
@@ -91,6 +97,8 @@ class AccountingSpec:
         accountant: ``"rdp"`` (Mironov 2017) or ``"pld"`` (Koskela et al. 2020;
             Doroshenko et al. 2022), the latter tighter but slower.
         pld_discretization: PLD value discretization interval (dp-accounting default).
+        sampled: False for the view of a party that sees who took part: the unit event
+            is the base event, with no amplification by sampling.
     """
 
     mechanism: str
@@ -102,6 +110,7 @@ class AccountingSpec:
     sample_size: int | None = None
     accountant: AccountantKind = "rdp"
     pld_discretization: float = 1e-4
+    sampled: bool = True
 
     def __post_init__(self) -> None:
         mechanism_class(self.mechanism)
@@ -123,10 +132,11 @@ class AccountingSpec:
 
     def _check_supported(self) -> None:
         problem = mechanism_class(self.mechanism).unsupported(
-            sampling=self.sampling, accountant=self.accountant, q=self.q)
+            sampling=self.sampling, accountant=self.accountant,
+            q=self.q if self.sampled else 1.0)
         if problem is not None:
             raise PrivacyError(problem)
-        if self.sampling == "fixed" and self.accountant == "pld":
+        if self.sampling == "fixed" and self.sampled and self.accountant == "pld":
             raise PrivacyError(
                 "sampling='fixed' is not supported by the PLD accountant (dp-accounting has "
                 "no PLD for sampling without replacement); use accountant='rdp' or "
@@ -140,10 +150,17 @@ class AccountingSpec:
             return self.sample_size / self.population  # type: ignore[operator]
         return float(self.sampling_probability)  # type: ignore[arg-type]
 
+    def participants(self) -> AccountingSpec:
+        """This spec as seen by a party that sees who took part: no amplification."""
+        import dataclasses
+
+        return dataclasses.replace(self, sampled=False)
+
     @property
     def neighboring_relation(self) -> NeighboringRelation:
-        """Add/remove one client (Poisson) or replace one client (fixed size)."""
-        if self.sampling == "fixed":
+        """Add/remove one client (Poisson) or replace one client (fixed size); without
+        sampling, the replace-one sensitivity 2C is in the halved multiplier instead."""
+        if self.sampling == "fixed" and self.sampled:
             return NeighboringRelation.REPLACE_ONE
         return NeighboringRelation.ADD_OR_REMOVE_ONE
 
@@ -155,6 +172,8 @@ class AccountingSpec:
     def unit_event(self) -> dp_accounting.DpEvent:
         """The event of one round (see the module table)."""
         event_of = mechanism_class(self.mechanism).dp_event
+        if not self.sampled:
+            return event_of(self.noise_multiplier / (2.0 if self.sampling == "fixed" else 1.0))
         if self.sampling == "fixed":
             # Replacing one client moves the sum by up to 2C: the multiplier halves.
             return dp_accounting.SampledWithoutReplacementDpEvent(

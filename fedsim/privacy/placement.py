@@ -10,7 +10,9 @@
 
 Both receive the mechanisms to draw from: one for the update vector and one per named
 reserved slot (a clipping indicator), and the public denominator the contributions
-were divided by. Noise streams are drawn from explicit generators (`fedsim.seeding`).
+were divided by. Every draw is secret randomness of the party that adds it: a fresh
+source from the context's `fedsim.privacy.randomness.NoiseSource` (the OS CSPRNG unless
+the run is marked insecure), never derived from the run seed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import final
 
 from fedsim.aggregate.steps import ClientContext, ServerContext, Update
 from fedsim.privacy.mechanisms import Mechanism
-from fedsim.seeding import stream
+from fedsim.privacy.randomness import NoiseSource
+
+_SECRET = NoiseSource()
 
 
 @final
@@ -40,11 +44,11 @@ class AggregatorPlacement:
 
     def aggregator(self, size: int, vector: Mechanism, slots: Mapping[str, Mechanism],
                    denominator: float, ctx: ServerContext) -> Update:
-        rng = stream(ctx.seed, "dp-central", ctx.round)
-        noise = vector.sample(rng, size) / denominator
+        source = ctx.randomness or _SECRET
+        noise = vector.sample(source.draw("dp-central", ctx.round), size) / denominator
         extra = {}
         for i, (name, mech) in enumerate(slots.items()):
-            draw = mech.sample(stream(ctx.seed, "dp-central-slot", ctx.round, i), 1)
+            draw = mech.sample(source.draw("dp-central-slot", ctx.round, i), 1)
             extra[name] = float(draw[0]) / denominator
         return Update(noise, weight=0.0, slots=extra)
 
@@ -62,11 +66,12 @@ class DistributedPlacement:
 
     def client(self, update: Update, vector: Mechanism, slots: Mapping[str, Mechanism],
                denominator: float, ctx: ClientContext) -> Update:
-        rng = stream(ctx.seed, "dp-share", ctx.round, ctx.index)
-        noised = update.vector + vector.share(rng, update.vector.size, self.min_clients)
+        source = ctx.randomness or _SECRET
+        noised = update.vector + vector.share(source.draw("dp-share", ctx.round, ctx.index),
+                                              update.vector.size, self.min_clients)
         extra = {}
         for i, (name, mech) in enumerate(slots.items()):
-            share = mech.share(stream(ctx.seed, "dp-share-slot", ctx.round, ctx.index, i), 1,
+            share = mech.share(source.draw("dp-share-slot", ctx.round, ctx.index, i), 1,
                                self.min_clients)
             extra[name] = update.slots.get(name, 0.0) + float(share[0]) / denominator
         return update.but(vector=noised, slots=extra)

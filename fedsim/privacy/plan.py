@@ -58,6 +58,8 @@ class ClientLevelPlan:
     calibrated: bool
     adaptive: AdaptiveClipSpec | None = None
     max_clip: float = math.inf
+    against: str = "participants"
+    secret: bool = True
 
     @property
     def clip(self) -> float:
@@ -72,7 +74,8 @@ class ClientLevelPlan:
     def steps(self, weight_norm: float) -> tuple[Step, ...]:
         dp = ClientLevelDP(self.mechanism, self.placement, self.denominator, self.adaptive,
                            self.max_clip)
-        return (dp, ClientLevelAccounting(self.accounting), FixedDenominator(self.denominator))
+        return (dp, ClientLevelAccounting(self.accounting, self.against),
+                FixedDenominator(self.denominator))
 
     def trainer(self, model: Any, train: Any, num_examples: int) -> Any:
         from fedsim.learning.train import LocalTrainer
@@ -86,13 +89,16 @@ class ClientLevelPlan:
         if self.adaptive is not None:
             clip = (f"adaptive clip from {self.clip:g} (target quantile "
                     f"{self.adaptive.target_quantile:g}, at most {self.max_clip:g})")
-        return (f"client-level {self.mechanism.name} DP: {clip}, noise multiplier "
-                f"{self.noise_multiplier:.4g} ({how}), added {where}, delta {self.delta:g}")
+        return (f"client-level discrete {self.mechanism.name} DP: {clip}, noise multiplier "
+                f"{self.noise_multiplier:.4g} ({how}, epsilon against {self.against}), added "
+                f"{where}, delta {self.delta:g}{_randomness(self.secret)}")
 
     def manifest(self) -> Mapping[str, Any]:
         out = {"plan": self.describe(), "level": "client", "mechanism": self.mechanism.name,
+               "noise": f"discrete {self.mechanism.name} on a power-of-two lattice",
                "noise_multiplier": self.noise_multiplier, "clip": self.clip,
-               "delta": self.delta, "calibrated": self.calibrated}
+               "delta": self.delta, "calibrated": self.calibrated,
+               "epsilon_against": self.against, **_randomness_fields(self.secret)}
         if self.adaptive is not None:
             out["update_noise_multiplier"] = self.mechanism.noise_multiplier
         return out
@@ -108,6 +114,7 @@ class RecordLevelPlan:
     noise_multiplier: float
     delta: float
     calibrated: bool
+    secret: bool = True
 
     update_bound = None  # DP-SGD bounds no single update: crypto.update_bound applies
 
@@ -122,12 +129,28 @@ class RecordLevelPlan:
     def describe(self) -> str:
         how = "calibrated to the target" if self.calibrated else "as configured"
         return (f"record-level DP-SGD: clip {self.clip:g}, noise multiplier "
-                f"{self.noise_multiplier:.4g} ({how}), delta {self.delta:g}")
+                f"{self.noise_multiplier:.4g} ({how}), delta {self.delta:g}"
+                f"{_randomness(self.secret)}")
 
     def manifest(self) -> Mapping[str, Any]:
         return {"plan": self.describe(), "level": "record",
                 "noise_multiplier": self.noise_multiplier, "clip": self.clip,
-                "delta": self.delta, "calibrated": self.calibrated}
+                "delta": self.delta, "calibrated": self.calibrated,
+                **_randomness_fields(self.secret)}
+
+
+INSECURE = ("INSECURE: DP noise and sampling derived from the run seed "
+            "(privacy.insecure_seeded_noise); anyone with the config can remove the noise")
+
+
+def _randomness(secret: bool) -> str:
+    return "" if secret else f"; {INSECURE}"
+
+
+def _randomness_fields(secret: bool) -> dict[str, Any]:
+    if secret:
+        return {"randomness": "OS CSPRNG of the party adding it (never derived or sent)"}
+    return {"randomness": "seeded", "insecure": INSECURE}
 
 
 PrivacyPlan = ClientLevelPlan | RecordLevelPlan
@@ -153,7 +176,8 @@ def _record_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> R
                                              accountant=p.accountant)
     spec = RecordLevelSpec(noise_multiplier=z, sampling_rate=rate, steps_per_round=steps,
                            delta=p.delta, accountant=p.accountant)
-    return RecordLevelPlan(spec, float(p.clip), float(z), p.delta, p.noise_multiplier is None)
+    return RecordLevelPlan(spec, float(p.clip), float(z), p.delta, p.noise_multiplier is None,
+                           secret=not p.insecure_seeded_noise)
 
 
 def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> ClientLevelPlan:
@@ -164,7 +188,8 @@ def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> C
     kwargs = dict(mechanism=p.mechanism, accountant=p.accountant, **sampling[fed.sampling])
     z = p.noise_multiplier
     if z is None:
-        z = calibrate_noise_multiplier(p.target_epsilon, p.delta, fed.rounds, **kwargs)
+        z = calibrate_noise_multiplier(p.target_epsilon, p.delta, fed.rounds,
+                                       sampled=p.epsilon_against == "observer", **kwargs)
     spec = AccountingSpec(noise_multiplier=z, delta=p.delta, **kwargs)
     adaptive, update_z, max_clip = None, float(z), math.inf
     if p.adaptive_clipping is not None:
@@ -178,7 +203,8 @@ def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> C
         placement=PLACEMENTS[p.placement](fed.min_clients),
         accounting=spec, noise_multiplier=float(z), delta=p.delta, denominator=float(m),
         min_clients=fed.min_clients, calibrated=p.noise_multiplier is None,
-        adaptive=adaptive, max_clip=max_clip,
+        adaptive=adaptive, max_clip=max_clip, against=p.epsilon_against,
+        secret=not p.insecure_seeded_noise,
     )
 
 

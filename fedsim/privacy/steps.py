@@ -5,7 +5,9 @@
   aggregator, the placement's noise; on the server, with adaptive clipping (Andrew et
   al. 2021), the next bound from the noised sum of clipping indicators.
 * `ClientLevelAccounting` and `RecordLevelAccounting`: server hooks that report the
-  epsilon spent so far (``Aggregate.metrics["epsilon"]``).
+  epsilon spent so far against two adversaries (``epsilon_observer``: sees only the
+  released models; ``epsilon_participants``: the coordinator and the aggregator, who
+  see who took part), and ``epsilon``, the one the run's target is set against.
 """
 
 from __future__ import annotations
@@ -91,21 +93,59 @@ class ClientLevelDP(Step):
         return aggregate.but(metrics={"clip": new.clip}), new
 
 
+Counts = tuple[tuple[str, int], ...]  # participations per client, sorted (immutable state)
+
+
+def _counted(state: Counts, contributors: tuple[str, ...]) -> tuple[Counts, int]:
+    counts = dict(state)
+    for name in contributors:
+        counts[name] = counts.get(name, 0) + 1
+    return tuple(sorted(counts.items())), max(counts.values(), default=0)
+
+
 @final
 @dataclass(frozen=True)
 class ClientLevelAccounting(Step):
-    """Epsilon after ``r + 1`` rounds of the client-level mechanism."""
+    """Client-level epsilon after each round, against two adversaries.
+
+    * ``epsilon_observer``: a party that sees only the released models. The sampling is
+      secret from it, so the spec's sampled event composes over every round so far,
+      rounds skipped for too few clients included (a valid upper bound).
+    * ``epsilon_participants``: the coordinator and the aggregator, who see who took
+      part: the base event, no amplification, over the rounds the most-sampled client
+      took part in.
+
+    ``epsilon`` repeats the one ``against`` names. State: participations per client.
+    """
 
     spec: AccountingSpec
+    against: str = "participants"
 
     @functools.cached_property
-    def accountant(self) -> Accountant:
+    def observer(self) -> Accountant:
         return Accountant(self.spec)
 
-    def server(self, aggregate: Aggregate, state: Any, ctx: ServerContext
+    @functools.cached_property
+    def participants(self) -> Accountant:
+        return Accountant(self.spec.participants())
+
+    def init(self) -> Counts:
+        return ()
+
+    def _metrics(self, rounds: int, worst: int) -> dict[str, float]:
+        out = {"epsilon_observer": self.observer.epsilon_after(rounds),
+               "epsilon_participants": self.participants.epsilon_after(worst)}
+        out["epsilon"] = out[f"epsilon_{self.against}"]
+        return out
+
+    def server(self, aggregate: Aggregate, state: Counts, ctx: ServerContext
                ) -> tuple[Aggregate, Any]:
-        return aggregate.but(metrics={"epsilon": self.accountant.epsilon_after(ctx.round + 1)}
-                             ), state
+        state, worst = _counted(state, ctx.contributors)
+        return aggregate.but(metrics=self._metrics(ctx.round + 1, worst)), state
+
+    def skipped(self, state: Counts, ctx: ServerContext) -> tuple[dict[str, float], Counts]:
+        _, worst = _counted(state, ())
+        return self._metrics(ctx.round + 1, worst), state
 
 
 @final
@@ -120,14 +160,20 @@ class RecordLevelAccounting(Step):
     def accountant(self) -> Accountant:
         return Accountant(self.spec)
 
-    def init(self) -> tuple[tuple[str, int], ...]:
+    def init(self) -> Counts:
         return ()
 
-    def server(self, aggregate: Aggregate, state: tuple[tuple[str, int], ...],
-               ctx: ServerContext) -> tuple[Aggregate, Any]:
-        counts = dict(state)
-        for name in ctx.contributors:
-            counts[name] = counts.get(name, 0) + 1
-        worst = max(counts.values(), default=0)
+    def _metrics(self, worst: int) -> dict[str, float]:
+        # The record sampling and the noise are the hospital's secrets: both adversaries
+        # see the same Poisson-sampled DP-SGD steps (client sampling is not credited).
         epsilon = self.accountant.epsilon_after(worst) if worst else 0.0
-        return aggregate.but(metrics={"epsilon": epsilon}), tuple(sorted(counts.items()))
+        return {"epsilon": epsilon, "epsilon_observer": epsilon,
+                "epsilon_participants": epsilon}
+
+    def server(self, aggregate: Aggregate, state: Counts, ctx: ServerContext
+               ) -> tuple[Aggregate, Any]:
+        state, worst = _counted(state, ctx.contributors)
+        return aggregate.but(metrics=self._metrics(worst)), state
+
+    def skipped(self, state: Counts, ctx: ServerContext) -> tuple[dict[str, float], Counts]:
+        return self._metrics(_counted(state, ())[1]), state

@@ -22,6 +22,7 @@ from fedsim.aggregate.steps import Pipeline, RoundContext, ServerContext
 from fedsim.crypto.identity import SigningKey, noise_statement
 from fedsim.crypto.identity import digest as digest_bytes
 from fedsim.errors import CryptoError, ProtocolError
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.manifest import Manifest, digest
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding, NoiseBatch, RoundSum, Summation
 
@@ -39,12 +40,15 @@ class AddResult:
 class Aggregator:
     """Streaming sum of one round's contributions (the plain class behind the actor)."""
 
-    def __init__(self, run_id: str, pipeline: Pipeline, num_values: int, seed: int) -> None:
+    def __init__(self, run_id: str, pipeline: Pipeline, num_values: int,
+                 randomness: NoiseSource) -> None:
+        """``randomness``: where the DP noise this party adds comes from (its own OS
+        CSPRNG, unless the run is marked insecure: `fedsim.privacy.randomness`)."""
         self.run_id = run_id
         self._signing = SigningKey()  # OS CSPRNG, never leaves this process
         self._pipeline = pipeline  # its noise hook is what this party adds, if anything
         self._num_values = num_values
-        self._seed = seed
+        self._randomness = randomness
         self._summation: Summation | None = None
         self._encoder: Encoder | None = None
         self._round: int | None = None
@@ -94,7 +98,7 @@ class Aggregator:
         self._busy_s = self._noise_s = 0.0
         self._noise = None
         noise = self._pipeline.noise(self._num_values, ServerContext(
-            context.round, (), self._seed, context.params))
+            context.round, (), self._randomness, context.params))
         commitment, batch = b"", None
         if noise is not None:
             self._noise, _ = self._encoder.encode(noise, client=NOISE)

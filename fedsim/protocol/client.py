@@ -30,6 +30,7 @@ from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.seeding import client_key, stream
@@ -90,12 +91,12 @@ class Contributions:
       commitment it signed its batch with.
     """
 
-    def __init__(self, pipeline: Pipeline, seed: int, run_id: str,
+    def __init__(self, pipeline: Pipeline, randomness: NoiseSource, run_id: str,
                  clients: Sequence[str], *, mode: str = "plaintext") -> None:
         from fedsim.crypto.identity import SigningKey
 
         self.pipeline = pipeline
-        self.seed = seed
+        self.randomness = randomness  # the party's secret draws (DP noise shares)
         self.run_id = run_id
         self.mode = mode
         self.encoder: Encoder | None = None  # the run's, from `use_encoding` at set-up
@@ -144,7 +145,8 @@ class Contributions:
         if not np.all(np.isfinite(delta)):
             return Dropped(name, f"client {name}: local training diverged (non-finite update "
                                  f"in round {context.round}); lower train.lr"), None
-        ctx = ClientContext(name, index, context.round, num_examples, self.seed, context.params)
+        ctx = ClientContext(name, index, context.round, num_examples, self.randomness,
+                            context.params)
         update = Update(delta, metrics={"update_norm": float(np.linalg.norm(delta))})
         try:
             update = self.pipeline.client(update, ctx)
@@ -245,7 +247,8 @@ class Hospital:
         self.steps = local_steps(cfg.train, len(data.train))
         self.trainer = (privacy.trainer(self.model, cfg.train, len(data.train))
                         if privacy is not None else LocalTrainer(self.model, cfg.train))
-        self.contributions = Contributions(pipeline, cfg.seed, run_id, [data.name],
+        self.randomness = NoiseSource.for_run(cfg)
+        self.contributions = Contributions(pipeline, self.randomness, run_id, [data.name],
                                            mode=cfg.federation.mode)
 
     @property
@@ -278,7 +281,9 @@ class Hospital:
         params = self._unravel(start)
         rng = stream(self.cfg.seed, "batches", round_idx, self.index)
         inputs = self.trainer.inputs(rng, self.data.train, self.steps, seed=self.cfg.seed,
-                                     round_idx=round_idx, index=self.index)
+                                     round_idx=round_idx, index=self.index,
+                                     secret=self.randomness.draw("dp-sgd", round_idx,
+                                                                 self.index))
         new_params, loss = self.trainer.train(params, inputs)
         new_flat, _ = ravel_pytree(new_params)
         delta = np.asarray(new_flat, np.float64) - np.asarray(global_flat, np.float64)

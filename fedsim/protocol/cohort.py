@@ -36,6 +36,7 @@ from fedsim.learning.train import LocalTrainer, local_steps
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.client import Contributions, ModelShape
 from fedsim.protocol.schemes import Encoding
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.seeding import client_key, stream
 
 
@@ -73,7 +74,7 @@ class Cohort:
         _, self._unravel = ravel_pytree(template)
         self.trainer = LocalTrainer(model, cfg.train)
         self._flatten = jax.jit(jax.vmap(lambda tree: ravel_pytree(tree)[0]))
-        self.contributions = Contributions(pipeline, cfg.seed, run_id,
+        self.contributions = Contributions(pipeline, NoiseSource.for_run(cfg), run_id,
                                            [c.name for c in self.clients],
                                            mode=cfg.federation.mode)
 

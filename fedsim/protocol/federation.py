@@ -32,6 +32,7 @@ from fedsim.data import FederatedDataset
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.model import build_model, count_params, init_params
 from fedsim.privacy.plan import plan_privacy
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.aggregator import Aggregator
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.client import Dropped, ModelShape, UpdateMeta
@@ -90,7 +91,8 @@ class Federation:
     def parties(self) -> list[PartySpec]:
         """The parties of this run, in start order."""
         aggregator = PartySpec(AGGREGATOR, Aggregator,
-                               (self.run_id, self.pipeline, self.num_params, self.cfg.seed),
+                               (self.run_id, self.pipeline, self.num_params,
+                                NoiseSource.for_run(self.cfg)),
                                resources=self.cfg.resources.aggregator, kind="aggregator")
         noise_batches = 1 if self.pipeline.adds_noise else 0
         return [*self.population.parties, aggregator,
@@ -162,7 +164,7 @@ class Federation:
         # Step 6: server steps in reverse order (average, account, adapt the clip bound),
         # then the server optimizer.
         with timer.phase("server_update"):
-            server_ctx = ServerContext(round_idx, manifest.contributors, self.cfg.seed,
+            server_ctx = ServerContext(round_idx, manifest.contributors, None,
                                        context.params)
             aggregate, self.step_states = self.pipeline.server(aggregate, self.step_states,
                                                                server_ctx)

@@ -1,21 +1,43 @@
-"""Which clients take part in a round: seeded (public) sampling."""
+"""Which clients take part in a round: public (seeded) or, under client-level DP, secret.
+
+Without client-level DP the sample is public randomness: the stream ``(seed,
+"sampling", round)``, so every run reproduces it and Ray's scheduling never changes it.
+With client-level DP the accounting's amplification by sampling relies on it, so the
+coordinator draws it from its own OS CSPRNG (`fedsim.privacy.randomness`) and it is
+never derived from the seed. The coordinator and the aggregator still see who took
+part; the epsilon reported against them (``epsilon_participants``) claims no
+amplification for that reason (`fedsim.privacy.steps`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from fedsim.config import RunConfig
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.seeding import stream
 
 
-def sample_clients(cfg: RunConfig, names: list[str], round_idx: int) -> list[str]:
-    """Seeded client sampling: fixed-size without replacement, or Poisson with rate m/n.
+def sampling_is_secret(cfg: RunConfig) -> bool:
+    """True when client-level DP accounts for the sampling (so it must be secret)."""
+    return cfg.privacy.enabled and cfg.privacy.level == "client"
 
-    Returns names in federation order. The stream is ``(seed, "sampling", round)``, so
-    a round's sample never depends on scheduling and every run reproduces it.
+
+def sample_clients(cfg: RunConfig, names: list[str], round_idx: int) -> list[str]:
+    """Fixed-size sampling without replacement, or Poisson with rate m/n.
+
+    Returns names in federation order.
     """
-    rng = stream(cfg.seed, "sampling", round_idx)
     m, n = cfg.federation.clients_per_round, len(names)
+    if sampling_is_secret(cfg):
+        source = NoiseSource.for_run(cfg).draw("sampling", round_idx)
+        u = source.random(n)
+        if cfg.federation.sampling == "poisson":
+            chosen = np.flatnonzero(u < m / n)
+        else:  # the m smallest of n i.i.d. uniforms: a uniform m-subset
+            chosen = np.sort(np.argsort(u, kind="stable")[:m])
+        return [names[i] for i in chosen]
+    rng = stream(cfg.seed, "sampling", round_idx)
     if cfg.federation.sampling == "poisson":
         chosen = np.flatnonzero(rng.random(n) < m / n)
     else:

@@ -17,11 +17,11 @@ def test_fedavg_is_the_sample_weighted_mean():
     pipeline = Pipeline((SampleWeighting(100.0),))
     encoder, total = PlainEncoding().encoder(()), PlainEncoding().summation().start()
     for i, (d, n) in enumerate(zip(deltas, counts)):
-        update = pipeline.client(Update(d), ClientContext(f"c{i}", i, 0, n, 0))
+        update = pipeline.client(Update(d), ClientContext(f"c{i}", i, 0, n))
         total.add(encoder.encode(update, client=f"c{i}")[0], f"c{i}")
     summed = split_payload(total.result(), 2, (), ("c0", "c1", "c2"))
     assert summed.weight == pytest.approx(1.0)
-    avg, _ = pipeline.server(summed, pipeline.init(), ServerContext(0, summed.contributors, 0))
+    avg, _ = pipeline.server(summed, pipeline.init(), ServerContext(0, summed.contributors))
     expected = (10 * deltas[0] + 30 * deltas[1] + 60 * deltas[2]) / 100
     np.testing.assert_allclose(avg.vector, expected, rtol=1e-12)
 

@@ -58,14 +58,14 @@ def test_client_hooks_run_in_order_and_server_hooks_in_reverse():
     assert pipeline.slots == ("count_a", "count_b")
     states = pipeline.init()
     assert pipeline.round_params(states) == {"seen_a": 0.0, "seen_b": 0.0}
-    ctx = ClientContext("c", 0, 0, num_examples=5, seed=0)
+    ctx = ClientContext("c", 0, 0, num_examples=5)
     update = pipeline.client(Update(np.array([2.0, 4.0])), ctx)
     assert log == [("client", "a"), ("client", "b")]
     assert update.weight == 0.5 and update.vector.tolist() == [1.0, 2.0]
     payload = flat_payload(update, pipeline.slots) + flat_payload(update, pipeline.slots)
     summed = split_payload(payload, 2, pipeline.slots, ("c", "d"))
     assert summed.slots == {"count_a": 0.2, "count_b": 0.2} and summed.weight == 1.0
-    out, states = pipeline.server(summed, states, ServerContext(0, ("c", "d"), 0))
+    out, states = pipeline.server(summed, states, ServerContext(0, ("c", "d")))
     assert log[2:] == [("server", "b"), ("server", "a")]
     assert out.vector.tolist() == [2.0, 4.0]  # weighting's server half divided first
     assert out.metrics == {"a": 0.2, "b": 0.2} and states == (1, 1, None)
@@ -76,10 +76,10 @@ def test_client_hooks_run_in_order_and_server_hooks_in_reverse():
 
 def test_fixed_denominator_averages_without_the_realised_weight():
     step = FixedDenominator(4.0)
-    update = step.client(Update(np.array([8.0])), ClientContext("c", 0, 0, 100, 0))
+    update = step.client(Update(np.array([8.0])), ClientContext("c", 0, 0, 100))
     assert update.weight == 0.25 and update.vector.tolist() == [2.0]
     summed = Aggregate(np.array([6.0]), 0.75, {}, ("a", "b", "c"))
-    assert step.server(summed, None, ServerContext(0, (), 0))[0].vector.tolist() == [6.0]
+    assert step.server(summed, None, ServerContext(0, ()))[0].vector.tolist() == [6.0]
 
 
 def test_noise_of_several_steps_is_one_contribution():
@@ -93,7 +93,7 @@ def test_noise_of_several_steps_is_one_contribution():
 
     pipeline = Pipeline((Noisy(1.0), SampleWeighting(1.0), Noisy(0.5)))
     assert pipeline.adds_noise and not Pipeline((SampleWeighting(1.0),)).adds_noise
-    noise = pipeline.noise(3, ServerContext(0, (), 0))
+    noise = pipeline.noise(3, ServerContext(0, ()))
     assert noise.vector.tolist() == [1.5, 1.5, 1.5] and noise.weight == 0.0
     assert noise.slots == {"s": 1.5}
 

@@ -112,12 +112,30 @@ def test_noise_share_needs_a_positive_count():
         spec.share(np.random.default_rng(0), 3, 0)
 
 
-def test_clip_update_uses_the_mechanisms_norm():
+def test_clip_update_uses_the_mechanisms_norm_and_lands_on_the_lattice_within_the_clip():
     v = np.array([3.0, 4.0])
-    l2, _ = make_mechanism("gaussian", clip=1.0, noise_multiplier=1.0).clip_update(v)
-    l1, _ = make_mechanism("laplace", clip=1.0, noise_multiplier=1.0).clip_update(v)
-    np.testing.assert_allclose(l2, [0.6, 0.8], rtol=1e-15)
-    np.testing.assert_allclose(l1, [3 / 7, 4 / 7], rtol=1e-15)
+    gauss = make_mechanism("gaussian", clip=1.0, noise_multiplier=1.0)
+    lap = make_mechanism("laplace", clip=1.0, noise_multiplier=1.0)
+    l2, norm2 = gauss.clip_update(v)
+    l1, norm1 = lap.clip_update(v)
+    assert (norm2, norm1) == (5.0, 7.0)
+    # Within the rounding slack (1/1024 of the clip) of the exact clip, never above it.
+    np.testing.assert_allclose(l2, [0.6, 0.8], atol=2.0 ** -10)
+    np.testing.assert_allclose(l1, [3 / 7, 4 / 7], atol=2.0 ** -10)
+    assert np.linalg.norm(l2) <= 1.0 and np.abs(l1).sum() <= 1.0
+    for mech, out in ((gauss, l2), (lap, l1)):
+        gamma, _ = mech.lattice(v.size)
+        assert gamma == 2.0 ** round(np.log2(gamma))  # a power of two
+        np.testing.assert_array_equal(out / gamma, np.rint(out / gamma))
+
+
+@pytest.mark.parametrize("size", [1, 7, 100_000])
+def test_a_clipped_update_stays_within_the_clip_after_rounding_at_any_size(size):
+    rng = np.random.default_rng(size)
+    mech = make_mechanism("gaussian", clip=0.37, noise_multiplier=1.0)
+    for _ in range(20):
+        out, _ = mech.clip_update(rng.normal(0, 5, size))
+        assert np.linalg.norm(out) <= 0.37
 
 
 def test_importing_the_package_does_not_import_jax():

@@ -9,8 +9,14 @@ A concrete mechanism is a frozen dataclass with fields ``clip`` and
 ``noise_multiplier``, registered with `fedsim.privacy.mechanisms.register_mechanism`.
 It says which norm it clips in, how to draw the whole noise (the aggregator's
 placement) and one of ``m`` shares that sum to it (distributed placement), a tail
-bound on any drawn value, and its dp-accounting event. Every sampler takes an explicit
-``numpy.random.Generator``; nothing reads global RNG.
+bound on any drawn value, and its dp-accounting event.
+
+Noise is integer-valued on a power-of-two lattice (`fedsim.privacy.mechanisms.discrete`,
+against floating-point attacks): `clip_update` clips to ``clip`` less the rounding
+allowance and rounds to the lattice of the vector's size, and the samplers draw lattice
+multiples, so every noised sum is a lattice point and its sensitivity stays ``clip``.
+Every sampler takes an explicit source (`fedsim.privacy.randomness`: the OS CSPRNG, or
+the insecure seeded one); nothing reads global RNG.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import dp_accounting
 import numpy as np
 
 from fedsim.errors import PrivacyError
 from fedsim.privacy.clipping import clip_l1, clip_l2
+from fedsim.privacy.mechanisms.discrete import lattice, round_to
 
 Norm = Literal["l2", "l1"]
 _CLIP = {"l2": clip_l2, "l1": clip_l1}
@@ -73,17 +80,36 @@ class Mechanism(abc.ABC):
     def with_noise_multiplier(self, noise_multiplier: float) -> Mechanism:
         return dataclasses.replace(self, noise_multiplier=noise_multiplier)  # type: ignore
 
+    def lattice(self, size: int) -> tuple[float, float]:
+        """``(gamma, rounding)`` for a vector of ``size`` values: the lattice step noise
+        and contributions live on, and the norm rounding to it may add."""
+        return lattice(self.clip, size, self.norm)
+
     def clip_update(self, update: np.ndarray) -> tuple[np.ndarray, float]:
-        """Clip ``update`` to ``clip`` in this mechanism's norm: ``(clipped, norm before)``."""
-        return _CLIP[self.norm](update, self.clip)
+        """``update`` clipped to ``clip - rounding`` in this mechanism's norm and rounded
+        to the lattice, so its norm is at most ``clip``: ``(contribution, norm before)``."""
+        gamma, rounding = self.lattice(update.size)
+        clipped, norm = _CLIP[self.norm](update, self.clip - rounding)
+        return round_to(clipped, gamma), norm
+
+    def lattice_scale(self, size: int, shares: int = 1) -> tuple[float, float]:
+        """``(gamma, scale / gamma)`` of one of ``shares`` shares, refused when the
+        lattice is too coarse for the stated accounting (fewer than 10 steps per scale)."""
+        gamma, _ = self.lattice(size)
+        steps = self.scale / gamma / math.sqrt(shares)
+        if steps < 10.0:
+            raise PrivacyError(f"noise scale {self.scale:g} is only {steps:.3g} lattice steps "
+                               f"of {gamma:g}; raise noise_multiplier")
+        return gamma, steps
 
     @abc.abstractmethod
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """The whole noise vector for the sum, float64 of shape (size,)."""
+    def sample(self, rng: Any, size: int) -> np.ndarray:
+        """The whole noise vector for the sum: lattice multiples, float64 of shape (size,)."""
 
     @abc.abstractmethod
-    def share(self, rng: np.random.Generator, size: int, num_shares: int) -> np.ndarray:
-        """One of ``num_shares`` independent shares whose sum is distributed as ``sample``."""
+    def share(self, rng: Any, size: int, num_shares: int) -> np.ndarray:
+        """One of ``num_shares`` independent shares whose sum is distributed as ``sample``
+        (exactly, or within the stated divergence of the mechanism)."""
 
     @classmethod
     @abc.abstractmethod

@@ -19,7 +19,7 @@ from fedsim.crypto.packing import Packer, check_range
 from fedsim.errors import CryptoError
 
 
-def slot_scale(context: CKKSContext, update_bound: float, *, parts: int = 1) -> float:
+def slot_scale(context: CKKSContext, update_bound: float, *, parts: float = 1) -> float:
     """Public factor applied to every packed value (and weight) before encryption.
 
     Weights are at most 1/m and |delta| at most ``update_bound``, so the sum of m

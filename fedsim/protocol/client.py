@@ -47,17 +47,16 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class UpdateMeta:
-    """What a client reports about its update besides the payload itself."""
+    """What a client reports to the coordinator besides its payload: who, the round, the
+    payload's size and its phases' times. Nothing computed from its data (its loss,
+    update norm, sample count and weight travel inside the payload, summed:
+    `fedsim.aggregate.statistics`)."""
 
     client: str
     round: int
-    num_examples: int
-    weight: float
-    loss: float
     bytes_up: int
     timings: dict[str, float] = field(default_factory=dict)
     finished_at: float = 0.0
-    update_norm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,16 +146,15 @@ class Contributions:
                                  f"in round {context.round}); lower train.lr"), None
         ctx = ClientContext(name, index, context.round, num_examples, self.randomness,
                             context.params)
-        update = Update(delta, metrics={"update_norm": float(np.linalg.norm(delta))})
+        update = Update(delta, metrics={"update_norm": float(np.linalg.norm(delta)),
+                                        "loss": float(loss)})
         try:
             update = self.pipeline.client(update, ctx)
             payload, timings = self.encoder.encode(update, client=name)
         except FedSimError as err:
             return Dropped(name, str(err)), None
-        meta = UpdateMeta(client=name, round=context.round, num_examples=num_examples,
-                          weight=update.weight, loss=loss, bytes_up=Encoder.size(payload),
-                          timings={"train": train_s, **timings}, finished_at=time.time(),
-                          update_norm=float(update.metrics["update_norm"]))
+        meta = UpdateMeta(client=name, round=context.round, bytes_up=Encoder.size(payload),
+                          timings={"train": train_s, **timings}, finished_at=time.time())
         return meta, payload
 
     def bundle(self, made: Sequence[tuple[Report, Any]], round_idx: int,

@@ -17,6 +17,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from fedsim.aggregate.optimizers import make_server_optimizer
+from fedsim.aggregate.statistics import TrainingStatistics
 from fedsim.aggregate.server import ServerState, server_init, server_update
 from fedsim.aggregate.steps import (
     Aggregate,
@@ -39,7 +40,7 @@ from fedsim.protocol.client import Dropped, ModelShape, UpdateMeta
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.population import BUILDERS
 from fedsim.protocol.records import CLIENT_PHASES, PhaseTimer, RoundRecord
-from fedsim.protocol.sampling import sample_clients
+from fedsim.protocol.sampling import max_contributors, sample_clients
 from fedsim.protocol.schemes import AGGREGATOR, scheme_for
 from fedsim.seeding import client_key
 
@@ -78,13 +79,18 @@ class Federation:
         # Public normaliser: keeps every weight <= 1/m, so weighted sums stay bounded.
         self.weight_norm = float(fed.clients_per_round * max(sizes))
         self.privacy = plan_privacy(cfg, len(self.names), sizes)
+        # Without DP the round's mean loss and update norm are summed in reserved slots
+        # (never one client's in the clear); a DP run reports neither (outside its noise).
         self.pipeline = Pipeline((*extra_steps, *(
             self.privacy.steps(self.weight_norm) if self.privacy
-            else (SampleWeighting(self.weight_norm),))))
+            else (SampleWeighting(self.weight_norm), TrainingStatistics()))))
         self.step_states = self.pipeline.init()
         self.population = BUILDERS[fed.clients](cfg, dataset, self.shape, self.pipeline,
                                                 self.privacy, run_id)
-        self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots)
+        # Poisson sampling may draw more than m: the sum is sized for the tail's cap.
+        self.max_contributors = max_contributors(cfg, len(self.names))
+        self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
+                                 max_contributors=self.max_contributors)
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ set-up
@@ -105,9 +111,12 @@ class Federation:
         bound = self.cfg.crypto.update_bound
         if self.privacy is not None and self.privacy.update_bound is not None:
             bound = self.privacy.update_bound
+        # Weights are at most 1/m each; up to max_contributors of them may be summed.
+        headroom = self.max_contributors / self.cfg.federation.clients_per_round
         encoding = self.scheme.setup(self.backend, self.population.party_roles,
                                      update_bound=bound,
-                                     noise_parts=2 if self.pipeline.adds_noise else 1)
+                                     noise_parts=(2 if self.pipeline.adds_noise else 1)
+                                     * max(headroom, 1.0))
         handles = [self.backend.call(role, "use_encoding", encoding)
                    for role in (*self.population.party_roles, AGGREGATOR)]
         for h in handles:
@@ -120,7 +129,11 @@ class Federation:
         b = self.backend
 
         # Step 1: sample clients; the round's public parameters; put the global model once.
+        # A Poisson round sampled below min_clients (or above the sum's cap) releases
+        # nothing: it is skipped and accounted, never aborting the run.
         sampled = sample_clients(self.cfg, self.names, round_idx)
+        if not self.cfg.federation.min_clients <= len(sampled) <= self.max_contributors:
+            return self._skipped(round_idx, timer, len(sampled))
         self._need_quorum(round_idx, len(sampled), "sampled")
         context = RoundContext(round_idx, self.pipeline.round_params(self.step_states))
         global_ref = b.put(self.state.params)
@@ -171,6 +184,16 @@ class Federation:
             self.state = server_update(self.server_opt, self.state, aggregate.vector)
         return self._record(round_idx, timer, sampled, metas, arrivals, dropped, manifest,
                             aggregate)
+
+    def _skipped(self, round_idx: int, timer: PhaseTimer, count: int) -> RoundRecord:
+        m, cap = self.cfg.federation.min_clients, self.max_contributors
+        why = f"below min_clients {m}" if count < m else f"above the sum's cap {cap}"
+        self.warnings.append(f"round {round_idx}: skipped: {count} client(s) sampled, {why}")
+        metrics, self.step_states = self.pipeline.skipped(
+            self.step_states, ServerContext(round_idx, ()))
+        return RoundRecord(round=round_idx, wall_s=timer.elapsed(), phases=dict(timer.phases),
+                           clients=(), dropped=(), bytes_up=0, bytes_down=0,
+                           loss=float("nan"), extra={"skipped": 1.0, **metrics})
 
     def _need_quorum(self, round_idx: int, count: int, what: str,
                      dropped: list[str] | None = None) -> None:
@@ -272,12 +295,11 @@ class Federation:
             timer.add(p, float(np.mean([m.timings.get(p, 0.0) for m in reports])))
         timer.add("transfer", float(np.mean(
             [max(0.0, arrivals[n] - metas[n].finished_at) for n in metas])))
-        weights = np.array([m.num_examples for m in reports], np.float64)
-        losses = np.array([m.loss for m in reports])
-        extra = {"bytes_aggregate": manifest.aggregate_bytes,
+        metrics = dict(aggregate.metrics)
+        loss = metrics.pop("loss", float("nan"))  # summed in slots: the weighted mean only
+        extra = {"skipped": 0.0, "bytes_aggregate": manifest.aggregate_bytes,
                  "bytes_up_per_client": int(np.mean([m.bytes_up for m in reports])),
-                 "update_norm": float(np.mean([m.update_norm for m in reports])),
-                 **aggregate.metrics}
+                 "update_norm": float("nan"), **metrics}
         return RoundRecord(
             round=round_idx,
             wall_s=timer.elapsed(),
@@ -286,7 +308,7 @@ class Federation:
             dropped=tuple(sorted(dropped)),
             bytes_up=int(sum(m.bytes_up for m in reports)),
             bytes_down=int(self.state.params.nbytes * len(sampled)),
-            loss=float(np.sum(weights * losses) / np.sum(weights)),
+            loss=float(loss),
             extra=extra,
         )
 

@@ -54,14 +54,14 @@ class HolderPolicy:
     noise_batches: int  # 1 when the aggregator adds DP noise to every sum, else 0
 
     @classmethod
-    def from_config(cls, cfg: Any, *, run_id: str, num_values: int, noise_batches: int
-                    ) -> HolderPolicy:
+    def from_config(cls, cfg: Any, *, run_id: str, num_values: int, noise_batches: int,
+                    max_contributors: int) -> HolderPolicy:
         c, fed = cfg.crypto, cfg.federation
         return cls(run_id=run_id, profile=c.profile, allow_insecure=c.allow_insecure,
                    accept_unflooded=c.accept_unflooded_decryption,
                    statistical_security=c.statistical_security, num_holders=c.key_holders,
                    threshold=c.threshold, min_clients=fed.min_clients,
-                   max_contributors=fed.clients_per_round, rounds=fed.rounds,
+                   max_contributors=max_contributors, rounds=fed.rounds,
                    num_values=num_values, noise_batches=noise_batches)
 
     def ciphertexts_per_round(self, context: Any) -> int:

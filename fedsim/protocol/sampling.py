@@ -23,6 +23,18 @@ def sampling_is_secret(cfg: RunConfig) -> bool:
     return cfg.privacy.enabled and cfg.privacy.level == "client"
 
 
+def max_contributors(cfg: RunConfig, num_clients: int) -> int:
+    """Most clients a round may sum: ``m`` for fixed-size sampling; for Poisson the
+    binomial tail's 1e-12 upper quantile (at most every client). The encrypted sum is
+    sized for it; the rare round sampled above it is skipped, never truncated."""
+    from scipy import stats
+
+    m, n = cfg.federation.clients_per_round, num_clients
+    if cfg.federation.sampling != "poisson" or m >= n:
+        return m
+    return int(min(n, stats.binom.isf(1e-12, n, m / n) + 1))
+
+
 def sample_clients(cfg: RunConfig, names: list[str], round_idx: int) -> list[str]:
     """Fixed-size sampling without replacement, or Poisson with rate m/n.
 

@@ -14,19 +14,34 @@ from fedsim.protocol.records import RoundRecord
 ENCRYPTION_PHASES = ("encode", "encrypt", "serialize", "verify", "partial_decrypt", "fuse")
 
 
-def describe(record: RoundRecord, epsilon: float | None = None) -> str:
-    """One compact description of a finished round."""
+INSECURE_LABEL = "INSECURE seeded DP noise"
+
+
+def describe(record: RoundRecord, epsilon: float | None = None, *,
+             insecure: bool = False) -> str:
+    """One compact description of a finished round.
+
+    With DP, both epsilons: against an observer of the released models and against the
+    participants (coordinator, aggregator), who see who took part.
+    """
     crypto = sum(record.phases.get(p, 0.0) for p in ENCRYPTION_PHASES)
     auc = f"{record.metrics.auc:.4f}" if record.metrics is not None else "-"
-    parts = [
-        f"{record.wall_s:6.2f}s",
-        f"loss {record.loss:.4f}",
-        f"AUC {auc}",
-    ]
+    parts = [f"{record.wall_s:6.2f}s"]
+    if math.isfinite(record.loss):  # a DP run reports no training loss
+        parts.append(f"loss {record.loss:.4f}")
+    parts.append(f"AUC {auc}")
+    if record.extra.get("skipped"):
+        parts.append("skipped (too few clients sampled)")
     if crypto > 0:
         parts.append(f"crypto {100 * min(1.0, crypto / max(record.wall_s, 1e-9)):.0f}%")
-    if epsilon is not None:
+    observer = record.extra.get("epsilon_observer")
+    participants = record.extra.get("epsilon_participants")
+    if observer is not None and participants is not None:
+        parts.append(f"eps {participants:.2f} vs participants, {observer:.2f} vs observer")
+    elif epsilon is not None:
         parts.append(f"eps {epsilon:.2f}")
+    if insecure:
+        parts.append(INSECURE_LABEL)
     if record.dropped:
         parts.append(f"dropped {','.join(record.dropped)}")
     return "  ".join(parts)
@@ -35,8 +50,10 @@ def describe(record: RoundRecord, epsilon: float | None = None) -> str:
 class RoundProgress:
     """Context manager: call `update(record)` after each round."""
 
-    def __init__(self, total: int, console: Console | None = None, *, title: str = "rounds"):
+    def __init__(self, total: int, console: Console | None = None, *, title: str = "rounds",
+                 insecure: bool = False):
         self.total = total
+        self.insecure = insecure
         self.console = console or Console(stderr=True)
         self.title = title
         self.done = 0
@@ -60,7 +77,7 @@ class RoundProgress:
 
     def update(self, record: RoundRecord, epsilon: float | None = None) -> None:
         self.done += 1
-        status = describe(record, epsilon)
+        status = describe(record, epsilon, insecure=self.insecure)
         if self._bar is not None:
             self._bar.update(self._task, advance=1, status=status)
             return

@@ -30,6 +30,7 @@ from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.records import RoundRecord
 from fedsim.run.callbacks import Evaluate, PublishTelemetry, ShowProgress, WriteRounds
+from fedsim.privacy.plan import INSECURE
 from fedsim.run.progress import RoundProgress, summary_table
 from fedsim.run.results import RunWriter
 from fedsim.run.telemetry import RunTelemetry
@@ -116,9 +117,13 @@ def run_federated(
             f"mode {cfg.federation.mode}, backend {backend}, results in {out}",
             highlight=False,
         )
+        insecure = federation.privacy is not None and not federation.privacy.secret
         if federation.privacy is not None:
             console.print(federation.privacy.describe(), highlight=False)
-            writer.update_manifest(privacy=dict(federation.privacy.manifest()))
+            writer.update_manifest(privacy=dict(federation.privacy.manifest()),
+                                   insecure_seeded_noise=insecure)
+        if insecure:
+            console.print(f"[bold red]warning:[/] {INSECURE}")
         for caveat in federation.scheme.caveats():
             federation.warnings.append(caveat)
             console.print(f"[yellow]warning:[/] {caveat}")
@@ -128,7 +133,7 @@ def run_federated(
 
         evaluator = CentralEvaluator(federation.model, dataset)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
-        with RoundProgress(cfg.federation.rounds, console) as progress:
+        with RoundProgress(cfg.federation.rounds, console, insecure=insecure) as progress:
             records = run_rounds(federation, cfg.federation.rounds, [
                 Evaluate(evaluator, every=cfg.evaluation.every, rounds=cfg.federation.rounds),
                 WriteRounds(writer), PublishTelemetry(telemetry), ShowProgress(progress),

@@ -233,7 +233,8 @@ def _crafted_aggregate(fed, like: bytes) -> bytes:
 
 def test_a_context_outside_the_holders_policy_is_refused():
     cfg = tiny_config(federation=HE, crypto={"profile": "test", "allow_insecure": True})
-    policy = HolderPolicy.from_config(cfg, run_id="t", num_values=4401, noise_batches=0)
+    policy = HolderPolicy.from_config(cfg, run_id="t", num_values=4401, noise_batches=0,
+                                      max_contributors=cfg.federation.clients_per_round)
     honest = CKKSContext.create("test", allow_insecure=True, max_contributors=3,
                                 max_key_holders=3, max_decryptions=policy.budget(
                                     CKKSContext.create("test", allow_insecure=True)))

@@ -140,7 +140,7 @@ class Scheme(abc.ABC):
 
     @abc.abstractmethod
     def setup(self, backend: Backend, training: Sequence[str], *, update_bound: float,
-              noise_parts: int) -> Encoding:
+              noise_parts: float) -> Encoding:
         """Run after every party started (``training``: the training parties' roles);
         returns the encoding to hand out."""
 
@@ -156,10 +156,13 @@ class Scheme(abc.ABC):
         """
 
 
-def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str]) -> Scheme:
-    """The scheme ``federation.mode`` names."""
+def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str],
+               max_contributors: int) -> Scheme:
+    """The scheme ``federation.mode`` names, sized for ``max_contributors`` per round
+    (`fedsim.protocol.sampling.max_contributors`)."""
     from fedsim.protocol.schemes.plaintext import Plaintext
     from fedsim.protocol.schemes.threshold import ThresholdCKKS
 
     kinds = {"plaintext": Plaintext, "he": ThresholdCKKS}
-    return kinds[cfg.federation.mode].create(cfg, num_params=num_params, slots=slots)
+    return kinds[cfg.federation.mode].create(cfg, num_params=num_params, slots=slots,
+                                             max_contributors=max_contributors)

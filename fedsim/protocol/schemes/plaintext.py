@@ -93,7 +93,8 @@ class Plaintext(Scheme):
     """No encryption: the aggregate is read as it is."""
 
     @classmethod
-    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str]) -> Plaintext:
+    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str],
+               max_contributors: int) -> Plaintext:
         return cls()
 
     @property
@@ -101,7 +102,7 @@ class Plaintext(Scheme):
         return 0
 
     def setup(self, backend: Any, training: Sequence[str], *, update_bound: float,
-              noise_parts: int) -> PlainEncoding:
+              noise_parts: float) -> PlainEncoding:
         return PlainEncoding()
 
     def open(self, backend: Any, manifest: Any, aggregate: Any, timer: Any, *, noise: Any,

@@ -119,7 +119,8 @@ class ThresholdCKKS(Scheme):
         self.missing: set[int] = set()
 
     @classmethod
-    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str]) -> ThresholdCKKS:
+    def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str],
+               max_contributors: int) -> ThresholdCKKS:
         """Build the run's context, sized for the round's contributors and key holders.
 
         Flooding noise is sized for every ciphertext the joint key will ever decrypt
@@ -135,7 +136,7 @@ class ThresholdCKKS(Scheme):
                            reserved=len(slots) + 1).num_ciphertexts
         context = CKKSContext.create(
             c.profile, allow_insecure=c.allow_insecure,
-            max_contributors=fed.clients_per_round, max_key_holders=max(c.key_holders, 2),
+            max_contributors=max_contributors, max_key_holders=max(c.key_holders, 2),
             max_decryptions=decryption_budget(fed.rounds, per_round, c.key_holders, c.threshold),
             statistical_security=c.statistical_security,
         )
@@ -158,14 +159,15 @@ class ThresholdCKKS(Scheme):
         from fedsim.protocol.policy import HolderPolicy
 
         policy = HolderPolicy.from_config(cfg, run_id=run_id, num_values=self.num_values,
-                                          noise_batches=noise_batches)
+                                          noise_batches=noise_batches,
+                                          max_contributors=self.context.max_contributors)
         blob = self.context.to_bytes()
         return [PartySpec(holder_role(i), KeyHolder, (policy, blob), {"index": i},
                           resources=cfg.resources.keyholder, kind="keyholder")
                 for i in range(self.crypto.key_holders)]
 
     def setup(self, backend: Backend, training: Sequence[str], *, update_bound: float,
-              noise_parts: int) -> SealedEncoding:
+              noise_parts: float) -> SealedEncoding:
         """Roster, key ceremony and (t-of-n) sealed share exchange; returns what clients
         and the aggregator encode with.
 

@@ -33,10 +33,10 @@ from fedsim.data import ClientData
 from fedsim.errors import ConfigError, ProtocolError
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.client import Contributions, ModelShape
 from fedsim.protocol.schemes import Encoding
-from fedsim.privacy.randomness import NoiseSource
 from fedsim.seeding import client_key, stream
 
 

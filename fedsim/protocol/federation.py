@@ -17,8 +17,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from fedsim.aggregate.optimizers import make_server_optimizer
-from fedsim.aggregate.statistics import TrainingStatistics
 from fedsim.aggregate.server import ServerState, server_init, server_update
+from fedsim.aggregate.statistics import TrainingStatistics
 from fedsim.aggregate.steps import (
     Aggregate,
     Pipeline,

@@ -26,11 +26,11 @@ from fedsim.data import (
     teacher_dataset,
 )
 from fedsim.errors import Refusal
+from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.records import RoundRecord
 from fedsim.run.callbacks import Evaluate, PublishTelemetry, ShowProgress, WriteRounds
-from fedsim.privacy.plan import INSECURE
 from fedsim.run.progress import RoundProgress, summary_table
 from fedsim.run.results import RunWriter
 from fedsim.run.telemetry import RunTelemetry

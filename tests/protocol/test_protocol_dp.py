@@ -10,6 +10,7 @@ from fedsim.errors import ConfigError
 from fedsim.privacy import AccountingSpec, RecordLevelSpec, epsilon
 from fedsim.protocol.backend import InProcessBackend
 from fedsim.protocol.federation import Federation
+from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.sampling import sample_clients
 from fedsim.run.runner import load_dataset
 
@@ -28,7 +29,7 @@ def _clean_sum(fed, round_idx):
         meta, payload = train_one(fed, name, round_idx)
         total = total + payload[:-1]
         assert np.linalg.norm(payload[:-1] * fed.privacy.denominator) <= 0.05 * (1 + 1e-9)
-        assert meta.weight == pytest.approx(1 / 3)
+        assert payload[-1] == pytest.approx(1 / 3)  # the weight slot: 1/m, fixed, public
     return total
 
 
@@ -44,8 +45,8 @@ def test_noise_on_the_average_has_stddev_clip_times_multiplier_over_m(placement,
     fed.run_round(0)
     step = fed.state.params.astype(np.float64) - before
     if clean is None:  # distributed: shares are inside the payloads; subtract clipped parts
-        noiseless = federation(dp_config(placement="aggregator", noise_multiplier=1e-9))
-        clean = _clean_sum(noiseless, 0)
+        # The aggregator placement's clients only clip and round: no noise in payloads.
+        clean = _clean_sum(federation(dp_config(placement="aggregator")), 0)
     noise = step - clean
     expected = 0.05 * 2.0 / 3 * np.sqrt(variance_factor)  # clip * z / m (3 of 2 shares)
     assert noise.size > 4000
@@ -59,8 +60,10 @@ def test_reported_epsilon_equals_dp_accountings_own_computation():
     records = scored_rounds(fed, 3)
     spec = AccountingSpec(mechanism="gaussian", noise_multiplier=2.0, delta=1e-5,
                           sampling="fixed", population=3, sample_size=3, accountant="rdp")
-    for r, rec in enumerate(records):
-        assert rec.extra["epsilon"] == pytest.approx(epsilon(spec, r + 1), rel=1e-9)
+    for r, rec in enumerate(records):  # every client in every round (3 of 3)
+        assert rec.extra["epsilon_observer"] == pytest.approx(epsilon(spec, r + 1), rel=1e-9)
+        assert rec.extra["epsilon"] == rec.extra["epsilon_participants"] == pytest.approx(
+            epsilon(spec.participants(), r + 1), rel=1e-9)
     assert records[0].extra["epsilon"] < records[-1].extra["epsilon"]
 
 
@@ -71,8 +74,9 @@ def test_target_epsilon_is_met_exactly_at_the_planned_round():
     fed = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="cal")
     plan = fed.privacy
     assert plan.calibrated
-    spent = epsilon(plan.accounting, 3)
+    spent = epsilon(plan.accounting.participants(), 3)  # against the coordinator, by default
     assert spent <= 3.0 and spent == pytest.approx(3.0, rel=0.02)
+    assert epsilon(plan.accounting, 3) < spent
 
 
 def test_record_level_dp_sgd_run_and_its_epsilon():
@@ -103,8 +107,9 @@ def test_unstatable_guarantees_are_refused(privacy, message):
 
 
 def test_he_with_distributed_noise_decrypts_to_the_plaintext_dp_result():
-    plain = federation(dp_config(placement="distributed"))
-    enc = federation(dp_config("he", placement="distributed"))
+    # Equality under DP needs the same noise in both runs: the insecure seeded switch.
+    plain = federation(dp_config(placement="distributed", insecure_seeded_noise=True))
+    enc = federation(dp_config("he", placement="distributed", insecure_seeded_noise=True))
     # only aggregator-placed noise needs room in the sum: the slot scale halves for it
     assert not enc.pipeline.adds_noise and federation(dp_config("he")).pipeline.adds_noise
     assert enc.scheme.scale == pytest.approx(2 * federation(dp_config("he")).scheme.scale)
@@ -119,7 +124,8 @@ def test_dp_noise_with_threshold_decryption_on_ray(ray_session):
 
     cfg = tiny_config(federation={"mode": "he", "rounds": 2},
                       crypto={"profile": "test", "allow_insecure": True, "threshold": 2},
-                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0})
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 1.0,
+                               "insecure_seeded_noise": True})  # to compare with in-process
     fed = federation(cfg, RayBackend("dp-ray"), run_id="dp-ray")
     try:
         records = scored_rounds(fed, 1)
@@ -163,7 +169,8 @@ def test_adaptive_clipping_moves_the_bound_towards_the_target_quantile(mode, cli
     assert fed.pipeline.round_params(fed.step_states)["clip"] == records[-1].extra["clip"]
     spec = AccountingSpec(mechanism="gaussian", noise_multiplier=0.01, delta=1e-5,
                           sampling="fixed", population=3, sample_size=3)
-    assert records[-1].extra["epsilon"] == pytest.approx(epsilon(spec, 2), rel=1e-9)
+    assert records[-1].extra["epsilon"] == pytest.approx(epsilon(spec.participants(), 2),
+                                                         rel=1e-9)
 
 
 def test_adaptive_clipping_refuses_what_its_accounting_cannot_state():
@@ -176,3 +183,31 @@ def test_adaptive_clipping_refuses_what_its_accounting_cannot_state():
                                "adaptive_clipping": {}})  # sigma_b = 3/20: 2 sigma_b < z
     with pytest.raises(PrivacyError, match="too small for total noise multiplier 2.0"):
         Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="a")
+
+
+def test_poisson_rounds_below_min_clients_are_skipped_and_accounted():
+    cfg = tiny_config(federation={"rounds": 8, "clients_per_round": 2, "sampling": "poisson",
+                                  "min_clients": 2},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0,
+                               "insecure_seeded_noise": True})  # a known sample per round
+    fed = federation(cfg)
+    records = run_rounds(fed, 8)
+    skipped = [r for r in records if r.extra["skipped"]]
+    ran = [r for r in records if not r.extra["skipped"]]
+    assert skipped and ran and len(records) == 8
+    assert all(r.clients == () and r.bytes_up == 0 for r in skipped)
+    observer = [r.extra["epsilon_observer"] for r in records]
+    assert observer == sorted(observer) and len(set(observer)) == 8  # every round composes
+    assert any("skipped: " in w for w in fed.warnings)
+
+
+def test_he_poisson_with_aggregator_noise_sums_more_than_m_clients():
+    cfg = tiny_config(federation={"mode": "he", "rounds": 2, "clients_per_round": 2,
+                                  "sampling": "poisson", "min_clients": 1},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0,
+                               "insecure_seeded_noise": True})
+    fed = federation(cfg)
+    assert fed.max_contributors == 3  # the sum is sized for the Poisson tail, not for m
+    records = run_rounds(fed, 2)
+    assert len(records[0].clients) == 3  # > m = 2 (the seeded sample of round 0)
+    assert np.all(np.isfinite(fed.state.params))

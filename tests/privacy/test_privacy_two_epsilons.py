@@ -1,0 +1,99 @@
+"""Epsilon against whom: both reported epsilons are dp-accounting's for the events run."""
+
+from __future__ import annotations
+
+import dp_accounting
+import pytest
+from builders import federation, tiny_config
+
+from fedsim.aggregate.steps import Aggregate, ServerContext
+from fedsim.privacy.events import AccountingSpec
+from fedsim.privacy.plan import plan_privacy
+from fedsim.privacy.steps import ClientLevelAccounting
+from fedsim.protocol.loop import run_rounds
+
+DELTA = 1e-5
+
+
+def _rdp(event, count: int, relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+         ) -> float:
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    acc.compose(event, count)
+    return acc.get_epsilon(DELTA)
+
+
+def test_the_issue_numbers_participants_spend_more_than_an_observer_sees():
+    # q = 0.6, z = 12.09, 20 rounds, the most-sampled client in 12 of them.
+    spec = AccountingSpec("gaussian", 12.09, DELTA, sampling_probability=0.6)
+    step = ClientLevelAccounting(spec)
+    state = step.init()
+    agg = Aggregate(None, 1.0, {}, ())
+    for r in range(20):
+        contributors = ("a",) if r < 12 else ("b",)
+        out, state = step.server(agg, state, ServerContext(r, contributors))
+    assert out.metrics["epsilon_observer"] == pytest.approx(0.904, abs=5e-4)
+    assert out.metrics["epsilon_participants"] == pytest.approx(1.175, abs=5e-4)
+    assert out.metrics["epsilon_observer"] == pytest.approx(_rdp(
+        dp_accounting.PoissonSampledDpEvent(0.6, dp_accounting.GaussianDpEvent(12.09)), 20))
+    assert out.metrics["epsilon_participants"] == pytest.approx(_rdp(
+        dp_accounting.GaussianDpEvent(12.09), 12))
+    assert out.metrics["epsilon"] == out.metrics["epsilon_participants"]  # the default
+
+
+def test_fixed_size_sampling_participants_epsilon_is_replace_one():
+    spec = AccountingSpec("gaussian", 8.0, DELTA, sampling="fixed", population=10,
+                          sample_size=4)
+    step = ClientLevelAccounting(spec, "observer")
+    state, agg = step.init(), Aggregate(None, 1.0, {}, ())
+    for r in range(5):
+        out, state = step.server(agg, state, ServerContext(r, ("a", "b")))
+    # Replacing one client moves the sum by 2C: the base multiplier halves.
+    assert out.metrics["epsilon_participants"] == pytest.approx(_rdp(
+        dp_accounting.GaussianDpEvent(4.0), 5))
+    assert out.metrics["epsilon"] == out.metrics["epsilon_observer"]
+
+
+def test_skipped_rounds_compose_for_the_observer_and_not_for_participants():
+    spec = AccountingSpec("gaussian", 5.0, DELTA, sampling_probability=0.5)
+    step = ClientLevelAccounting(spec)
+    state = step.init()
+    _, state = step.server(Aggregate(None, 1.0, {}, ()), state, ServerContext(0, ("a",)))
+    metrics, state = step.skipped(state, ServerContext(1, ()))
+    assert metrics["epsilon_observer"] == pytest.approx(_rdp(
+        dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(5.0)), 2))
+    assert metrics["epsilon_participants"] == pytest.approx(_rdp(
+        dp_accounting.GaussianDpEvent(5.0), 1))
+
+
+@pytest.mark.parametrize("against", ["participants", "observer"])
+def test_a_target_is_met_against_the_adversary_named(against):
+    cfg = tiny_config(federation={"rounds": 10, "clients_per_round": 2, "sampling": "poisson",
+                                  "min_clients": 1},
+                      privacy={"enabled": True, "clip": 0.05, "target_epsilon": 3.0,
+                               "epsilon_against": against})
+    plan = plan_privacy(cfg, 3, [100] * 3)
+    spec = plan.accounting
+    worst_case = _rdp(spec.participants().unit_event(), 10)  # a client in every round
+    observer = _rdp(spec.unit_event(), 10)
+    if against == "participants":
+        assert worst_case <= 3.0 + 1e-3 and worst_case == pytest.approx(3.0, abs=0.02)
+    else:
+        assert observer == pytest.approx(3.0, abs=0.02) and worst_case > 3.0
+
+
+def test_a_run_records_both_epsilons_every_round():
+    cfg = tiny_config(federation={"rounds": 3, "clients_per_round": 2},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0})
+    fed = federation(cfg)
+    records = run_rounds(fed, 3)
+    spec = fed.privacy.accounting
+    counts: dict[str, int] = {}
+    for r, rec in enumerate(records):
+        for c in rec.clients:
+            counts[c] = counts.get(c, 0) + 1
+        assert rec.extra["epsilon_participants"] == pytest.approx(
+            _rdp(spec.participants().unit_event(), max(counts.values())))
+        assert rec.extra["epsilon_observer"] == pytest.approx(
+            _rdp(spec.unit_event(), r + 1, spec.neighboring_relation))
+        assert rec.extra["epsilon"] == rec.extra["epsilon_participants"]
+        assert rec.loss != rec.loss and rec.extra["update_norm"] != rec.extra["update_norm"]

@@ -1,0 +1,98 @@
+"""In he mode nothing computed from one client's data reaches the coordinator.
+
+Plays the coordinator: records every object any party returns to the driver (reports,
+manifests, endorsements, the opened aggregate, ...) and every row written to
+rounds.parquet, then searches them for each client's training loss, update norm and
+weight (sample count over the public normaliser) of every round. None may appear; the
+round's weighted mean loss may (it is what the summed slots give).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from builders import federation, tiny_config
+
+from fedsim.protocol import client as client_module
+from fedsim.protocol.backend import InProcessBackend
+from fedsim.protocol.loop import run_rounds
+
+
+class RecordingBackend(InProcessBackend):
+    """The coordinator's view: everything `get` hands the driver."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def get(self, handle):
+        value = super().get(handle)
+        self.seen.append(value)
+        return value
+
+
+def _numbers(value, out: list[float], depth: int = 0) -> None:
+    if depth > 8:
+        return
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        out.append(float(value))
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            out.extend(value.ravel().tolist())
+    elif isinstance(value, dict):
+        for v in value.values():
+            _numbers(v, out, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _numbers(v, out, depth + 1)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _numbers(getattr(value, f.name), out, depth + 1)
+
+
+def test_an_he_run_sends_the_coordinator_no_per_client_value(monkeypatch):
+    secrets: list[float] = []
+    make = client_module.Contributions.make
+
+    def spying_make(self, name, index, num_examples, delta, loss, context, train_s):
+        secrets.extend([float(loss), float(np.linalg.norm(delta))])
+        return make(self, name, index, num_examples, delta, loss, context, train_s)
+
+    monkeypatch.setattr(client_module.Contributions, "make", spying_make)
+    backend = RecordingBackend()
+    fed = federation(tiny_config(federation={"mode": "he", "rounds": 2}), backend)
+    secrets.extend(len(c.train) / fed.weight_norm for c in fed.dataset.clients)
+    records = run_rounds(fed, 2)
+    assert len(secrets) == 2 * 2 * 3 + 3  # 2 rounds x 3 clients x (loss, norm), 3 weights
+
+    seen: list[float] = []
+    _numbers(backend.seen, seen)
+    for record in records:
+        _numbers(record.row(), seen)
+    seen_arr = np.array([v for v in seen if math.isfinite(v)])
+    assert seen_arr.size > 1000  # the opened aggregates are in there
+    for value in secrets:
+        close = np.isclose(seen_arr, value, rtol=1e-6, atol=0.0)
+        assert not close.any(), f"a per-client value {value!r} reached the coordinator"
+    # What it does get: the weighted mean loss from the summed slots, per round.
+    assert all(0.0 < r.loss < 1.5 and 0.0 < r.extra["update_norm"] for r in records)
+
+
+def test_the_summed_statistics_equal_the_weighted_means_in_plaintext(monkeypatch):
+    seen: list[tuple[float, float, float]] = []
+    make = client_module.Contributions.make
+
+    def spying_make(self, name, index, num_examples, delta, loss, context, train_s):
+        seen.append((num_examples, float(loss), float(np.linalg.norm(delta))))
+        return make(self, name, index, num_examples, delta, loss, context, train_s)
+
+    monkeypatch.setattr(client_module.Contributions, "make", spying_make)
+    fed = federation(tiny_config())
+    record = fed.run_round(0)
+    n, loss, norm = (np.array(c) for c in zip(*seen))
+    assert abs(record.loss - np.sum(n * loss) / np.sum(n)) < 1e-12
+    assert abs(record.extra["update_norm"] - np.sum(n * norm) / np.sum(n)) < 1e-12

@@ -109,6 +109,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"run {run.manifest.get('run_id')}: status {run.manifest.get('status')}, "
                   f"{run.rounds.num_rows} rounds", highlight=False)
+    privacy = run.manifest.get("privacy") or {}
+    if privacy:
+        console.print(privacy.get("plan", ""), highlight=False)
+        names = set(run.rounds.column_names)
+        if {"epsilon_participants", "epsilon_observer"} <= names and run.rounds.num_rows:
+            last = {k: run.rounds.column(k)[-1].as_py()
+                    for k in ("epsilon_participants", "epsilon_observer")}
+            console.print(f"epsilon spent (delta {privacy.get('delta')}): "
+                          f"{last['epsilon_participants']:.3f} against the participants "
+                          f"(coordinator, aggregator: they see who took part), "
+                          f"{last['epsilon_observer']:.3f} against an observer of the "
+                          f"released models", highlight=False)
+    if run.manifest.get("insecure_seeded_noise"):
+        console.print("INSECURE: this run's DP noise was derived from its seed "
+                      "(privacy.insecure_seeded_noise); it has no DP guarantee", highlight=False)
     if run.metrics:
         console.print(summary_table(run.metrics, title="final test metrics"))
     return 0

@@ -1,8 +1,11 @@
-"""Explicit randomness: every stream is derived from the run seed and a purpose.
+"""Public randomness: every stream is derived from the run seed and a purpose.
 
-Results never depend on Ray's scheduling order because each client, round and
-purpose has its own generator, built from a `numpy.random.SeedSequence` of
-``(seed, purpose tag, *ids)``.
+For what may be public only: synthetic data, initialisation, batch order outside DP,
+client sampling outside DP. Results never depend on Ray's scheduling order because
+each client, round and purpose has its own generator, built from a
+`numpy.random.SeedSequence` of ``(seed, purpose tag, *ids)``. Secret randomness (DP
+noise and sampling, keys, masks, flooding) never comes from here: see
+`fedsim.privacy.randomness`.
 """
 
 from __future__ import annotations

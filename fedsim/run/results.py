@@ -119,7 +119,9 @@ class RunWriter:
 
     def round(self, row: dict) -> None:
         self.rows.append(row)
-        table = pa.Table.from_pylist(self.rows)
+        # Every column any round has (a skipped round has fewer), in first-seen order.
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        table = pa.table({k: [r.get(k) for r in self.rows] for k in columns})
         atomic_write(self.dir / "rounds.parquet", lambda p: pq.write_table(table, p))
 
     def params(self, tree: Any) -> None:

@@ -54,6 +54,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     eps = data["target_epsilons"]
     if not isinstance(eps, list) or not eps:
         raise ConfigError("target_epsilons: expected a non-empty list (null = no DP)")
+    from fedsim.config.coerce import parse_number
+
+    eps = [parse_number(e) if isinstance(e, str) else e for e in eps]  # YAML reads 1e-1 as str
     for e in eps:
         if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
             raise ConfigError(f"target_epsilons: {e!r} is not a positive number or null")
@@ -102,6 +105,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, extra: tuple[str, ...] = 
         rows.append({
             "target_epsilon": eps,
             "spent_epsilon": last.extra.get("epsilon"),
+            "epsilon_participants": last.extra.get("epsilon_participants"),
+            "epsilon_observer": last.extra.get("epsilon_observer"),
+            "epsilon_against": cfg.privacy.epsilon_against if eps is not None else None,
             "noise_multiplier": _noise_multiplier(out / cfg.name),
             "auc": pooled["auc"],
             "balanced_accuracy": pooled["balanced_accuracy"],
@@ -133,14 +139,23 @@ def sweep_markdown(spec: SweepSpec, rows: list[dict]) -> str:
     lines = [
         f"# {spec.name}",
         "",
-        "| target epsilon | spent epsilon | noise multiplier | ROC AUC | balanced accuracy "
-        "| precision | recall |",
-        "|---|---|---|---|---|---|---|",
+        "The target is met against the adversary named; epsilon vs participants: against "
+        "the coordinator and the aggregator, who see who took part (no amplification by "
+        "sampling); vs observer: against a party that sees only the released models.",
+        "",
+        "| target epsilon (against) | epsilon vs participants | epsilon vs observer "
+        "| noise multiplier | ROC AUC | balanced accuracy | precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for r in rows:
-        eps = "no DP" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}"
-        spent = "-" if r["spent_epsilon"] is None else f"{r['spent_epsilon']:.3f}"
-        z = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.3f}"
-        lines.append(f"| {eps} | {spent} | {z} | {r['auc']:.3f} | "
+        eps = ("no DP" if r["target_epsilon"] is None
+               else f"{r['target_epsilon']:g} ({r.get('epsilon_against')})")
+        lines.append(f"| {eps} | {num(r.get('epsilon_participants'), '.3f')} | "
+                     f"{num(r.get('epsilon_observer'), '.3f')} | "
+                     f"{num(r['noise_multiplier'], '.3f')} | {r['auc']:.3f} | "
                      f"{r['balanced_accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -34,8 +34,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fedsim_clients_active": ("gauge", "Clients whose update entered the last round", ()),
     "fedsim_clients_dropped": ("gauge", "Sampled clients dropped in the last round", ()),
     "fedsim_dropouts": ("counter", "Sampled clients dropped, all rounds", ()),
-    "fedsim_epsilon": ("gauge", "Spent differential-privacy epsilon (at the run's delta)",
-                       ()),
+    "fedsim_epsilon": ("gauge", "Spent differential-privacy epsilon (at the run's delta), "
+                       "against the adversary the run's target names", ()),
+    "fedsim_epsilon_against": ("gauge", "Spent epsilon against each adversary: participants "
+                               "(coordinator, aggregator) or observer (released models)",
+                               ("adversary",)),
     "fedsim_test_auc": ("gauge", "Pooled test ROC AUC of the global model", ()),
 }
 # Round times from tens of milliseconds (tiny tests) to an hour (paper scale, secure CKKS).
@@ -74,6 +77,11 @@ class RunTelemetry:
         epsilon = record.extra.get("epsilon")
         if epsilon is not None:
             m["fedsim_epsilon"].set(float(epsilon), tags=tags)
+        for adversary in ("participants", "observer"):
+            value = record.extra.get(f"epsilon_{adversary}")
+            if value is not None:
+                m["fedsim_epsilon_against"].set(float(value),
+                                                tags={**tags, "adversary": adversary})
         auc = record.metrics.auc if record.metrics is not None else float("nan")
         if auc == auc:  # NaN when not scored or one class: leave the last value
             m["fedsim_test_auc"].set(float(auc), tags=tags)

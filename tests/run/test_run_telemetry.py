@@ -18,7 +18,8 @@ def _record(**changes) -> RoundRecord:
                             balanced_accuracy=0.6, precision=0.5, recall=0.5, threshold=0.5)
     base = dict(round=3, wall_s=1.5, phases={"train": 1.0, "encrypt": 0.2}, clients=("a", "b"),
                 dropped=("c",), bytes_up=2000, bytes_down=800, loss=0.4, metrics=metrics,
-                extra={"epsilon": 1.25})
+                extra={"epsilon": 1.25, "epsilon_participants": 1.25,
+                       "epsilon_observer": 0.5})
     base.update(changes)
     return RoundRecord(**base)
 
@@ -58,6 +59,9 @@ def test_one_record_sets_each_metric_with_run_and_role_tags(monkeypatch):
     assert spies["fedsim_clients_dropped"].calls == [("set", 1, tags)]
     assert spies["fedsim_dropouts"].calls == [("inc", 1, tags)]
     assert spies["fedsim_epsilon"].calls == [("set", 1.25, tags)]
+    assert spies["fedsim_epsilon_against"].calls == [
+        ("set", 1.25, {**tags, "adversary": "participants"}),
+        ("set", 0.5, {**tags, "adversary": "observer"})]
     assert spies["fedsim_test_auc"].calls == [("set", 0.75, tags)]
     assert spies["fedsim_round_duration_seconds"].calls == [("observe", 1.5, tags)]
     assert spies["fedsim_phase_seconds"].calls == [

@@ -3,6 +3,8 @@
 Every module in this folder is imported with the package; a module that defines a
 `Mechanism` subclass decorated with `register_mechanism` makes it available as
 ``privacy.mechanism: <name>`` in every process. Built in: ``gaussian``, ``laplace``.
+A mechanism draws integer noise on its lattice (`Mechanism.lattice_scale`) with the
+samplers of `fedsim.privacy.mechanisms.discrete`, re-exported here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pkgutil
 
 from fedsim.errors import PrivacyError
 from fedsim.privacy.mechanisms.base import Mechanism
+from fedsim.privacy.mechanisms.discrete import discrete_gaussian, discrete_laplace
 from fedsim.privacy.mechanisms.registry import (
     make_mechanism,
     mechanism_class,
@@ -22,6 +25,8 @@ from fedsim.privacy.mechanisms.registry import (
 __all__ = [
     "Mechanism",
     "check_survivors",
+    "discrete_gaussian",
+    "discrete_laplace",
     "make_mechanism",
     "mechanism_class",
     "mechanism_names",
@@ -31,7 +36,7 @@ __all__ = [
 for _builtin in ("gaussian", "laplace"):
     importlib.import_module(f"{__name__}.{_builtin}")
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name not in ("base", "registry") and not _info.name.startswith("_"):
+    if _info.name not in ("base", "registry", "discrete") and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 

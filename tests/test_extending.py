@@ -57,7 +57,7 @@ def test_a_new_mechanism_clips_noises_and_accounts():
     noise = fed.state.params.astype(np.float64) - before - clean
     assert np.std(noise) == pytest.approx(0.05 * 2.0 / 3, rel=0.06)
     spec = AccountingSpec("gaussian", 2.0, 1e-5, sampling="fixed", population=3, sample_size=3)
-    assert record.extra["epsilon"] == pytest.approx(epsilon(spec, 1), rel=1e-9)
+    assert record.extra["epsilon_observer"] == pytest.approx(epsilon(spec, 1), rel=1e-9)
 
 
 def test_a_new_server_optimizer_bounds_the_step():

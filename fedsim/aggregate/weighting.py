@@ -53,6 +53,11 @@ class FixedDenominator(Step):
     """Equal weights over a fixed public denominator; see the module docstring."""
 
     denominator: float
+    # False when an earlier step already divided the vector (client-level DP divides
+    # before rounding to its lattice): only the weight slot is set.
+    scale_vector: bool = True
 
     def client(self, update: Update, ctx: ClientContext) -> Update:
+        if not self.scale_vector:
+            return update.but(weight=1.0 / self.denominator)
         return _weighted(update, 1.0 / self.denominator)

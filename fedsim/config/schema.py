@@ -42,6 +42,19 @@ class RunConfig:
                 f"federation.min_clients: {fed.min_clients} is more than "
                 f"federation.clients_per_round ({fed.clients_per_round})"
             )
+        p = self.privacy
+        if p.enabled and p.level == "client" and fed.mode == "plaintext" \
+                and p.target_epsilon is not None and p.epsilon_against == "participants":
+            raise ConfigError(
+                "privacy.epsilon_against: in plaintext mode the coordinator and aggregator "
+                "see every update, so no epsilon holds against them; use federation.mode=he, "
+                "or privacy.epsilon_against=observer (a party that sees only the models)")
+        if p.enabled and p.level == "client" and p.adaptive_clipping is not None \
+                and p.placement == "aggregator":
+            raise ConfigError(
+                "privacy.adaptive_clipping: with placement 'aggregator' the aggregator would "
+                "learn the unnoised count of clipped clients from the public clip bound and "
+                "its own indicator noise; use privacy.placement=distributed")
         if self.privacy.enabled and self.privacy.level == "record":
             if self.train.local_steps is None:
                 raise ConfigError("privacy.level: record-level DP-SGD needs train.local_steps")

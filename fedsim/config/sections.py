@@ -172,6 +172,11 @@ class FederationConfig:
     clients: Literal["hospital", "cohort"] = "hospital"
     cohorts: int = 1
 
+    @property
+    def encrypted(self) -> bool:
+        """Updates are encrypted (he mode): only key holders together open a sum."""
+        return self.mode == "he"
+
     def __post_init__(self) -> None:
         _positive(self, "rounds", "clients_per_round", "min_clients", "cohorts")
 
@@ -286,6 +291,16 @@ class PrivacyConfig:
     # INSECURE, for tests only: draw DP noise and DP sampling from the run seed (anyone
     # with the config regenerates them). Marked in the manifest and the progress line.
     insecure_seeded_noise: bool = False
+
+    @property
+    def client_level(self) -> bool:
+        """Client-level DP is on (its accounting relies on the client sampling)."""
+        return self.enabled and self.level == "client"
+
+    @property
+    def noise_in_shares(self) -> bool:
+        """The clients add the noise in shares (distributed placement)."""
+        return self.placement == "distributed"
 
     def __post_init__(self) -> None:
         from fedsim.privacy.mechanisms import mechanism_names

@@ -142,10 +142,11 @@ def check_range(packed: np.ndarray, contributors: int, bound: float) -> None:
     peak = float(np.max(np.abs(packed))) if packed.size else 0.0
     worst = contributors * peak
     if worst > bound:
+        # No value in the text: it may reach the coordinator, and the peak is a client's.
         raise CryptoError(
-            f"the sum of {contributors} contributions could reach {worst:.4g}, "
-            f"{worst / bound:.3g}x the bound {bound:.4g} this context decrypts correctly; "
-            "scale updates down (clip them, normalise weights by the expected total)"
+            f"the sum of {contributors} contributions could exceed the bound {bound:.4g} "
+            "this context decrypts correctly; scale updates down (clip them, normalise "
+            "weights by the expected total)"
         )
 
 

@@ -59,8 +59,9 @@ class UpdateSealer:
         t0 = time.perf_counter()
         peak = float(np.max(np.abs(vector))) if vector.size else 0.0
         if weight > 0 and not peak <= self.update_bound * weight * (1 + 1e-12):
+            # No value in the text: it reaches the coordinator, and the value is the client's.
             raise CryptoError(
-                f"client {client}: update value {peak / weight:.4g} exceeds crypto.update_bound "
+                f"client {client}: an update value exceeds crypto.update_bound "
                 f"{self.update_bound:g}; raise the bound or clip updates (privacy.clip)"
             )
         s = self.scale

@@ -138,8 +138,9 @@ def poisson_batch_indices(
     _check_rate(num_examples, rate)
     chosen = np.flatnonzero(rng.random(num_examples) < rate)
     if chosen.size > max_batch:
+        # The sample's size is the hospital's secret: not in the text.
         raise PrivacyError(
-            f"Poisson sample of {chosen.size} records exceeds max_batch={max_batch}; "
+            f"a Poisson sample of records exceeds max_batch={max_batch}; "
             f"increase max_batch (see poisson_max_batch) rather than truncate"
         )
     indices = np.zeros(max_batch, np.int64)

@@ -8,9 +8,10 @@
   whole noise (more survivors add more noise, never less), and no single party knows
   the total.
 
-Both receive the mechanisms to draw from: one for the update vector and one per named
-reserved slot (a clipping indicator), and the public denominator the contributions
-were divided by. Every draw is secret randomness of the party that adds it: a fresh
+Both receive the mechanisms to draw from, already averaged over the public denominator
+the contributions were divided by (`Mechanism.averaged`): one for the update vector and
+one per named reserved slot (a clipping indicator). Contributions and noise are on
+the same lattice, so a sum is an exact lattice point. Every draw is secret randomness of the party that adds it: a fresh
 source from the context's `fedsim.privacy.randomness.NoiseSource` (the OS CSPRNG unless
 the run is marked insecure), never derived from the run seed.
 """
@@ -31,7 +32,7 @@ _SECRET = NoiseSource()
 @final
 @dataclass(frozen=True)
 class AggregatorPlacement:
-    """The aggregator adds the whole noise (already divided by the denominator)."""
+    """The aggregator adds the whole noise."""
 
     at_aggregator = True
 
@@ -39,17 +40,17 @@ class AggregatorPlacement:
         return "by the aggregator"
 
     def client(self, update: Update, vector: Mechanism, slots: Mapping[str, Mechanism],
-               denominator: float, ctx: ClientContext) -> Update:
+               ctx: ClientContext) -> Update:
         return update
 
     def aggregator(self, size: int, vector: Mechanism, slots: Mapping[str, Mechanism],
-                   denominator: float, ctx: ServerContext) -> Update:
+                   ctx: ServerContext) -> Update:
         source = ctx.randomness or _SECRET
-        noise = vector.sample(source.draw("dp-central", ctx.round), size) / denominator
+        noise = vector.sample(source.draw("dp-central", ctx.round), size)
         extra = {}
         for i, (name, mech) in enumerate(slots.items()):
             draw = mech.sample(source.draw("dp-central-slot", ctx.round, i), 1)
-            extra[name] = float(draw[0]) / denominator
+            extra[name] = float(draw[0])
         return Update(noise, weight=0.0, slots=extra)
 
 
@@ -65,7 +66,7 @@ class DistributedPlacement:
         return f"in shares by the clients (full noise from {min_clients} surviving clients)"
 
     def client(self, update: Update, vector: Mechanism, slots: Mapping[str, Mechanism],
-               denominator: float, ctx: ClientContext) -> Update:
+               ctx: ClientContext) -> Update:
         source = ctx.randomness or _SECRET
         noised = update.vector + vector.share(source.draw("dp-share", ctx.round, ctx.index),
                                               update.vector.size, self.min_clients)
@@ -73,9 +74,9 @@ class DistributedPlacement:
         for i, (name, mech) in enumerate(slots.items()):
             share = mech.share(source.draw("dp-share-slot", ctx.round, ctx.index, i), 1,
                                self.min_clients)
-            extra[name] = update.slots.get(name, 0.0) + float(share[0]) / denominator
+            extra[name] = update.slots.get(name, 0.0) + float(share[0])
         return update.but(vector=noised, slots=extra)
 
     def aggregator(self, size: int, vector: Mechanism, slots: Mapping[str, Mechanism],
-                   denominator: float, ctx: ServerContext) -> Update | None:
+                   ctx: ServerContext) -> Update | None:
         return None

@@ -60,6 +60,8 @@ class ClientLevelPlan:
     max_clip: float = math.inf
     against: str = "participants"
     secret: bool = True
+    observer: Any = None  # ObserverView
+    participants_bounded: bool = True  # False in plaintext: they see every update
 
     @property
     def clip(self) -> float:
@@ -74,8 +76,10 @@ class ClientLevelPlan:
     def steps(self, weight_norm: float) -> tuple[Step, ...]:
         dp = ClientLevelDP(self.mechanism, self.placement, self.denominator, self.adaptive,
                            self.max_clip)
-        return (dp, ClientLevelAccounting(self.accounting, self.against),
-                FixedDenominator(self.denominator))
+        view = self.observer or ObserverView(True, self.delta)
+        accounting = ClientLevelAccounting(self.accounting, self.against, view.amplified,
+                                           view.delta, self.participants_bounded)
+        return (dp, accounting, FixedDenominator(self.denominator, scale_vector=False))
 
     def trainer(self, model: Any, train: Any, num_examples: int) -> Any:
         from fedsim.learning.train import LocalTrainer
@@ -89,16 +93,27 @@ class ClientLevelPlan:
         if self.adaptive is not None:
             clip = (f"adaptive clip from {self.clip:g} (target quantile "
                     f"{self.adaptive.target_quantile:g}, at most {self.max_clip:g})")
+        caveats = ""
+        if not self.participants_bounded:
+            caveats += ("; plaintext: the coordinator and aggregator see every update (no "
+                        "epsilon holds against them)")
+        if self.observer is not None and not self.observer.amplified:
+            caveats += f"; no amplification by sampling claimed: {self.observer.why}"
         return (f"client-level discrete {self.mechanism.name} DP: {clip}, noise multiplier "
                 f"{self.noise_multiplier:.4g} ({how}, epsilon against {self.against}), added "
-                f"{where}, delta {self.delta:g}{_randomness(self.secret)}")
+                f"{where}, delta {self.delta:g}{caveats}{_randomness(self.secret)}")
 
     def manifest(self) -> Mapping[str, Any]:
+        view = self.observer or ObserverView(True, self.delta)
         out = {"plan": self.describe(), "level": "client", "mechanism": self.mechanism.name,
+               "observer_amplified": view.amplified, "observer_delta": view.delta,
+               "participants_bounded": self.participants_bounded,
                "noise": f"discrete {self.mechanism.name} on a power-of-two lattice",
                "noise_multiplier": self.noise_multiplier, "clip": self.clip,
                "delta": self.delta, "calibrated": self.calibrated,
                "epsilon_against": self.against, **_randomness_fields(self.secret)}
+        if not view.amplified:
+            out["observer_not_amplified"] = view.why
         if self.adaptive is not None:
             out["update_noise_multiplier"] = self.mechanism.noise_multiplier
         return out
@@ -186,10 +201,13 @@ def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> C
     sampling = {"poisson": {"sampling": "poisson", "sampling_probability": m / n},
                 "fixed": {"sampling": "fixed", "population": n, "sample_size": m}}
     kwargs = dict(mechanism=p.mechanism, accountant=p.accountant, **sampling[fed.sampling])
+    observer = observer_view(cfg, n)
     z = p.noise_multiplier
     if z is None:
-        z = calibrate_noise_multiplier(p.target_epsilon, p.delta, fed.rounds,
-                                       sampled=p.epsilon_against == "observer", **kwargs)
+        sampled = p.epsilon_against == "observer" and observer.amplified
+        delta = observer.delta if sampled else p.delta
+        z = calibrate_noise_multiplier(p.target_epsilon, delta, fed.rounds, sampled=sampled,
+                                       **kwargs)
     spec = AccountingSpec(noise_multiplier=z, delta=p.delta, **kwargs)
     adaptive, update_z, max_clip = None, float(z), math.inf
     if p.adaptive_clipping is not None:
@@ -204,8 +222,58 @@ def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> C
         accounting=spec, noise_multiplier=float(z), delta=p.delta, denominator=float(m),
         min_clients=fed.min_clients, calibrated=p.noise_multiplier is None,
         adaptive=adaptive, max_clip=max_clip, against=p.epsilon_against,
-        secret=not p.insecure_seeded_noise,
+        secret=not p.insecure_seeded_noise, observer=observer,
+        participants_bounded=fed.encrypted,
     )
+
+
+@final
+@dataclass(frozen=True)
+class ObserverView:
+    """What the secret sampling buys against an observer of the released models.
+
+    ``amplified``: whether ``epsilon_observer`` credits the sampling, at ``delta`` (the
+    run's delta less what skipped rounds may reveal); ``why`` says why not, if not.
+    """
+
+    amplified: bool
+    delta: float
+    why: str = ""
+
+
+def observer_view(cfg: RunConfig, num_clients: int) -> ObserverView:
+    """When amplification by sampling holds against an observer of the models.
+
+    * Distributed noise under Poisson sampling: the noise variance grows with the
+      number of contributors, so a client's presence changes the output's variance
+      (the Renyi divergence of the mixture is unbounded at orders above about
+      ``min_clients + 1``): no amplification is claimed.
+    * Poisson rounds skipped (fewer than ``min_clients``, or more than the sum's cap,
+      sampled) release that they were skipped. Whether a client's presence decides the
+      skip depends only on the count ``k`` of the others sampled: it does iff
+      ``k = min_clients - 1`` or ``k = cap``. That event's probability, summed over
+      the rounds, is taken out of delta (a union bound); if it exceeds half of delta,
+      no amplification is claimed.
+    """
+    from scipy import stats
+
+    from fedsim.protocol.sampling import max_contributors
+
+    p, fed = cfg.privacy, cfg.federation
+    m, n = fed.clients_per_round, num_clients
+    if fed.sampling != "poisson" or m >= n:
+        return ObserverView(True, p.delta)
+    if p.noise_in_shares:
+        return ObserverView(False, p.delta, "distributed noise under Poisson sampling: the "
+                            "noise variance reveals how many took part")
+    others = stats.binom(n - 1, m / n)
+    decisive = float(others.pmf(fed.min_clients - 1) + others.pmf(max_contributors(cfg, n)))
+    spent = fed.rounds * decisive
+    if spent > p.delta / 2:
+        return ObserverView(False, p.delta, f"a round skipped for too few sampled clients "
+                            f"would reveal a client's presence (probability {spent:.2g} over "
+                            f"the run, above delta/2)")
+    return ObserverView(True, p.delta - spent)
 
 
 _PLANNERS = {"client": _client_level, "record": _record_level}

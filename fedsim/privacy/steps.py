@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
+import numpy as np
+
 from fedsim.aggregate.steps import Aggregate, ClientContext, ServerContext, Step, Update
 from fedsim.privacy.accountant import Accountant
 from fedsim.privacy.adaptive_clipping import (
@@ -60,28 +62,36 @@ class ClientLevelDP(Step):
     def round_params(self, state: AdaptiveClipState | None) -> Mapping[str, float]:
         return {"clip": state.clip if state is not None else self.mechanism.clip}
 
-    def _noises(self, params: Mapping[str, float]) -> tuple[Mechanism, dict[str, Mechanism]]:
-        if self.adaptive is None:
-            return self.mechanism, {}
-        return (self.mechanism.with_clip(params["clip"]),
-                {INDICATOR: self.adaptive.indicator_noise_spec()})
+    def _noises(self, params: Mapping[str, float]
+                ) -> tuple[Mechanism, Mechanism, dict[str, Mechanism]]:
+        """The round's mechanism (at its clip bound), and the averaged mechanisms (over the
+        denominator) whose lattice and noise the contributions and the sum live on."""
+        vector = (self.mechanism if self.adaptive is None
+                  else self.mechanism.with_clip(params["clip"]))
+        slots = {} if self.adaptive is None else {
+            INDICATOR: self.adaptive.indicator_noise_spec().averaged(self.denominator)}
+        return vector, vector.averaged(self.denominator), slots
 
     def client(self, update: Update, ctx: ClientContext) -> Update:
-        vector, slots = self._noises(ctx.params)
-        clipped, norm = vector.clip_update(update.vector)
+        # Clip, divide by the denominator and round to the averaged lattice: the noise is
+        # drawn on the same lattice, so every sum is an exact lattice point.
+        vector, averaged, slots = self._noises(ctx.params)
+        contribution, norm = vector.clip_update(update.vector, self.denominator)
         extra = {}
         if self.adaptive is not None:
-            extra[INDICATOR] = clip_indicator(norm, vector.clip) / self.denominator
-        update = update.but(vector=clipped, slots=extra, metrics={"update_norm": norm})
-        return self.placement.client(update, vector, slots, self.denominator, ctx)
+            gamma, _ = slots[INDICATOR].lattice(1)
+            value = clip_indicator(norm, vector.clip) / self.denominator
+            extra[INDICATOR] = float(np.trunc(value / gamma) * gamma)  # |.| <= 1/(2m)
+        update = update.but(vector=contribution, slots=extra, metrics={"update_norm": norm})
+        return self.placement.client(update, averaged, slots, ctx)
 
     @property
     def aggregator_noise(self) -> bool:
         return self.placement.at_aggregator
 
     def noise(self, size: int, ctx: ServerContext) -> Update | None:
-        vector, slots = self._noises(ctx.params)
-        return self.placement.aggregator(size, vector, slots, self.denominator, ctx)
+        _, averaged, slots = self._noises(ctx.params)
+        return self.placement.aggregator(size, averaged, slots, ctx)
 
     def server(self, aggregate: Aggregate, state: Any, ctx: ServerContext
                ) -> tuple[Aggregate, Any]:
@@ -116,14 +126,26 @@ class ClientLevelAccounting(Step):
       took part in.
 
     ``epsilon`` repeats the one ``against`` names. State: participations per client.
+
+    ``amplified`` False (`fedsim.privacy.plan.observer_view` says when) gives the
+    observer the participants' figure; ``observer_delta`` is the delta its sampled
+    epsilon is computed at (the run's, less what skipped rounds may reveal). With
+    ``participants_bounded`` False (plaintext: they see every update) the participants'
+    epsilon is infinite.
     """
 
     spec: AccountingSpec
     against: str = "participants"
+    amplified: bool = True
+    observer_delta: float | None = None
+    participants_bounded: bool = True
 
     @functools.cached_property
     def observer(self) -> Accountant:
-        return Accountant(self.spec)
+        import dataclasses
+
+        return Accountant(dataclasses.replace(self.spec,
+                                              delta=self.observer_delta or self.spec.delta))
 
     @functools.cached_property
     def participants(self) -> Accountant:
@@ -133,8 +155,10 @@ class ClientLevelAccounting(Step):
         return ()
 
     def _metrics(self, rounds: int, worst: int) -> dict[str, float]:
-        out = {"epsilon_observer": self.observer.epsilon_after(rounds),
-               "epsilon_participants": self.participants.epsilon_after(worst)}
+        unsampled = self.participants.epsilon_after(worst)
+        out = {"epsilon_observer": (self.observer.epsilon_after(rounds) if self.amplified
+                                    else unsampled),
+               "epsilon_participants": unsampled if self.participants_bounded else math.inf}
         out["epsilon"] = out[f"epsilon_{self.against}"]
         return out
 

@@ -193,7 +193,15 @@ class Federation:
             self.step_states, ServerContext(round_idx, ()))
         return RoundRecord(round=round_idx, wall_s=timer.elapsed(), phases=dict(timer.phases),
                            clients=(), dropped=(), bytes_up=0, bytes_down=0,
-                           loss=float("nan"), extra={"skipped": 1.0, **metrics})
+                           loss=float("nan"), extra={"skipped": 1.0, **self._insecure,
+                                                     **metrics})
+
+    @property
+    def _insecure(self) -> dict[str, float]:
+        """A column on every row of a run made with the insecure seeded-noise switch."""
+        if self.privacy is not None and not self.privacy.secret:
+            return {"insecure_seeded_noise": 1.0}
+        return {}
 
     def _need_quorum(self, round_idx: int, count: int, what: str,
                      dropped: list[str] | None = None) -> None:
@@ -297,7 +305,7 @@ class Federation:
             [max(0.0, arrivals[n] - metas[n].finished_at) for n in metas])))
         metrics = dict(aggregate.metrics)
         loss = metrics.pop("loss", float("nan"))  # summed in slots: the weighted mean only
-        extra = {"skipped": 0.0, "bytes_aggregate": manifest.aggregate_bytes,
+        extra = {"skipped": 0.0, **self._insecure, "bytes_aggregate": manifest.aggregate_bytes,
                  "bytes_up_per_client": int(np.mean([m.bytes_up for m in reports])),
                  "update_norm": float("nan"), **metrics}
         return RoundRecord(

@@ -20,7 +20,7 @@ from fedsim.seeding import stream
 
 def sampling_is_secret(cfg: RunConfig) -> bool:
     """True when client-level DP accounts for the sampling (so it must be secret)."""
-    return cfg.privacy.enabled and cfg.privacy.level == "client"
+    return cfg.privacy.client_level
 
 
 def max_contributors(cfg: RunConfig, num_clients: int) -> int:

@@ -108,6 +108,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, extra: tuple[str, ...] = 
             "epsilon_participants": last.extra.get("epsilon_participants"),
             "epsilon_observer": last.extra.get("epsilon_observer"),
             "epsilon_against": cfg.privacy.epsilon_against if eps is not None else None,
+            "insecure_seeded_noise": bool(last.extra.get("insecure_seeded_noise")),
             "noise_multiplier": _noise_multiplier(out / cfg.name),
             "auc": pooled["auc"],
             "balanced_accuracy": pooled["balanced_accuracy"],
@@ -154,6 +155,8 @@ def sweep_markdown(spec: SweepSpec, rows: list[dict]) -> str:
     for r in rows:
         eps = ("no DP" if r["target_epsilon"] is None
                else f"{r['target_epsilon']:g} ({r.get('epsilon_against')})")
+        if r.get("insecure_seeded_noise"):
+            eps += " INSECURE seeded noise"
         lines.append(f"| {eps} | {num(r.get('epsilon_participants'), '.3f')} | "
                      f"{num(r.get('epsilon_observer'), '.3f')} | "
                      f"{num(r['noise_multiplier'], '.3f')} | {r['auc']:.3f} | "

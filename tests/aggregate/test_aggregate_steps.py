@@ -106,7 +106,7 @@ def test_a_steps_reserved_slot_is_summed_with_the_updates(mode):
     fed = Federation(cfg, load_dataset(cfg), InProcessBackend(), run_id="slots",
                      extra_steps=(Tag("x", log),))
     fed.setup()
-    assert fed.pipeline.slots == ("count_x",)
+    assert fed.pipeline.slots == ("count_x", "stat_loss", "stat_update_norm")
     record = fed.run_round(0)
     assert record.extra["x"] == pytest.approx(0.3, abs=1e-4)  # three clients, 0.1 each
     assert ("server", "x") in log

@@ -97,3 +97,21 @@ def test_sum_divergence_is_the_kairouz_liu_steinke_tau():
 def test_too_coarse_a_lattice_is_refused():
     with pytest.raises(PrivacyError, match="lattice steps"):
         make_mechanism("gaussian", clip=1.0, noise_multiplier=0.001).sample(SecretRandom(), 1)
+
+
+@pytest.mark.parametrize("denominator", [1.0, 3.0, 7.0])
+def test_sums_of_contributions_and_noise_are_exact_lattice_points(denominator):
+    """Whatever m is, contributions (clipped, divided, rounded) and noise share one
+    power-of-two lattice, so their float64 sum is exact: no low bits to read."""
+    rng = np.random.default_rng(int(denominator))
+    mech = make_mechanism("gaussian", clip=0.05, noise_multiplier=2.0)
+    averaged = mech.averaged(denominator)
+    gamma, _ = averaged.lattice(50_000)
+    total = averaged.sample(SecretRandom(), 50_000)
+    for _ in range(5):
+        contribution, _ = mech.clip_update(rng.normal(0, 1, 50_000), denominator)
+        assert np.linalg.norm(contribution) <= 0.05 / denominator
+        total = total + contribution
+    units = total / gamma
+    np.testing.assert_array_equal(units, np.rint(units))
+    assert averaged.stddev == pytest.approx(0.1 / denominator)

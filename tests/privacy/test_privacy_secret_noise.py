@@ -38,7 +38,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def _coordinator_guess_of_aggregator_noise(plan) -> np.ndarray:
     # Regenerate exactly what a seeded run draws: the same mechanism, the seeded stream.
     source = NoiseSource(SEED).draw("dp-central", 0)
-    return plan.mechanism.sample(source, SIZE) / plan.denominator
+    return plan.mechanism.averaged(plan.denominator).sample(source, SIZE)
 
 
 @pytest.mark.parametrize("insecure", [True, False])
@@ -67,8 +67,8 @@ def test_the_coordinator_cannot_regenerate_a_clients_noise_share(insecure):
     ctx = ClientContext("h0", 0, 0, 100, NoiseSource.for_run(cfg), params)
     shared = dp.client(Update(np.zeros(SIZE)), ctx).vector  # a zero update: only its share
     assert shared.std() > 0
-    guess = plan.mechanism.share(NoiseSource(SEED).draw("dp-share", 0, 0), SIZE,
-                                 plan.min_clients)
+    guess = plan.mechanism.averaged(plan.denominator).share(
+        NoiseSource(SEED).draw("dp-share", 0, 0), SIZE, plan.min_clients)
     if insecure:
         np.testing.assert_array_equal(guess, shared)
     else:

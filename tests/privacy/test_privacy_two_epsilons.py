@@ -67,14 +67,19 @@ def test_skipped_rounds_compose_for_the_observer_and_not_for_participants():
 
 @pytest.mark.parametrize("against", ["participants", "observer"])
 def test_a_target_is_met_against_the_adversary_named(against):
-    cfg = tiny_config(federation={"rounds": 10, "clients_per_round": 2, "sampling": "poisson",
-                                  "min_clients": 1},
+    # 100 clients, 20 per round: a skipped round (none sampled) is too rare to matter.
+    cfg = tiny_config(data={"synth": {"num_hospitals": 100, "patients_per_hospital": 50}},
+                      federation={"mode": "he", "rounds": 10, "clients_per_round": 20,
+                                  "sampling": "poisson", "min_clients": 1},
                       privacy={"enabled": True, "clip": 0.05, "target_epsilon": 3.0,
                                "epsilon_against": against})
-    plan = plan_privacy(cfg, 3, [100] * 3)
+    plan = plan_privacy(cfg, 100, [50] * 100)
+    assert plan.observer.amplified and 1e-5 - 1e-8 < plan.observer.delta < 1e-5
     spec = plan.accounting
     worst_case = _rdp(spec.participants().unit_event(), 10)  # a client in every round
-    observer = _rdp(spec.unit_event(), 10)
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(spec.unit_event(), 10)
+    observer = acc.get_epsilon(plan.observer.delta)
     if against == "participants":
         assert worst_case <= 3.0 + 1e-3 and worst_case == pytest.approx(3.0, abs=0.02)
     else:
@@ -82,7 +87,7 @@ def test_a_target_is_met_against_the_adversary_named(against):
 
 
 def test_a_run_records_both_epsilons_every_round():
-    cfg = tiny_config(federation={"rounds": 3, "clients_per_round": 2},
+    cfg = tiny_config(federation={"mode": "he", "rounds": 3, "clients_per_round": 2},
                       privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0})
     fed = federation(cfg)
     records = run_rounds(fed, 3)
@@ -97,3 +102,38 @@ def test_a_run_records_both_epsilons_every_round():
             _rdp(spec.unit_event(), r + 1, spec.neighboring_relation))
         assert rec.extra["epsilon"] == rec.extra["epsilon_participants"]
         assert rec.loss != rec.loss and rec.extra["update_norm"] != rec.extra["update_norm"]
+
+
+def test_plaintext_claims_nothing_against_the_participants():
+    import math
+
+    cfg = tiny_config(privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0})
+    fed = federation(cfg)
+    record = fed.run_round(0)
+    assert math.isinf(record.extra["epsilon_participants"])
+    assert math.isfinite(record.extra["epsilon_observer"])
+    assert "plaintext: the coordinator and aggregator see every update" in fed.privacy.describe()
+
+
+def test_what_the_accounting_cannot_state_is_refused_with_one_line():
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="in plaintext mode the coordinator and aggregator"):
+        tiny_config(privacy={"enabled": True, "clip": 0.05, "target_epsilon": 1.0})
+    with pytest.raises(ConfigError, match="adaptive_clipping: with placement 'aggregator'"):
+        tiny_config(federation={"mode": "he"},
+                    privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0,
+                             "adaptive_clipping": {}})
+
+
+def test_distributed_noise_under_poisson_claims_no_amplification():
+    cfg = tiny_config(data={"synth": {"num_hospitals": 100, "patients_per_hospital": 50}},
+                      federation={"mode": "he", "rounds": 10, "clients_per_round": 20,
+                                  "sampling": "poisson", "min_clients": 1},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 3.0,
+                               "placement": "distributed"})
+    plan = plan_privacy(cfg, 100, [50] * 100)
+    assert not plan.observer.amplified and "variance" in plan.observer.why
+    step = plan.steps(1.0)[1]
+    out, _ = step.server(Aggregate(None, 1.0, {}, ()), step.init(), ServerContext(0, ("a",)))
+    assert out.metrics["epsilon_observer"] == out.metrics["epsilon_participants"]

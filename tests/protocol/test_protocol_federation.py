@@ -31,13 +31,14 @@ def test_round_is_the_weighted_average_of_client_deltas():
     deltas, weights = [], []
     for name in fed.names:
         meta, payload = train_one(fed, name, 0, before)
-        deltas.append(payload[:-1] / payload[-1])
-        weights.append(meta.num_examples)
+        deltas.append(payload[:fed.num_params] / payload[-1])
+        weights.append(payload[-1])  # n_i / the public normaliser
     record = fed.run_round(0)
     expected = before + np.average(np.stack(deltas), axis=0, weights=weights)
     np.testing.assert_allclose(fed.state.params, expected, atol=1e-6)
     assert record.clients == tuple(sorted(fed.names)) and record.dropped == ()
-    assert record.bytes_up == sum(8 * (before.size + 1) for _ in fed.names)
+    # The update, the summed statistics (loss, update norm) and the weight.
+    assert record.bytes_up == sum(8 * (before.size + 3) for _ in fed.names)
 
 
 def test_a_client_with_a_broken_update_is_dropped_and_the_round_goes_on():

@@ -34,9 +34,9 @@ BEFORE = {
     "quick_plaintext": "6a621fd5886f089736a51cab7076de802b5396e115fba02e30a35f80a994f1a2",
 }
 SEEDED_DP = {
-    "tiny_dp_aggregator": "33c2798a902cea0486c97627b49156b58be23dbf98615457b2000ffbb0bf4e62",
-    "tiny_dp_distributed": "92d87287938379e1fefc0a462a0b5d9bf1111986396646917df886c792e4da7f",
-    "tiny_dp_laplace": "c7b6e634e4df1ff5b32de31f6dae887829ef1bfd315985f044aeebd36da4b1a6",
+    "tiny_dp_aggregator": "e741affe7434bfeae7132472c201db563383bc38a094988deb9b8b836e4c68f7",
+    "tiny_dp_distributed": "748b50e5bb9bbaab5a45c5fc9af350ee54f87091d7aa0b2c9cdd210ce1baad57",
+    "tiny_dp_laplace": "47044e9ca015bd442a70a84e7443fadaa8a3812c1e8a68462ffd24e0436eb9aa",
     "tiny_dpsgd": "6e80caf4c0aa7ce04a9e2d6e56bcd654cb6ad4922a460c2c990acaddd9731705",
 }
 DP = {"enabled": True, "clip": 0.05, "noise_multiplier": 2.0, "insecure_seeded_noise": True}

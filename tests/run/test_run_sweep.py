@@ -22,7 +22,8 @@ BASE = {
 def _sweep(tmp_path, **fields):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     data = {"base": "base.yaml", "name": "eps", "target_epsilons": [None, 8.0],
-            "privacy": {"clip": 0.05, "delta": 1e-5}, **fields}
+            # plaintext: no epsilon holds against the participants; target the observer
+            "privacy": {"clip": 0.05, "delta": 1e-5, "epsilon_against": "observer"}, **fields}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -41,7 +42,7 @@ def test_a_sweep_runs_each_point_and_tabulates_it(tmp_path):
     assert 0 < rows[1]["spent_epsilon"] <= 8.0 and rows[1]["noise_multiplier"] > 0
     assert all(r["rounds"] == 2 and 0 <= r["auc"] <= 1 for r in rows)
     text = (tmp_path / "out" / "sweep.md").read_text()
-    assert text.startswith("# eps") and "| no DP |" in text and "| 8 |" in text
+    assert text.startswith("# eps") and "| no DP |" in text and "| 8 (observer) |" in text
     assert (tmp_path / "out" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"eps-nodp", "eps-eps8"}
 

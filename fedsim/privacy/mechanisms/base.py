@@ -85,19 +85,32 @@ class Mechanism(abc.ABC):
         and contributions live on, and the norm rounding to it may add."""
         return lattice(self.clip, size, self.norm)
 
-    def clip_update(self, update: np.ndarray) -> tuple[np.ndarray, float]:
-        """``update`` clipped to ``clip - rounding`` in this mechanism's norm and rounded
-        to the lattice, so its norm is at most ``clip``: ``(contribution, norm before)``."""
-        gamma, rounding = self.lattice(update.size)
-        clipped, norm = _CLIP[self.norm](update, self.clip - rounding)
-        return round_to(clipped, gamma), norm
+    def clip_update(self, update: np.ndarray, denominator: float = 1.0
+                    ) -> tuple[np.ndarray, float]:
+        """``(contribution, norm before)``: ``update`` clipped in this mechanism's norm,
+        divided by the public ``denominator`` and rounded to the lattice of
+        `averaged(denominator)`, with norm at most ``clip / denominator``.
+
+        The clip is reduced by the rounding allowance (and by 2^-40 relative, for the
+        division's float rounding), so the rounded contribution stays within the bound.
+        Add noise from `averaged(denominator)`: the sum is then an exact lattice point.
+        """
+        gamma, rounding = self.averaged(denominator).lattice(update.size)
+        bound = (self.clip - denominator * rounding) * (1.0 - 2.0 ** -40)
+        clipped, norm = _CLIP[self.norm](update, bound)
+        return round_to(clipped / denominator, gamma), norm
+
+    def averaged(self, denominator: float) -> Mechanism:
+        """The mechanism on contributions divided by ``denominator``: clip and noise
+        scale both divided, so the same multiplier (and accounting)."""
+        return self.with_clip(self.clip / denominator)
 
     def lattice_scale(self, size: int, shares: int = 1) -> tuple[float, float]:
         """``(gamma, scale / gamma)`` of one of ``shares`` shares, refused when the
-        lattice is too coarse for the stated accounting (fewer than 10 steps per scale)."""
+        lattice is too coarse for the stated accounting (fewer than 4 steps per scale)."""
         gamma, _ = self.lattice(size)
         steps = self.scale / gamma / math.sqrt(shares)
-        if steps < 10.0:
+        if steps < 4.0:
             raise PrivacyError(f"noise scale {self.scale:g} is only {steps:.3g} lattice steps "
                                f"of {gamma:g}; raise noise_multiplier")
         return gamma, steps

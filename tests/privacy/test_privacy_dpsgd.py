@@ -128,7 +128,8 @@ def test_poisson_batch_indices_are_padded_to_a_fixed_shape():
 
 
 def test_oversized_poisson_sample_is_refused_not_truncated():
-    with pytest.raises(PrivacyError, match="a Poisson sample of records exceeds max_batch=10; increase max_batch"):
+    with pytest.raises(PrivacyError,
+                       match="a Poisson sample of records exceeds max_batch=10; increase"):
         poisson_batch_indices(np.random.default_rng(0), 1000, 0.5, 10)
 
 

@@ -12,8 +12,9 @@ Both receive the mechanisms to draw from, already averaged over the public denom
 the contributions were divided by (`Mechanism.averaged`): one for the update vector and
 one per named reserved slot (a clipping indicator). Contributions and noise are on
 the same lattice, so a sum is an exact lattice point. Every draw is secret randomness
-of the party that adds it: a fresh source from the context's `fedsim.privacy.randomness.NoiseSource` (the OS CSPRNG unless
-the run is marked insecure), never derived from the run seed.
+of the party that adds it: a fresh source from the context's
+`fedsim.privacy.randomness.NoiseSource` (the OS CSPRNG unless the run is marked
+insecure), never derived from the run seed.
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ class ClientLevelAccounting(Step):
 
     * ``epsilon_observer``: a party that sees only the released models. The sampling is
       secret from it, so the spec's sampled event composes over every round so far,
-      rounds skipped for too few clients included (a valid upper bound).
+      rounds skipped for too few clients included; the smaller of that and the
+      participants' figure (both are valid upper bounds).
     * ``epsilon_participants``: the coordinator and the aggregator, who see who took
       part: the base event, no amplification, over the rounds the most-sampled client
       took part in.
@@ -155,9 +156,15 @@ class ClientLevelAccounting(Step):
         return ()
 
     def _metrics(self, rounds: int, worst: int) -> dict[str, float]:
+        # The unsampled composition over the rounds a client took part in bounds every
+        # party (the sample is data-independent); the observer also gets the sampled
+        # bound when it holds, and the smaller of two valid bounds is valid. (dp-
+        # accounting's bound for sampling without replacement at large q can exceed
+        # the unsampled one.)
         unsampled = self.participants.epsilon_after(worst)
-        out = {"epsilon_observer": (self.observer.epsilon_after(rounds) if self.amplified
-                                    else unsampled),
+        observer = (min(self.observer.epsilon_after(rounds), unsampled) if self.amplified
+                    else unsampled)
+        out = {"epsilon_observer": observer,
                "epsilon_participants": unsampled if self.participants_bounded else math.inf}
         out["epsilon"] = out[f"epsilon_{self.against}"]
         return out

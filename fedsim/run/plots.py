@@ -40,7 +40,9 @@ def plot_sweep(rows: list[dict], path: str | Path, *, title: str) -> None:
                       ("precision", "precision")):
         ax.plot(x, [r[key] for r in rows], marker="o", label=name)
     ax.set_xticks(x, labels)
-    ax.set_xlabel("target epsilon (client level, delta as configured)")
+    against = next((r.get("epsilon_against") for r in rows if r.get("epsilon_against")), None)
+    ax.set_xlabel("target epsilon" + (f" against the {against}" if against else "")
+                  + " (delta as configured)")
     ax.set_ylabel("test score, final global model")
     ax.set_ylim(0, 1)
     ax.set_title(title)

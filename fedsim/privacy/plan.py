@@ -204,10 +204,14 @@ def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> C
     observer = observer_view(cfg, n)
     z = p.noise_multiplier
     if z is None:
-        sampled = p.epsilon_against == "observer" and observer.amplified
-        delta = observer.delta if sampled else p.delta
-        z = calibrate_noise_multiplier(p.target_epsilon, delta, fed.rounds, sampled=sampled,
+        # Against the participants: no amplification, a client in every round. Against
+        # the observer, the smaller multiplier of the sampled bound and that one: the
+        # reported figure is the smaller of the two bounds (`ClientLevelAccounting`).
+        z = calibrate_noise_multiplier(p.target_epsilon, p.delta, fed.rounds, sampled=False,
                                        **kwargs)
+        if p.epsilon_against == "observer" and observer.amplified:
+            z = min(z, calibrate_noise_multiplier(p.target_epsilon, observer.delta,
+                                                  fed.rounds, sampled=True, **kwargs))
     spec = AccountingSpec(noise_multiplier=z, delta=p.delta, **kwargs)
     adaptive, update_z, max_clip = None, float(z), math.inf
     if p.adaptive_clipping is not None:

@@ -91,11 +91,15 @@ class Contributions:
     """
 
     def __init__(self, pipeline: Pipeline, randomness: NoiseSource, run_id: str,
-                 clients: Sequence[str], *, mode: str = "plaintext") -> None:
+                 clients: Sequence[str], *, mode: str = "plaintext",
+                 private: bool = False) -> None:
+        """``private``: client-level DP is on, so a client's contribution (or its
+        absence) must not depend on its data outside the noised sum."""
         from fedsim.crypto.identity import SigningKey
 
         self.pipeline = pipeline
         self.randomness = randomness  # the party's secret draws (DP noise shares)
+        self.private = private
         self.run_id = run_id
         self.mode = mode
         self.encoder: Encoder | None = None  # the run's, from `use_encoding` at set-up
@@ -142,8 +146,14 @@ class Contributions:
         """One client's report and payload (None when dropped)."""
         assert self.encoder is not None  # check_round ran first
         if not np.all(np.isfinite(delta)):
-            return Dropped(name, f"client {name}: local training diverged (non-finite update "
-                                 f"in round {context.round}); lower train.lr"), None
+            if self.private:
+                # Under client-level DP, dropping would tell the coordinator a bit of the
+                # client's data (and, with distributed noise, change the noise): the
+                # client contributes a zero update with its noise share instead.
+                delta, loss = np.zeros_like(delta), 0.0
+            else:
+                return Dropped(name, f"client {name}: local training diverged (non-finite "
+                                     f"update in round {context.round}); lower train.lr"), None
         ctx = ClientContext(name, index, context.round, num_examples, self.randomness,
                             context.params)
         update = Update(delta, metrics={"update_norm": float(np.linalg.norm(delta)),
@@ -247,7 +257,8 @@ class Hospital:
                         if privacy is not None else LocalTrainer(self.model, cfg.train))
         self.randomness = NoiseSource.for_run(cfg)
         self.contributions = Contributions(pipeline, self.randomness, run_id, [data.name],
-                                           mode=cfg.federation.mode)
+                                           mode=cfg.federation.mode,
+                                           private=cfg.privacy.client_level)
 
     @property
     def name(self) -> str:

@@ -76,7 +76,8 @@ class Cohort:
         self._flatten = jax.jit(jax.vmap(lambda tree: ravel_pytree(tree)[0]))
         self.contributions = Contributions(pipeline, NoiseSource.for_run(cfg), run_id,
                                            [c.name for c in self.clients],
-                                           mode=cfg.federation.mode)
+                                           mode=cfg.federation.mode,
+                                           private=cfg.privacy.client_level)
 
     @property
     def size(self) -> int:

@@ -218,3 +218,30 @@ def test_he_poisson_with_aggregator_noise_sums_more_than_m_clients():
     records = run_rounds(fed, 2)
     assert len(records[0].clients) == 3  # > m = 2 (the seeded sample of round 0)
     assert np.all(np.isfinite(fed.state.params))
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_a_diverged_client_is_dropped_only_without_client_level_dp(private):
+    """Under client-level DP a drop would tell the coordinator a bit of the client's data
+    (and, with distributed noise, change the noise): it contributes a zero update."""
+    import jax
+
+    privacy = ({"enabled": True, "clip": 0.05, "noise_multiplier": 2.0,
+                "placement": "distributed"} if private else {})
+    fed = federation(tiny_config(privacy=privacy))
+    victim = fed.backend.parties[f"client:{fed.names[0]}"]
+    honest = victim.trainer.train
+
+    def diverging(params, inputs):
+        new, loss = honest(params, inputs)
+        return jax.tree_util.tree_map(lambda p: p * np.nan, new), float("nan")
+
+    victim.trainer.train = diverging
+    record = fed.run_round(0)
+    if private:
+        assert record.dropped == () and len(record.clients) == 3
+        assert not any("diverged" in w for w in fed.warnings)
+    else:
+        assert record.dropped == (fed.names[0],)
+        assert any("diverged" in w for w in fed.warnings)
+    assert np.all(np.isfinite(fed.state.params))

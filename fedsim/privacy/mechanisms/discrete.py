@@ -4,8 +4,9 @@ Floating-point Laplace and Gaussian samples leak the value they are added to thr
 the gaps between representable doubles (Mironov, CCS 2012). fedsim's client-level noise
 is therefore integer-valued, on a lattice ``gamma * Z`` with ``gamma`` a power of two:
 contributions are divided by the public denominator and rounded to the lattice before
-noise is added (`Mechanism.clip_update`), so every released sum is an exact multiple of
-``gamma`` (float64 adds such multiples exactly).
+noise is added (`Mechanism.clip_update`), so every sum is an exact multiple of
+``gamma`` (float64 adds such multiples exactly). In he mode the decrypted sum also
+carries CKKS's approximation error, far above ``gamma``; that error is out of scope.
 
 * `discrete_laplace(rng, t, size)`: ``P(y) ~ exp(-|y| / t)``, as the difference of two
   geometric variables ``floor(-t log U)`` (each exactly geometric with ratio

@@ -96,3 +96,39 @@ def test_the_summed_statistics_equal_the_weighted_means_in_plaintext(monkeypatch
     n, loss, norm = (np.array(c) for c in zip(*seen))
     assert abs(record.loss - np.sum(n * loss) / np.sum(n)) < 1e-12
     assert abs(record.extra["update_norm"] - np.sum(n * norm) / np.sum(n)) < 1e-12
+
+
+def test_an_he_runs_written_files_hold_no_per_client_training_value(monkeypatch, tmp_path):
+    """rounds.parquet, manifest.json and metrics.json of a `fedsim run` (he, in process)
+    hold no client's training loss, update norm or weight. (metrics.json's per-hospital
+    *test* metrics are the coordinator's own evaluation of pooled test data, which the
+    simulation still holds: issue 16.)"""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from fedsim.run.runner import run_federated
+
+    secrets: list[float] = []
+    make = client_module.Contributions.make
+
+    def spying_make(self, name, index, num_examples, delta, loss, context, train_s):
+        secrets.extend([float(loss), float(np.linalg.norm(delta))])
+        return make(self, name, index, num_examples, delta, loss, context, train_s)
+
+    monkeypatch.setattr(client_module.Contributions, "make", spying_make)
+    cfg = tiny_config(federation={"mode": "he", "rounds": 2})
+    outcome = run_federated(cfg, out_dir=tmp_path / "run", backend="inprocess",
+                            reference=False)
+    # (The tiny hospitals are of one size, so their weights are 1/m, a public value:
+    # only losses and norms are searched here; the test above searches weights too.)
+    assert len(secrets) == 2 * 3 * 2 and outcome.records
+
+    seen: list[float] = []
+    _numbers(pq.read_table(tmp_path / "run" / "rounds.parquet").to_pydict(), seen)
+    for name in ("manifest.json", "metrics.json"):
+        _numbers(json.loads((tmp_path / "run" / name).read_text()), seen)
+    seen_arr = np.array([v for v in seen if math.isfinite(v)])
+    assert seen_arr.size > 50
+    for value in secrets:
+        assert not np.isclose(seen_arr, value, rtol=1e-6, atol=0.0).any(), value

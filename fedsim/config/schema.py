@@ -43,14 +43,13 @@ class RunConfig:
                 f"federation.clients_per_round ({fed.clients_per_round})"
             )
         p = self.privacy
-        if p.enabled and p.level == "client" and fed.mode == "plaintext" \
+        if p.client_level and not fed.encrypted \
                 and p.target_epsilon is not None and p.epsilon_against == "participants":
             raise ConfigError(
                 "privacy.epsilon_against: in plaintext mode the coordinator and aggregator "
                 "see every update, so no epsilon holds against them; use federation.mode=he, "
                 "or privacy.epsilon_against=observer (a party that sees only the models)")
-        if p.enabled and p.level == "client" and p.adaptive_clipping is not None \
-                and p.placement == "aggregator":
+        if p.client_level and p.adaptive_clipping is not None and not p.noise_in_shares:
             raise ConfigError(
                 "privacy.adaptive_clipping: with placement 'aggregator' the aggregator would "
                 "learn the unnoised count of clipped clients from the public clip bound and "

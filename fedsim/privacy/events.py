@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import dp_accounting
@@ -152,9 +152,7 @@ class AccountingSpec:
 
     def participants(self) -> AccountingSpec:
         """This spec as seen by a party that sees who took part: no amplification."""
-        import dataclasses
-
-        return dataclasses.replace(self, sampled=False)
+        return replace(self, sampled=False)
 
     @property
     def neighboring_relation(self) -> NeighboringRelation:

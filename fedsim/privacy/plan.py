@@ -68,6 +68,11 @@ class ClientLevelPlan:
         return self.mechanism.clip
 
     @property
+    def observer_view(self) -> ObserverView:
+        """What the sampling buys against an observer (amplified when not given)."""
+        return self.observer or ObserverView(True, self.delta)
+
+    @property
     def update_bound(self) -> float:
         """Largest |value| a client's clipped (and noised) update can take, w.h.p."""
         clip = self.max_clip if self.adaptive is not None else self.mechanism.clip
@@ -76,7 +81,7 @@ class ClientLevelPlan:
     def steps(self, weight_norm: float) -> tuple[Step, ...]:
         dp = ClientLevelDP(self.mechanism, self.placement, self.denominator, self.adaptive,
                            self.max_clip)
-        view = self.observer or ObserverView(True, self.delta)
+        view = self.observer_view
         accounting = ClientLevelAccounting(self.accounting, self.against, view.amplified,
                                            view.delta, self.participants_bounded)
         return (dp, accounting, FixedDenominator(self.denominator, scale_vector=False))
@@ -97,14 +102,14 @@ class ClientLevelPlan:
         if not self.participants_bounded:
             caveats += ("; plaintext: the coordinator and aggregator see every update (no "
                         "epsilon holds against them)")
-        if self.observer is not None and not self.observer.amplified:
-            caveats += f"; no amplification by sampling claimed: {self.observer.why}"
+        if not self.observer_view.amplified:
+            caveats += f"; no amplification by sampling claimed: {self.observer_view.why}"
         return (f"client-level discrete {self.mechanism.name} DP: {clip}, noise multiplier "
                 f"{self.noise_multiplier:.4g} ({how}, epsilon against {self.against}), added "
                 f"{where}, delta {self.delta:g}{caveats}{_randomness(self.secret)}")
 
     def manifest(self) -> Mapping[str, Any]:
-        view = self.observer or ObserverView(True, self.delta)
+        view = self.observer_view
         out = {"plan": self.describe(), "level": "client", "mechanism": self.mechanism.name,
                "observer_amplified": view.amplified, "observer_delta": view.delta,
                "participants_bounded": self.participants_bounded,

@@ -25,43 +25,33 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol, final
+from typing import Any, final
 
 import numpy as np
 
 from fedsim.seeding import client_key, purpose_tag, stream
 
-__all__ = ["NoiseSource", "RandomSource", "SecretRandom", "SeededRandom"]
+__all__ = ["NoiseSource", "SecretRandom", "SeededRandom"]
 
 _MANTISSA = 2.0 ** -53
-
-
-class RandomSource(Protocol):
-    def random(self, size: int) -> np.ndarray: ...
-
-    def open_unit(self, size: int) -> np.ndarray: ...
-
-    def jax_key(self) -> Any: ...
-
-    def generator(self) -> np.random.Generator: ...
 
 
 @final
 class SecretRandom:
     """Draws from the operating system's CSPRNG (``os.urandom``); nothing is stored."""
 
-    secret = True
-
-    def _words(self, size: int) -> np.ndarray:
-        return np.frombuffer(os.urandom(8 * int(size)), np.uint64)
+    def _bits53(self, size: int) -> np.ndarray:
+        """``size`` integers of 53 random bits, as float64 (exact)."""
+        words = np.frombuffer(os.urandom(8 * int(size)), np.uint64)
+        return (words >> np.uint64(11)).astype(np.float64)
 
     def random(self, size: int) -> np.ndarray:
         """``size`` uniforms in [0, 1) with 53 random bits each."""
-        return (self._words(size) >> np.uint64(11)).astype(np.float64) * _MANTISSA
+        return self._bits53(size) * _MANTISSA
 
     def open_unit(self, size: int) -> np.ndarray:
         """``size`` uniforms in (0, 1] (safe to take the log of)."""
-        return ((self._words(size) >> np.uint64(11)).astype(np.float64) + 1.0) * _MANTISSA
+        return (self._bits53(size) + 1.0) * _MANTISSA
 
     def jax_key(self) -> Any:
         """A raw (uint32[2]) Threefry key of 64 fresh bits."""
@@ -77,8 +67,6 @@ class SecretRandom:
 @final
 class SeededRandom:
     """INSECURE: the same draws derived from the run seed (reproducible, regenerable)."""
-
-    secret = False
 
     def __init__(self, seed: int, purpose: str, ids: tuple[int, ...]) -> None:
         self._seed, self._purpose, self._ids = seed, purpose, ids

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, final
 
 import numpy as np
@@ -143,10 +143,7 @@ class ClientLevelAccounting(Step):
 
     @functools.cached_property
     def observer(self) -> Accountant:
-        import dataclasses
-
-        return Accountant(dataclasses.replace(self.spec,
-                                              delta=self.observer_delta or self.spec.delta))
+        return Accountant(replace(self.spec, delta=self.observer_delta or self.spec.delta))
 
     @functools.cached_property
     def participants(self) -> Accountant:

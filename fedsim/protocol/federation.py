@@ -197,11 +197,14 @@ class Federation:
                                                      **metrics})
 
     @property
+    def insecure(self) -> bool:
+        """True for a DP run made with the insecure seeded-noise switch."""
+        return self.privacy is not None and not self.privacy.secret
+
+    @property
     def _insecure(self) -> dict[str, float]:
         """A column on every row of a run made with the insecure seeded-noise switch."""
-        if self.privacy is not None and not self.privacy.secret:
-            return {"insecure_seeded_noise": 1.0}
-        return {}
+        return {"insecure_seeded_noise": 1.0} if self.insecure else {}
 
     def _need_quorum(self, round_idx: int, count: int, what: str,
                      dropped: list[str] | None = None) -> None:

@@ -18,11 +18,6 @@ from fedsim.privacy.randomness import NoiseSource
 from fedsim.seeding import stream
 
 
-def sampling_is_secret(cfg: RunConfig) -> bool:
-    """True when client-level DP accounts for the sampling (so it must be secret)."""
-    return cfg.privacy.client_level
-
-
 def max_contributors(cfg: RunConfig, num_clients: int) -> int:
     """Most clients a round may sum: ``m`` for fixed-size sampling; for Poisson the
     binomial tail's 1e-12 upper quantile (at most every client). The encrypted sum is
@@ -41,17 +36,13 @@ def sample_clients(cfg: RunConfig, names: list[str], round_idx: int) -> list[str
     Returns names in federation order.
     """
     m, n = cfg.federation.clients_per_round, len(names)
-    if sampling_is_secret(cfg):
-        source = NoiseSource.for_run(cfg).draw("sampling", round_idx)
-        u = source.random(n)
-        if cfg.federation.sampling == "poisson":
-            chosen = np.flatnonzero(u < m / n)
-        else:  # the m smallest of n i.i.d. uniforms: a uniform m-subset
-            chosen = np.sort(np.argsort(u, kind="stable")[:m])
-        return [names[i] for i in chosen]
-    rng = stream(cfg.seed, "sampling", round_idx)
+    secret = cfg.privacy.client_level  # the accounting relies on it: it must be secret
+    rng = (NoiseSource.for_run(cfg).draw("sampling", round_idx) if secret
+           else stream(cfg.seed, "sampling", round_idx))
     if cfg.federation.sampling == "poisson":
         chosen = np.flatnonzero(rng.random(n) < m / n)
+    elif secret:  # the m smallest of n i.i.d. uniforms: a uniform m-subset
+        chosen = np.sort(np.argsort(rng.random(n), kind="stable")[:m])
     else:
         chosen = np.sort(rng.choice(n, size=m, replace=False))
     return [names[i] for i in chosen]

@@ -117,7 +117,7 @@ def run_federated(
             f"mode {cfg.federation.mode}, backend {backend}, results in {out}",
             highlight=False,
         )
-        insecure = federation.privacy is not None and not federation.privacy.secret
+        insecure = federation.insecure
         if federation.privacy is not None:
             console.print(federation.privacy.describe(), highlight=False)
             writer.update_manifest(privacy=dict(federation.privacy.manifest()),

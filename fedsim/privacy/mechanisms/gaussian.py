@@ -48,8 +48,7 @@ class GaussianMechanism(Mechanism):
         return self.scale
 
     def sample(self, rng: Any, size: int) -> np.ndarray:
-        gamma, steps = self.lattice_scale(check_size(size))
-        return gamma * discrete_gaussian(rng, steps, size).astype(np.float64)
+        return self.share(rng, size, 1)
 
     def share(self, rng: Any, size: int, num_shares: int) -> np.ndarray:
         m = check_shares(num_shares)
@@ -64,5 +63,3 @@ class GaussianMechanism(Mechanism):
     @classmethod
     def dp_event(cls, noise_multiplier: float) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier)
-
-

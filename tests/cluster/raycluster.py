@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,9 @@ import yaml
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+# This session's clusters' token: a fresh machine has no ~/.ray/auth_token, and the
+# tests never write one into the user's home.
+TOKEN = secrets.token_hex(32)
 
 
 def free_port() -> int:
@@ -36,7 +40,9 @@ def ray_env(**extra: str) -> dict[str, str]:
     """Environment of a shell where fedsim's virtualenv is active (as on a real node)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_AUTH_MODE"] = "token"  # send ~/.ray/auth_token (Ray 2.5x+ clusters need it)
+    env["RAY_AUTH_MODE"] = "token"  # Ray 2.5x+ clusters need a token
+    env["RAY_AUTH_TOKEN"] = TOKEN
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.pop("JAX_PLATFORMS", None)
     env.pop("XLA_FLAGS", None)
@@ -45,9 +51,7 @@ def ray_env(**extra: str) -> dict[str, str]:
 
 
 def auth_header() -> dict[str, str]:
-    token = os.environ.get("RAY_AUTH_TOKEN") or \
-        (Path.home() / ".ray" / "auth_token").read_text().strip()
-    return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"Bearer {TOKEN}"}
 
 
 def http_get(url: str, timeout: float = 10.0) -> str:

@@ -114,7 +114,7 @@ def test_metrics_endpoint_exports_fedsim_metrics_with_the_run_id(job_run):
 def test_unplaceable_gpu_request_fails_fast_with_one_line_and_exit_code_2(cluster, tmp_path):
     config = write_tiny_config(tmp_path, "gpu")
     env = ray_env()
-    env.pop("RAY_AUTH_MODE")  # fedsim finds ~/.ray/auth_token itself when joining
+    env.pop("RAY_AUTH_MODE")  # fedsim finds the token (RAY_AUTH_TOKEN) itself when joining
     t0 = time.monotonic()
     proc = subprocess.run(
         [str(VENV_BIN / "fedsim"), "run", str(config), "resources.client.num_gpus=1",

@@ -25,8 +25,8 @@ import yaml
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
-# This session's clusters' token: a fresh machine has no ~/.ray/auth_token, and the
-# tests never write one into the user's home.
+# This session's clusters' own token: a fresh machine has no ~/.ray/auth_token, and with
+# RAY_AUTH_MODE=token and no token `ray start --head` refuses to start.
 TOKEN = secrets.token_hex(32)
 
 

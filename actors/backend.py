@@ -179,8 +179,9 @@ class RayBackend:
             bound = bound.options(num_returns=num_returns)
         return bound.remote(*args, **kwargs)
 
-    def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-        return ray.wait(list(handles), num_returns=1)
+    def wait(self, handles: Sequence[Any], timeout: float | None = None
+             ) -> tuple[list[Any], list[Any]]:
+        return ray.wait(list(handles), num_returns=1, timeout=timeout)
 
     def get(self, handle: Any) -> Any:
         try:

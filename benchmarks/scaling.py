@@ -44,7 +44,8 @@ BASE = {
 # (vocab, width, depth): roughly 1e4 .. 2e7 parameters.
 MODELS_FULL = [(500, 16, 2), (2000, 64, 2), (10000, 128, 2), (24428, 256, 4), (24428, 800, 2)]
 MODELS_QUICK = [(500, 16, 2), (1000, 32, 2)]
-SWEEPS_FULL = {"clients": [1, 2, 4, 8, 16], "key_holders": [2, 3, 5, 7], "workers": [1, 2]}
+# he mode needs at least 2 clients a round (a sum of one is that client's update).
+SWEEPS_FULL = {"clients": [2, 4, 8, 16], "key_holders": [2, 3, 5, 7], "workers": [1, 2]}
 SWEEPS_QUICK = {"clients": [2, 3], "key_holders": [2, 3], "workers": []}
 QUICK = ["data.synth.num_hospitals=3", "data.synth.patients_per_hospital=100",
          "data.synth.vocab_size=500", "model.width=16", "train.local_steps=5"]

@@ -1,4 +1,4 @@
-"""``fedsim`` command line: run | data synth | report.
+"""``fedsim`` command line: run | resume | sweep | data synth | report | bench.
 
 A user mistake (any `FedSimError`) prints one line, ``fedsim: error: ...``, and exits
 with code 2; a traceback means a bug in fedsim.
@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from fedsim.errors import FedSimError
+from fedsim.errors import FedSimError, Interrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,9 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a federated simulation from a YAML config")
-    run.add_argument("config", help="YAML config, e.g. configs/quick.yaml")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                     help="dotted overrides, e.g. federation.rounds=5 train.lr=0.01")
+    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/quick.yaml")
+    run.add_argument("overrides", nargs="*", metavar="[KEY=VALUE]",
+                     help="optional dotted overrides, e.g. federation.rounds=5 train.lr=0.01")
     run.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
     run.add_argument("--address", help="Ray cluster address (auto, ray://host:10001, host:6379);"
                      " default: RAY_ADDRESS or a new local Ray")
@@ -30,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="ray (default) or inprocess (no Ray, for debugging)")
     run.add_argument("--no-reference", action="store_true",
                      help="skip the centralized logistic-regression reference")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out (default: refuse it)")
+
+    resume = sub.add_parser("resume", help="continue an interrupted or failed run from its "
+                            "last checkpoint")
+    resume.add_argument("run_dir", help="the run's results directory")
+    resume.add_argument("--address", help="Ray cluster address (as for run)")
+    resume.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
+    resume.add_argument("--no-reference", action="store_true",
+                        help="skip the centralized logistic-regression reference")
 
     data = sub.add_parser("data", help="data utilities")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -66,7 +76,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_federated(cfg, out_dir=args.out, backend=args.backend, address=args.address,
-                  reference=not args.no_reference)
+                  reference=not args.no_reference, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from fedsim.run.runner import resume_run
+
+    resume_run(args.run_dir, backend=args.backend, address=args.address,
+               reference=not args.no_reference)
     return 0
 
 
@@ -158,8 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stray or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*args.overrides, *extra]
-    handlers = {"run": _cmd_run, "data": _cmd_data, "report": _cmd_report, "bench": _cmd_bench,
-                "sweep": _cmd_sweep}
+    if args.command == "run" and not args.config:
+        parser.error("fedsim run needs a config file, e.g. fedsim run configs/quick.yaml "
+                     "(KEY=VALUE overrides are optional)")
+    handlers = {"run": _cmd_run, "resume": _cmd_resume, "data": _cmd_data,
+                "report": _cmd_report, "bench": _cmd_bench, "sweep": _cmd_sweep}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -167,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedSimError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"fedsim: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("fedsim: interrupted; completed rounds are in the results directory",
               file=sys.stderr)

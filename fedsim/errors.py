@@ -46,3 +46,8 @@ class Refusal(ProtocolError):
 
 def _refusal(message: str, party: str, round: int | None) -> Refusal:
     return Refusal(message, party=party, round=round)
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM (not a user mistake: exit code 130); the
+    message says how far it got and how to resume it."""

@@ -61,8 +61,8 @@ def test_user_data_errors_are_one_line(tmp_path):
     pacsv.write_csv(three, tmp_path / "labels.csv")
     assert "binary" in one_line_error(_file_run(tmp_path, tmp_path / "labels.csv"))
 
-    line = one_line_error(_file_run(tmp_path, synth, "data.hospitals=[hospital-9]",
-                                    "federation.clients_per_round=1", "federation.min_clients=1"))
+    line = one_line_error(_file_run(tmp_path, synth, "data.hospitals=[hospital-0,hospital-9]",
+                                    "federation.clients_per_round=2"))
     assert "hospital-9" in line
     assert not (tmp_path / "run" / "rounds.parquet").exists()
 

@@ -140,6 +140,11 @@ class Step:
         """A round that released nothing (too few clients sampled): metrics and state."""
         return {}, state
 
+    def charged(self, state: Any, ctx: ServerContext) -> Any:
+        """A round whose release was lost (the run died after decrypting it): the state
+        with its privacy cost counted, and nothing else changed."""
+        return state
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -201,6 +206,11 @@ class Pipeline:
             more, new[i] = self.steps[i].skipped(new[i], ctx)
             metrics.update(more)
         return metrics, tuple(new)
+
+    def charged(self, states: Sequence[Any], ctx: ServerContext) -> tuple[Any, ...]:
+        """Every step's `Step.charged`: a lost release counted in the privacy ledger."""
+        return tuple(step.charged(state, ctx)
+                     for step, state in zip(self.steps, states, strict=True))
 
 
 def flat_payload(update: Update, slots: Sequence[str]) -> np.ndarray:

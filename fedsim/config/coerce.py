@@ -9,6 +9,7 @@ name alone) and ``to_config()`` for the way back.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -93,7 +94,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             value = parse_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
-        return float(value)
+        # No float setting means anything at NaN or infinity (a learning rate, a clip
+        # bound, a timeout): refuse it here, once, rather than fail rounds later.
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {number}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
@@ -107,7 +116,8 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def parse_number(text: str) -> Any:
-    """``text`` as a float when it spells a finite decimal number, else unchanged."""
+    """``text`` as a float when it spells a decimal number, else unchanged (``1e999``
+    spells one too, and comes back as inf for the caller to refuse)."""
     stripped = text.strip()
     return float(stripped) if _NUMBER.fullmatch(stripped) else text
 

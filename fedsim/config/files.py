@@ -1,7 +1,8 @@
 """Config files and dotted overrides: the only code that reads YAML.
 
 ``load_config(path, overrides)`` reads a YAML mapping, applies ``a.b.c=value``
-overrides (values parsed as YAML), and builds a validated `RunConfig`.
+overrides (values parsed as YAML), and builds a validated `RunConfig`. A key given
+twice in one mapping is refused (plain YAML keeps the last one without a word).
 """
 
 from __future__ import annotations
@@ -17,6 +18,38 @@ from fedsim.config.schema import RunConfig
 from fedsim.errors import ConfigError
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice; ``key`` is the key, ``problem_mark`` where."""
+
+    def __init__(self, key: Any, mark: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}", mark)
+        self.key = key
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping. Keys brought in by a
+    merge (``<<: *base``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: the base class says so
+                continue
+            if duplicate:
+                raise DuplicateKeyError(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
     if "=" not in text:
@@ -26,7 +59,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r}: bad key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load(raw) if raw.strip() else None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r}: {err.problem}") from None
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -62,12 +97,15 @@ def _deep_copy(data: Any) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or bad YAML is a `ConfigError`."""
+    """Read a YAML mapping; a missing file, bad YAML or a repeated key is a `ConfigError`."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _load(p.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{p}: {err.problem} (line {err.problem_mark.line + 1}); "
+                          "each key may appear once in a mapping") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

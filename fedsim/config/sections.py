@@ -171,6 +171,9 @@ class FederationConfig:
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     clients: Literal["hospital", "cohort"] = "hospital"
     cohorts: int = 1
+    # Seconds from the round's start that the clients have to report; late clients are
+    # dropped from the round (None: no deadline).
+    round_timeout_s: float | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -179,6 +182,13 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "rounds", "clients_per_round", "min_clients", "cohorts")
+        if self.round_timeout_s is not None:
+            _positive(self, "round_timeout_s")
+        if self.encrypted and self.min_clients < 2:
+            raise ConfigError(
+                f"federation.min_clients: must be >= 2 in he mode, got {self.min_clients}: "
+                "the key holders would decrypt a sum of one update, that hospital's own "
+                "update in plaintext")
 
 
 @dataclass(frozen=True)
@@ -381,7 +391,7 @@ def _positive(obj: Any, *names: str) -> None:
     section = _SECTION_OF.get(type(obj), "")
     for name in names:
         value = getattr(obj, name)
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise ConfigError(f"{section}{name}: must be > 0, got {value}")
 
 

@@ -120,13 +120,28 @@ def numeric(table: pa.Table, names: Sequence[str]) -> np.ndarray:
         t = column.type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
             raise DataError(f"column {name!r} must be numeric, found {t}")
-        # Through float32 so that Parquet and CSV copies of a float32 column agree exactly.
-        values = np.asarray(column.to_numpy(), dtype=np.float32)
-        bad = int((~np.isfinite(values)).sum())
+        wide = np.asarray(column.to_numpy(), dtype=np.float64)
+        bad = int((~np.isfinite(wide)).sum())
         if bad:
             raise DataError(f"column {name!r} has {bad} NaN or infinite values")
-        out[:, j] = values
+        big = np.flatnonzero(np.abs(wide) > _FLOAT32_MAX)
+        if big.size:
+            raise DataError(
+                f"column {name!r} has {big.size} value{'s' if big.size > 1 else ''} out of "
+                f"float32 range (|x| <= {_FLOAT32_MAX:.4g}), e.g. {wide[big[0]]:g}; rescale "
+                f"the column (other units, or a log)")
+        # Through float32 so that Parquet and CSV copies of a float32 column agree exactly.
+        out[:, j] = wide.astype(np.float32)
     return out
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Largest vocabulary inferred from the codes alone (data.vocab_size not set): a float32
+# embedding of 2**22 rows takes 16 MiB per unit of model.width (1 GiB at width 64), once
+# in every client, in the server and in its optimizer state; a larger largest code is
+# far more often an identifier (a raw code number) than a vocabulary.
+MAX_INFERRED_VOCAB = 2**22
+_INT32_LIMIT = 2**31  # codes are stored as int32: at most 2**31 - 1, so vocab <= 2**31
 
 
 def codes(table: pa.Table, name: str | None, vocab_size: int | None) -> tuple[np.ndarray, int]:
@@ -139,9 +154,10 @@ def codes(table: pa.Table, name: str | None, vocab_size: int | None) -> tuple[np
     if vocab_size is not None and (
         isinstance(vocab_size, bool)
         or not isinstance(vocab_size, (int, np.integer))
-        or vocab_size < 1
+        or not 1 <= vocab_size <= _INT32_LIMIT
     ):
-        raise DataError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+        raise DataError(f"vocab_size must be an integer in [1, {_INT32_LIMIT}] (codes are "
+                        f"int32), got {vocab_size!r}")
     if name is None:
         return np.zeros((n, 0), np.int32), 0
     column = table.column(name)
@@ -165,6 +181,13 @@ def codes(table: pa.Table, name: str | None, vocab_size: int | None) -> tuple[np
             raise DataError(
                 f"column {name!r} has codes outside [0, {limit}): they range from {low} to {high}"
             )
+        if vocab_size is None and limit > MAX_INFERRED_VOCAB:
+            raise DataError(
+                f"column {name!r}: the largest code is {high}, so the code embedding would "
+                f"need {limit:,} rows ({limit * 4 / 2**30:,.1f} GiB of float32 per unit of "
+                f"model.width), over the {MAX_INFERRED_VOCAB:,} rows fedsim infers without "
+                f"data.vocab_size; renumber the codes 0..N-1, or set data.vocab_size if you "
+                f"mean a table that large")
     vocab = int(vocab_size) if vocab_size is not None else (int(flat.max()) + 1 if flat.size else 0)
     width = int(lengths.max()) if n else 0
     out = np.full((n, width), -1, np.int32)

@@ -10,6 +10,7 @@ statistics, which no hospital could compute without sharing data).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import warnings
@@ -61,11 +62,41 @@ def load_table(path: str | os.PathLike[str]) -> pa.Table:
         if suffix == ".parquet":
             return pq.read_table(path)
         if suffix == ".csv":
-            return pacsv.read_csv(path)
+            table = pacsv.read_csv(path)
+            # Arrow reads a text column with bytes that are not UTF-8 as binary.
+            if any(pa.types.is_binary(t) or pa.types.is_large_binary(t)
+                   for t in table.schema.types):
+                _check_utf8(path)
+            return table
     except (pa.ArrowException, OSError) as exc:
+        if suffix == ".csv" and "utf8" in str(exc).lower().replace("-", ""):
+            _check_utf8(path)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read {path}: {first}") from exc
     raise DataError(f"cannot read {path}: unknown suffix {path.suffix!r} (use .parquet or .csv)")
+
+
+def _check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise `DataError` at the first byte of ``path`` that is not UTF-8, if any."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1  # where the next block starts
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            held = len(decoder.getstate()[0])  # a character cut by the last block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                data = err.object  # the held bytes, then the block
+                at, line = offset - held + err.start, line + data.count(b"\n", 0, err.start)
+                raise DataError(
+                    f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {at} "
+                    f"(line {line}) is not valid UTF-8 (Latin-1 or Windows-1252 perhaps); "
+                    f"re-save the file as UTF-8") from None
+            if not block:
+                return
+            offset += len(block)
+            line += block.count(b"\n")
 
 
 def partition(

@@ -175,6 +175,9 @@ class ClientLevelAccounting(Step):
         _, worst = _counted(state, ())
         return self._metrics(ctx.round + 1, worst), state
 
+    def charged(self, state: Counts, ctx: ServerContext) -> Counts:
+        return _counted(state, ctx.contributors)[0]
+
 
 @final
 @dataclass(frozen=True)
@@ -205,3 +208,6 @@ class RecordLevelAccounting(Step):
 
     def skipped(self, state: Counts, ctx: ServerContext) -> tuple[dict[str, float], Counts]:
         return self._metrics(_counted(state, ())[1]), state
+
+    def charged(self, state: Counts, ctx: ServerContext) -> Counts:
+        return _counted(state, ctx.contributors)[0]

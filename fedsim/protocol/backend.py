@@ -42,7 +42,11 @@ class Backend(Protocol):
     def put(self, value: Any) -> Any: ...
     def call(self, role: str, method: str, *args: Any, num_returns: int = 1,
              **kwargs: Any) -> Any: ...
-    def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]: ...
+    def wait(self, handles: Sequence[Any], timeout: float | None = None
+             ) -> tuple[list[Any], list[Any]]:
+        """``(ready, pending)``: at least one ready handle, or none after ``timeout``
+        seconds (None: no limit)."""
+        ...
     def get(self, handle: Any) -> Any:
         """The value of a handle, or a list of values for a list of handles (one wait)."""
         ...
@@ -121,8 +125,9 @@ class InProcessBackend:
             done = _Done(error=err)
         return _split(done, num_returns)
 
-    def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-        return list(handles[:1]), list(handles[1:])
+    def wait(self, handles: Sequence[Any], timeout: float | None = None
+             ) -> tuple[list[Any], list[Any]]:
+        return list(handles[:1]), list(handles[1:])  # every call has already run
 
     def defer(self, handle: Any) -> Ready:
         return Ready(self.get(handle))

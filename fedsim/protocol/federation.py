@@ -10,7 +10,8 @@ runs rounds with callbacks (evaluation, writer, telemetry, progress).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,10 @@ class Federation:
         self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
                                  max_contributors=self.max_contributors)
         self.warnings: list[str] = []
+        # Called with (round, contributors) just before a round's sum is decrypted (the
+        # runner notes it: a release lost to a fault is still charged on resume).
+        self.on_open: Callable[[int, tuple[str, ...]], None] | None = None
+        self.late: list[str] = []  # this round's clients dropped at the round deadline
 
     # ------------------------------------------------------------------ set-up
     def parties(self) -> list[PartySpec]:
@@ -165,6 +170,8 @@ class Federation:
         # endorse the round's sum (its batches), once each, and the key holders check the
         # signed batches and endorsements, re-add the batches and partially decrypt their
         # own sum.
+        if self.on_open is not None:
+            self.on_open(round_idx, tuple(manifest.contributors))
         endorsements = {}
         if self.scheme.endorsed:
             with timer.phase("verify"):
@@ -195,6 +202,20 @@ class Federation:
                            clients=(), dropped=(), bytes_up=0, bytes_down=0,
                            loss=float("nan"), extra={"skipped": 1.0, **self._insecure,
                                                      **metrics})
+
+    def lost_release(self, round_idx: int, contributors: Sequence[str]) -> RoundRecord:
+        """A round decrypted before a fault whose result was never applied: its privacy
+        cost is charged to the ledger (the coordinator may have seen it), the model is
+        unchanged, and the round counts as skipped."""
+        ctx = ServerContext(round_idx, tuple(contributors))
+        self.step_states = self.pipeline.charged(self.step_states, ctx)
+        metrics, self.step_states = self.pipeline.skipped(self.step_states, ctx)
+        self.warnings.append(f"round {round_idx}: decrypted before the run stopped and "
+                             "not applied; charged to the privacy ledger, not repeated")
+        return RoundRecord(round=round_idx, wall_s=0.0, phases={}, clients=(), dropped=(),
+                           bytes_up=0, bytes_down=0, loss=float("nan"),
+                           extra={"skipped": 1.0, "lost_release": 1.0, **self._insecure,
+                                  **metrics})
 
     @property
     def insecure(self) -> bool:
@@ -229,6 +250,7 @@ class Federation:
         pending ``add_many`` calls, the bundles' handles and the dropped clients.
         """
         b = self.backend
+        self.late = []
         pending = {}
         for role, clients in groups.items():
             reports_h, payloads_h = b.call(role, "train", round_idx, global_ref, clients,
@@ -238,8 +260,18 @@ class Federation:
         dropped: list[str] = []
         adds, bundles = [], []
         waiting = list(pending)
+        limit = self.cfg.federation.round_timeout_s
+        deadline = None if limit is None else time.monotonic() + limit
         while waiting:
-            ready, waiting = b.wait(waiting)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, waiting = b.wait(waiting, timeout=left)
+            if not ready:  # the deadline passed: whoever has not reported is late
+                for h in waiting:
+                    for name in pending[h][0]:
+                        self.late.append(name)
+                        self._drop(round_idx, name, f"no update within the round deadline "
+                                   f"(federation.round_timeout_s {limit:g})", dropped)
+                break
             for h in ready:
                 clients, payloads = pending[h]
                 try:
@@ -310,7 +342,8 @@ class Federation:
         loss = metrics.pop("loss", float("nan"))  # summed in slots: the weighted mean only
         extra = {"skipped": 0.0, **self._insecure, "bytes_aggregate": manifest.aggregate_bytes,
                  "bytes_up_per_client": int(np.mean([m.bytes_up for m in reports])),
-                 "update_norm": float("nan"), **metrics}
+                 "update_norm": float("nan"), "late": ",".join(sorted(self.late)),
+                 **metrics}
         return RoundRecord(
             round=round_idx,
             wall_s=timer.elapsed(),

@@ -2,12 +2,14 @@
 
 In the order ``fedsim run`` uses them: `Evaluate` scores the global model (its time
 counts in the round's ``evaluate`` phase), `WriteRounds` rewrites rounds.parquet,
-`PublishTelemetry` updates the Ray metrics, `ShowProgress` the progress line.
+`SaveCheckpoint` replaces the checkpoint, `PublishTelemetry` updates the Ray metrics,
+`ShowProgress` the progress line.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsim.protocol.loop import Callback
@@ -49,6 +51,19 @@ class WriteRounds(Callback):
 
     def after_round(self, federation: Federation, record: RoundRecord) -> None:
         self.writer.round(record.row())
+
+
+class SaveCheckpoint(Callback):
+    """Replace the run's checkpoint after each round, after its row is written (a row
+    without a checkpoint is run again on resume; never a checkpoint without its row)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        from fedsim.run import checkpoint
+
+        checkpoint.save(self.run_dir, federation, record.round + 1)
 
 
 class PublishTelemetry(Callback):

@@ -51,12 +51,14 @@ class RoundProgress:
     """Context manager: call `update(record)` after each round."""
 
     def __init__(self, total: int, console: Console | None = None, *, title: str = "rounds",
-                 insecure: bool = False):
+                 insecure: bool = False, start: int = 0):
+        """``start``: rounds already done (a resumed run); the ETA counts only this
+        session's rounds."""
         self.total = total
         self.insecure = insecure
         self.console = console or Console(stderr=True)
         self.title = title
-        self.done = 0
+        self.done = self.start = start
         self.t0 = time.perf_counter()
         self._bar: Progress | None = None
 
@@ -72,7 +74,8 @@ class RoundProgress:
                 console=self.console,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.title, total=self.total, status="starting")
+            self._task = self._bar.add_task(self.title, total=self.total, status="starting",
+                                            completed=self.start)
         return self
 
     def update(self, record: RoundRecord, epsilon: float | None = None) -> None:
@@ -82,7 +85,7 @@ class RoundProgress:
             self._bar.update(self._task, advance=1, status=status)
             return
         elapsed = time.perf_counter() - self.t0
-        eta = elapsed / self.done * (self.total - self.done)
+        eta = elapsed / (self.done - self.start) * (self.total - self.done)
         width = int(math.log10(max(self.total, 1))) + 1
         self.console.print(
             f"round {record.round + 1:>{width}}/{self.total}  {status}  ETA {eta:5.0f}s",
@@ -101,10 +104,14 @@ def summary_table(report: dict, *, title: str) -> Table:
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
 
+    def score(value: float | None) -> str:
+        # metrics.json holds null where a score is undefined (a one-class test split).
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
     def add(name: str, m: dict, style: str | None = None) -> None:
-        table.add_row(name, str(m["n"]), str(m["positives"]), f"{m['auc']:.4f}",
-                      f"{m['pr_auc']:.4f}", f"{m['balanced_accuracy']:.4f}",
-                      f"{m['precision']:.4f}", f"{m['recall']:.4f}", style=style)
+        table.add_row(name, str(m["n"]), str(m["positives"]),
+                      *(score(m[k]) for k in ("auc", "pr_auc", "balanced_accuracy",
+                                              "precision", "recall")), style=style)
 
     for name, m in sorted(report["hospitals"].items()):
         add(name, m)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedsim.config import RunConfig, from_dict
-from fedsim.errors import FedSimError
+from fedsim.errors import ConfigError, FedSimError
 
 _PACKAGES = ("fedsim", "ray", "jax", "jaxlib", "flax", "optax", "openfhe", "numpy", "pyarrow",
              "scikit-learn", "dp-accounting")
@@ -52,7 +52,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
+    """Write ``data`` as standard JSON: NaN and infinities (Python or numpy floats, e.g.
+    the AUC of a one-class test split) become null, numpy scalars and arrays become
+    numbers and lists, anything else unknown its ``str``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [plain(v) for v in value]
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+
+    # Serialised before anything is written: a failure leaves the old file whole.
+    text = json.dumps(plain(data), indent=2, default=str, allow_nan=False)
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def versions() -> dict[str, str]:
@@ -98,13 +115,66 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+# Every file a run writes (`fedsim.run.checkpoint` adds the last two).
+RUN_FILES = ("manifest.json", "rounds.parquet", "params.npz", "metrics.json", "roc.png",
+             "checkpoint.npz", "opening.json")
+
+
+def check_out_dir(path: Path, *, overwrite: bool = False) -> None:
+    """Refuse, in one line, a results directory that is a file, not writable, or already
+    holds a run (unless ``overwrite``): a directory never mixes two runs."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"results directory {path} is a file, not a directory")
+    held = [name for name in RUN_FILES if (path / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(f"results directory {path} already holds a run ({held[0]}): choose "
+                          f"another --out, pass --overwrite to replace it, or continue it "
+                          f"with fedsim resume {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fedsim-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"cannot write results to {path}: {err.strerror or err}") from None
+
+
 class RunWriter:
     """Writes one run directory; each method replaces its file atomically."""
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, rows: list[dict] | None = None) -> None:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(rows or [])
+
+    @classmethod
+    def create(cls, out_dir: str | Path, *, overwrite: bool = False) -> RunWriter:
+        """A writer for a new run in ``out_dir`` (`check_out_dir`); with ``overwrite``
+        the previous run's files are removed first."""
+        path = Path(out_dir)
+        check_out_dir(path, overwrite=overwrite)
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        return cls(path)
+
+    @classmethod
+    def reopen(cls, run_dir: str | Path, next_round: int) -> RunWriter:
+        """A writer that continues ``run_dir`` from round ``next_round``: rows of later
+        rounds (written after the checkpoint) are dropped, to be run again."""
+        path = Path(run_dir)
+        rows: list[dict] = []
+        if (path / "rounds.parquet").is_file():
+            try:
+                rows = pq.read_table(path / "rounds.parquet").to_pylist()
+            except Exception as err:
+                raise FedSimError(f"{path / 'rounds.parquet'} is truncated or not readable "
+                                  f"({type(err).__name__})") from None
+        writer = cls(path, [r for r in rows if r["round"] < next_round])
+        if len(writer.rows) != len(rows):
+            writer.flush()
+        for name in ("params.npz", "metrics.json", "roc.png"):  # of the final model only
+            (path / name).unlink(missing_ok=True)
+        return writer
 
     def manifest(self, cfg: RunConfig, **extra: Any) -> None:
         data = {"config": cfg.to_dict(), "seed": cfg.seed, "versions": versions(),
@@ -112,13 +182,16 @@ class RunWriter:
         write_json(self.dir / "manifest.json", data)
 
     def update_manifest(self, **fields: Any) -> None:
-        path = self.dir / "manifest.json"
-        data = json.loads(path.read_text())
+        data = read_manifest(self.dir)
         data.update(fields)
-        write_json(path, data)
+        write_json(self.dir / "manifest.json", data)
 
     def round(self, row: dict) -> None:
         self.rows.append(row)
+        self.flush()
+
+    def flush(self) -> None:
+        """Rewrite rounds.parquet from the rows held."""
         # Every column any round has (a skipped round has fewer), in first-seen order.
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         table = pa.table({k: [r.get(k) for r in self.rows] for k in columns})
@@ -142,6 +215,21 @@ class RunWriter:
         atomic_write(self.dir / "roc.png", lambda p: plot_roc(report, p))
 
 
+def read_manifest(run_dir: str | Path) -> dict:
+    """A run directory's manifest; one-line `FedSimError` when missing or unreadable."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise FedSimError(f"not a fedsim run directory (no manifest.json): {run_dir}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise FedSimError(f"{path} is truncated or not readable ({type(err).__name__})") \
+            from None
+    if not isinstance(data, dict) or "config" not in data:
+        raise FedSimError(f"{path} is not a fedsim manifest (no config)")
+    return data
+
+
 @dataclass(frozen=True)
 class Run:
     """A finished (or interrupted) run read back from its directory."""
@@ -155,17 +243,45 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory: config, rounds table, final parameters and metrics."""
+    """Read a run directory: config, rounds table, final parameters and metrics.
+
+    A file that is truncated, corrupt or not readable is a one-line `FedSimError` that
+    names it; a missing optional file (a run interrupted early) is an empty table or None.
+    """
+    import zipfile
+
     p = Path(path)
-    if not (p / "manifest.json").is_file():
-        raise FedSimError(f"not a fedsim run directory (no manifest.json): {p}")
-    manifest = json.loads((p / "manifest.json").read_text())
-    rounds = pq.read_table(p / "rounds.parquet") if (p / "rounds.parquet").is_file() \
-        else pa.table({})
-    params = None
-    if (p / "params.npz").is_file():
-        with np.load(p / "params.npz") as npz:
-            params = unflatten_params({k: npz[k] for k in npz.files})
-    metrics = json.loads((p / "metrics.json").read_text()) if (p / "metrics.json").is_file() \
-        else None
-    return Run(p, from_dict(manifest["config"]), manifest, rounds, params, metrics)
+    manifest = read_manifest(p)
+
+    def read(name: str, reader: Callable[[Path], Any]) -> Any:
+        file = p / name
+        if not file.is_file():
+            return None
+        try:
+            return reader(file)
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
+                pa.ArrowException) as err:
+            raise FedSimError(f"{file} is truncated or not readable "
+                              f"({type(err).__name__})") from None
+
+    def npz(file: Path) -> dict:
+        loaded = np.load(file)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with loaded:
+            return unflatten_params({k: loaded[k] for k in loaded.files})
+
+    def metrics_json(file: Path) -> dict:
+        data = json.loads(file.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a mapping")
+        return data
+
+    rounds = read("rounds.parquet", pq.read_table)
+    params = read("params.npz", npz)
+    metrics = read("metrics.json", metrics_json)
+    try:
+        config = from_dict(manifest["config"])
+    except ConfigError as err:
+        raise ConfigError(f"{p / 'manifest.json'}: {err}") from None
+    return Run(p, config, manifest, pa.table({}) if rounds is None else rounds, params, metrics)

@@ -7,6 +7,8 @@ backend. Ray is imported only when the Ray backend is chosen. The rounds go thro
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fedsim.config import RunConfig
+from fedsim.config import RunConfig, from_dict
 from fedsim.data import (
     FederatedDataset,
     SynthSpec,
@@ -25,14 +27,21 @@ from fedsim.data import (
     synthetic_dataset,
     teacher_dataset,
 )
-from fedsim.errors import Refusal
+from fedsim.errors import ConfigError, Interrupted, Refusal
 from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.records import RoundRecord
-from fedsim.run.callbacks import Evaluate, PublishTelemetry, ShowProgress, WriteRounds
+from fedsim.run import checkpoint
+from fedsim.run.callbacks import (
+    Evaluate,
+    PublishTelemetry,
+    SaveCheckpoint,
+    ShowProgress,
+    WriteRounds,
+)
 from fedsim.run.progress import RoundProgress, summary_table
-from fedsim.run.results import RunWriter
+from fedsim.run.results import RunWriter, check_out_dir, read_manifest
 from fedsim.run.telemetry import RunTelemetry
 
 
@@ -90,31 +99,94 @@ def run_federated(
     console: Console | None = None,
     reference: bool = True,
     run_id: str | None = None,
+    overwrite: bool = False,
 ) -> RunOutcome:
-    """Run ``cfg`` end to end and write its results directory."""
-    console = console or Console(stderr=True)
-    t0 = time.perf_counter()
+    """Run ``cfg`` end to end and write its results directory.
+
+    A directory that already holds a run is refused unless ``overwrite``
+    (`fedsim.run.results.check_out_dir`); `resume_run` continues an interrupted one.
+    """
     run_id = run_id or make_run_id(cfg)
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg, run_id)
+    check_out_dir(out, overwrite=overwrite)
     dataset = load_dataset(cfg)
-    writer = RunWriter(out)
+    writer = RunWriter.create(out, overwrite=overwrite)
     writer.manifest(cfg, run_id=run_id, status="running", backend=backend,
                     hospitals=list(dataset.names), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return _execute(cfg, dataset, writer, run_id, backend=backend, address=address,
+                    console=console, reference=reference)
 
+
+def resume_run(
+    run_dir: str | Path,
+    *,
+    backend: str = "ray",
+    address: str | None = None,
+    console: Console | None = None,
+    reference: bool = True,
+) -> RunOutcome:
+    """Continue an interrupted or failed run from its checkpoint to its planned rounds.
+
+    The config is the manifest's; the coordinator's state is the checkpoint's
+    (`fedsim.run.checkpoint`); every party starts afresh (in ``he`` a new key ceremony).
+    """
+    path = Path(run_dir)
+    manifest = read_manifest(path)
+    status = manifest.get("status")
+    if status == "completed":
+        raise ConfigError(f"{path}: the run is already completed; nothing to resume")
+    cfg = from_dict(manifest["config"])
+    ckpt = checkpoint.load(path)
+    if ckpt.run_id != manifest.get("run_id"):
+        raise ConfigError(f"{path}: the checkpoint is of run {ckpt.run_id}, the manifest of "
+                          f"{manifest.get('run_id')}")
+    check_out_dir(path, overwrite=True)  # writable
+    dataset = load_dataset(cfg)
+    writer = RunWriter.reopen(path, ckpt.next_round)
+    resumed = [*manifest.get("resumed", []),
+               {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_round": ckpt.next_round,
+                "status_before": status}]
+    writer.update_manifest(status="running", resumed=resumed, backend=backend, error=None,
+                           refused=None, resume=None)
+    return _execute(cfg, dataset, writer, str(manifest["run_id"]), backend=backend,
+                    address=address, console=console, reference=reference, resume=ckpt)
+
+
+def _execute(
+    cfg: RunConfig,
+    dataset: FederatedDataset,
+    writer: RunWriter,
+    run_id: str,
+    *,
+    backend: str,
+    address: str | None,
+    console: Console | None,
+    reference: bool,
+    resume: checkpoint.Checkpoint | None = None,
+) -> RunOutcome:
+    console = console or Console(stderr=True)
+    t0 = time.perf_counter()
+    out = writer.dir
     started_ray = False
     if backend == "ray":
         from actors import connect
 
         started_ray = connect(address)
+    interrupts = _InterruptOnTerm()  # after Ray's own SIGTERM handler, to replace it
     parties = make_backend(backend, run_id, cfg,
                            warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     records: list[RoundRecord] = []
+    federation: Federation | None = None
     try:
         federation = Federation(cfg, dataset, parties, run_id=run_id)
+        start = 0 if resume is None else resume.next_round
         console.print(
-            f"fedsim run {run_id}: {len(dataset.clients)} clients "
-            f"({cfg.federation.clients}), {federation.num_params:,} parameters, "
-            f"mode {cfg.federation.mode}, backend {backend}, results in {out}",
+            f"fedsim {'run' if resume is None else 'resume'} {run_id}: "
+            f"{len(dataset.clients)} clients ({cfg.federation.clients}), "
+            f"{federation.num_params:,} parameters, mode {cfg.federation.mode}, backend "
+            f"{backend}, results in {out}"
+            + (f"; continuing at round {start + 1} of {cfg.federation.rounds}"
+               if resume is not None else ""),
             highlight=False,
         )
         insecure = federation.insecure
@@ -129,15 +201,21 @@ def run_federated(
             console.print(f"[yellow]warning:[/] {caveat}")
         writer.update_manifest(caveats=federation.scheme.caveats())
         federation.setup()
+        federation.on_open = lambda r, who: checkpoint.record_opening(out, r, who)
+        if resume is not None:
+            resume.restore(federation)
+            start = _charge_lost_release(federation, writer, resume, console)
         from fedsim.learning.evaluation import CentralEvaluator
 
         evaluator = CentralEvaluator(federation.model, dataset)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
-        with RoundProgress(cfg.federation.rounds, console, insecure=insecure) as progress:
+        with RoundProgress(cfg.federation.rounds, console, insecure=insecure,
+                           start=start) as progress:
             records = run_rounds(federation, cfg.federation.rounds, [
                 Evaluate(evaluator, every=cfg.evaluation.every, rounds=cfg.federation.rounds),
-                WriteRounds(writer), PublishTelemetry(telemetry), ShowProgress(progress),
-            ])
+                WriteRounds(writer), SaveCheckpoint(writer.dir), PublishTelemetry(telemetry),
+                ShowProgress(progress),
+            ], start=start)
         report = evaluator.report(federation.params)
         report["title"] = f"{run_id}: test ROC, final global model"
         writer.params(federation.params)
@@ -146,18 +224,19 @@ def run_federated(
         for message in federation.warnings:
             console.print(f"[yellow]warning:[/] {message}")
     except BaseException as err:
-        failed = {"status": "failed", "rounds_completed": len(writer.rows),
-                  "error": str(err).splitlines()[0] if str(err) else type(err).__name__}
-        if isinstance(err, Refusal):
-            failed["refused"] = {"round": err.round, "by": err.party, "reason": str(err)}
-        writer.update_manifest(**failed)
+        _record_stop(writer, err, console)
+        if isinstance(err, KeyboardInterrupt):
+            raise Interrupted(_resume_hint(writer, "interrupted")) from None
         raise
     finally:
-        parties.shutdown()
-        if started_ray:
-            import ray
+        interrupts.restore()
+        try:
+            parties.shutdown()
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
     ref_auc = None
     if reference:
@@ -165,7 +244,8 @@ def run_federated(
 
         ref_auc = reference_logistic_auc(dataset, seed=cfg.seed)
     seconds = time.perf_counter() - t0
-    writer.update_manifest(status="completed", rounds_completed=len(records),
+    completed = len(writer.rows)
+    writer.update_manifest(status="completed", rounds_completed=completed,
                            wall_s=seconds, reference_logistic_auc=ref_auc,
                            final_pooled_auc=report["pooled"]["auc"],
                            num_params=federation.num_params)
@@ -173,6 +253,64 @@ def run_federated(
     if ref_auc is not None:
         console.print(f"centralized logistic-regression reference (pooled data, no "
                       f"federation): test ROC AUC {ref_auc:.4f}", highlight=False)
-    console.print(f"pooled test ROC AUC {report['pooled']['auc']:.4f} after {len(records)} "
+    console.print(f"pooled test ROC AUC {report['pooled']['auc']:.4f} after {completed} "
                   f"rounds in {seconds:.1f}s; results in {out}", highlight=False)
     return RunOutcome(run_id, out, records, report, ref_auc, seconds)
+
+
+def _charge_lost_release(federation: Federation, writer: RunWriter,
+                         resume: checkpoint.Checkpoint, console: Console) -> int:
+    """The round to start at: after the checkpoint, or after a DP round that was
+    decrypted before the fault (charged to the ledger, not released twice)."""
+    start = resume.next_round
+    lost = checkpoint.opened_since(writer.dir, resume)
+    if lost is None or federation.privacy is None or start >= federation.cfg.federation.rounds:
+        return start
+    record = federation.lost_release(start, lost)
+    console.print(f"[yellow]warning:[/] {federation.warnings[-1]}")
+    writer.round(record.row())
+    checkpoint.save(writer.dir, federation, start + 1)
+    return start + 1
+
+
+class _InterruptOnTerm:
+    """SIGTERM raises KeyboardInterrupt in the main thread, like Ctrl-C, while a run is
+    on (Ray's driver handler would exit without a word); restored afterwards."""
+
+    def __init__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _resume_hint(writer: RunWriter, what: str) -> str:
+    done = len(writer.rows)
+    if (writer.dir / checkpoint.CHECKPOINT).is_file():
+        return (f"{what} after {done} round(s); continue with: fedsim resume {writer.dir}")
+    return f"{what} before the first round completed; nothing to resume"
+
+
+def _record_stop(writer: RunWriter, err: BaseException, console: Console) -> None:
+    """The manifest's status for a run that stopped early; the resume command if any."""
+    interrupted = isinstance(err, KeyboardInterrupt)
+    fields: dict[str, Any] = {
+        "status": "interrupted" if interrupted else "failed",
+        "rounds_completed": len(writer.rows),
+        "error": ("interrupted" if interrupted else
+                  str(err).splitlines()[0] if str(err) else type(err).__name__)}
+    if isinstance(err, Refusal):
+        fields["refused"] = {"round": err.round, "by": err.party, "reason": str(err)}
+    if (writer.dir / checkpoint.CHECKPOINT).is_file():
+        fields["resume"] = f"fedsim resume {writer.dir}"
+        if not interrupted:
+            console.print(f"[yellow]note:[/] {_resume_hint(writer, 'stopped')}",
+                          highlight=False)
+    writer.update_manifest(**fields)

@@ -16,6 +16,7 @@ precision of the final model against epsilon).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     eps = [parse_number(e) if isinstance(e, str) else e for e in eps]  # YAML reads 1e-1 as str
     for e in eps:
-        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
+        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))
+                              or not 0 < e < math.inf):  # NaN fails too
             raise ConfigError(f"target_epsilons: {e!r} is not a positive number or null")
     spec = SweepSpec(
         base=(path.parent / data["base"]).resolve(),

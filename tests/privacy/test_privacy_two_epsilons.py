@@ -67,14 +67,15 @@ def test_skipped_rounds_compose_for_the_observer_and_not_for_participants():
 
 @pytest.mark.parametrize("against", ["participants", "observer"])
 def test_a_target_is_met_against_the_adversary_named(against):
-    # 100 clients, 20 per round: a skipped round (none sampled) is too rare to matter.
+    # 100 clients, 20 per round: a skipped round (fewer than 2 sampled) is too rare to
+    # matter: it takes less than 1e-7 of delta.
     cfg = tiny_config(data={"synth": {"num_hospitals": 100, "patients_per_hospital": 50}},
                       federation={"mode": "he", "rounds": 10, "clients_per_round": 20,
-                                  "sampling": "poisson", "min_clients": 1},
+                                  "sampling": "poisson", "min_clients": 2},
                       privacy={"enabled": True, "clip": 0.05, "target_epsilon": 3.0,
                                "epsilon_against": against})
     plan = plan_privacy(cfg, 100, [50] * 100)
-    assert plan.observer.amplified and 1e-5 - 1e-8 < plan.observer.delta < 1e-5
+    assert plan.observer.amplified and 1e-5 - 1e-7 < plan.observer.delta < 1e-5
     spec = plan.accounting
     worst_case = _rdp(spec.participants().unit_event(), 10)  # a client in every round
     acc = dp_accounting.rdp.RdpAccountant()
@@ -131,7 +132,7 @@ def test_what_the_accounting_cannot_state_is_refused_with_one_line():
 def test_distributed_noise_under_poisson_claims_no_amplification():
     cfg = tiny_config(data={"synth": {"num_hospitals": 100, "patients_per_hospital": 50}},
                       federation={"mode": "he", "rounds": 10, "clients_per_round": 20,
-                                  "sampling": "poisson", "min_clients": 1},
+                                  "sampling": "poisson", "min_clients": 2},
                       privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 3.0,
                                "placement": "distributed"})
     plan = plan_privacy(cfg, 100, [50] * 100)

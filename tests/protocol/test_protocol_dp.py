@@ -210,7 +210,7 @@ def test_poisson_rounds_below_min_clients_are_skipped_and_accounted():
 
 def test_he_poisson_with_aggregator_noise_sums_more_than_m_clients():
     cfg = tiny_config(federation={"mode": "he", "rounds": 2, "clients_per_round": 2,
-                                  "sampling": "poisson", "min_clients": 1},
+                                  "sampling": "poisson", "min_clients": 2},
                       privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0,
                                "insecure_seeded_noise": True})
     fed = federation(cfg)

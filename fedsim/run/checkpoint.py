@@ -1,0 +1,187 @@
+"""A run's checkpoint: everything the coordinator needs to continue after a fault.
+
+After every completed round the runner replaces ``checkpoint.npz`` in the run
+directory, atomically (one file, renamed into place), with:
+
+* the global parameters and the server optimizer's state (its leaves, in the tree order
+  of a fresh state: restoring rebuilds the tree from the same config);
+* the run's step states (the privacy ledger: participations per client, the adaptive
+  clip bound), as JSON (`encode_state`: plain values, tuples and fedsim's own frozen
+  dataclasses; nothing is unpickled);
+* the next round's index.
+
+Public randomness (data, initialisation, batch order, client sampling without DP) is
+derived from the run seed and the round index, so it needs no saved position. No secret
+is saved: a resumed ``he`` run holds a new key ceremony (new keys, new client signing
+keys), and secret DP randomness is drawn afresh.
+
+Before the key holders are asked to decrypt a round, ``opening.json`` records that
+round and its contributors. If a run dies after that and before the round's
+checkpoint, the coordinator may have seen the round's release: a resumed DP run charges
+that round to its ledger (`Pipeline.charged`) and goes on with the next one, rather than
+releasing the same clients' data a second time uncounted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from fedsim.aggregate.server import ServerState
+from fedsim.errors import FedSimError
+from fedsim.run.results import atomic_write, write_json
+
+if TYPE_CHECKING:
+    from fedsim.protocol.federation import Federation
+
+CHECKPOINT = "checkpoint.npz"
+OPENING = "opening.json"
+FORMAT = 1
+
+
+class CheckpointError(FedSimError):
+    """A checkpoint that is missing, unreadable or not of this run."""
+
+
+# ----------------------------------------------------------------- step-state codec
+def encode_state(value: Any) -> Any:
+    """A step state as JSON-able data; the inverse is `decode_state`."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, tuple):
+        return {"tuple": [encode_state(v) for v in value]}
+    if isinstance(value, list):
+        return {"list": [encode_state(v) for v in value]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) \
+            and type(value).__module__.startswith("fedsim."):
+        cls = type(value)
+        return {"dataclass": f"{cls.__module__}:{cls.__qualname__}",
+                "fields": {f.name: encode_state(getattr(value, f.name))
+                           for f in dataclasses.fields(value)}}
+    raise TypeError(f"a step state of type {type(value).__name__} cannot be checkpointed")
+
+
+def decode_state(data: Any) -> Any:
+    """The step state `encode_state` wrote (only fedsim's own dataclasses are built)."""
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return data
+    if isinstance(data, dict):
+        if "float" in data:
+            return float(data["float"])
+        if "tuple" in data:
+            return tuple(decode_state(v) for v in data["tuple"])
+        if "list" in data:
+            return [decode_state(v) for v in data["list"]]
+        if "dataclass" in data:
+            module, _, name = data["dataclass"].partition(":")
+            if not module.startswith("fedsim."):
+                raise CheckpointError(f"checkpoint names a class outside fedsim: {module}")
+            cls = importlib.import_module(module)
+            for part in name.split("."):
+                cls = getattr(cls, part)
+            if not dataclasses.is_dataclass(cls):
+                raise CheckpointError(f"checkpoint names {name}, which is not a state")
+            return cls(**{k: decode_state(v) for k, v in data["fields"].items()})
+    raise CheckpointError(f"checkpoint holds an unreadable step state: {str(data)[:80]}")
+
+
+# ----------------------------------------------------------------- checkpoint file
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `load` read back: the round to run next and the coordinator's state."""
+
+    next_round: int
+    run_id: str
+    params: np.ndarray
+    opt_leaves: list[np.ndarray]
+    step_states: tuple[Any, ...]
+
+    def restore(self, federation: Federation) -> None:
+        """Put this state into a freshly built ``federation`` of the same config."""
+        fresh = federation.state
+        leaves, treedef = jax.tree_util.tree_flatten(fresh.opt_state)
+        if len(leaves) != len(self.opt_leaves) or fresh.params.shape != self.params.shape:
+            raise CheckpointError("the checkpoint does not fit this run's model and server "
+                                  "optimizer (was the config changed?)")
+        opt_state = jax.tree_util.tree_unflatten(
+            treedef, [np.asarray(v, np.asarray(leaf).dtype).reshape(np.shape(leaf))
+                      for v, leaf in zip(self.opt_leaves, leaves, strict=True)])
+        federation.state = ServerState(params=self.params.astype(np.float32),
+                                       opt_state=opt_state)
+        if len(self.step_states) != len(federation.step_states):
+            raise CheckpointError("the checkpoint's privacy and weighting steps differ from "
+                                  "this run's (was the config changed?)")
+        federation.step_states = self.step_states
+
+
+def save(run_dir: Path, federation: Federation, next_round: int) -> Path:
+    """Replace the run's checkpoint with the state after round ``next_round - 1``."""
+    leaves = jax.tree_util.tree_leaves(federation.state.opt_state)
+    meta = {"format": FORMAT, "next_round": next_round, "run_id": federation.run_id,
+            "opt_leaves": len(leaves),
+            "step_states": encode_state(tuple(federation.step_states))}
+    arrays = {"params": np.asarray(federation.state.params),
+              **{f"opt_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}}
+
+    def write(p: Path) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        with open(p, "wb") as f:
+            f.write(buf.getvalue())
+
+    return atomic_write(run_dir / CHECKPOINT, write)
+
+
+def load(run_dir: Path) -> Checkpoint:
+    """The run's checkpoint; `CheckpointError` (one line) if there is none or it is bad."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {CHECKPOINT}: the run stopped before its "
+                              "first round completed; start it again with fedsim run "
+                              "(--overwrite)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+            params = npz["params"]
+            opt = [npz[f"opt_{i}"] for i in range(int(meta["opt_leaves"]))]
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: checkpoint format {meta.get('format')} is not "
+                                  f"this fedsim's ({FORMAT})")
+        states = decode_state(meta["step_states"])
+        return Checkpoint(int(meta["next_round"]), str(meta["run_id"]), params, opt,
+                          tuple(states))
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated, corrupt, or not a checkpoint
+        raise CheckpointError(f"{path} is truncated or not a fedsim checkpoint "
+                              f"({type(err).__name__})") from None
+
+
+def record_opening(run_dir: Path, round_idx: int, contributors: tuple[str, ...]) -> None:
+    """Note that round ``round_idx`` is about to be decrypted, and whose data it holds."""
+    write_json(run_dir / OPENING, {"round": round_idx, "contributors": list(contributors)})
+
+
+def opened_since(run_dir: Path, checkpoint: Checkpoint) -> tuple[str, ...] | None:
+    """The contributors of a round decrypted after the checkpoint (None if none was)."""
+    path = run_dir / OPENING
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        round_idx, contributors = int(data["round"]), tuple(data["contributors"])
+    except Exception:  # a torn write cannot happen (atomic); anything else is tampering
+        raise CheckpointError(f"{path} is not readable: cannot tell whether the round "
+                              "after the checkpoint was released") from None
+    return contributors if round_idx == checkpoint.next_round else None

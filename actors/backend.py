@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import Placement, plan
 from fedsim.config import ResourceSpec
-from fedsim.errors import FedSimError, ProtocolError
+from fedsim.errors import FedSimError, PartyLost, ProtocolError
 from fedsim.protocol.backend import PartySpec, check_method
 
 try:
@@ -188,6 +188,15 @@ class RayBackend:
             return ray.get(handle)
         except RayTaskError as err:
             raise _unwrap(err) from None
+        except RayActorError as err:  # the actor's process is gone
+            role = self._role_of(err)
+            raise PartyLost(role, f"{role} is gone ({type(err).__name__})") from None
+
+    def _role_of(self, err: RayActorError) -> str:
+        for role, handle in self.handles.items():
+            if handle._actor_id.hex() == err.actor_id:
+                return role
+        return "a party"
 
     def defer(self, handle: Any) -> RayDeferred:
         return RayDeferred(handle)
@@ -198,8 +207,18 @@ class RayBackend:
             ray.kill(handle, no_restart=True)
 
     def shutdown(self) -> None:
-        for role in list(self.handles):
-            self.stop(role)
+        """End every party, then free the placement groups (`_end_actors`).
+
+        Each actor is asked to exit by itself (as `ray.actor.exit_actor` does: its worker
+        leaves the raylet, then exits) and waited for briefly; one still there after that
+        (busy in a call, stopped) is killed. The groups go only then: removing a group
+        while an actor in it is alive (a killed one is reported dead before its worker
+        has gone) makes the raylet SIGTERM that worker, and Ray's SIGTERM handler in it
+        raises ``SystemExit: 1`` wherever it is, printing ``Exception ignored ...``.
+        """
+        handles = list(self.handles.values())
+        self.handles.clear()
+        _end_actors(handles)
         if self.placement is not None:
             self.placement.remove()
             self.placement = None
@@ -224,3 +243,59 @@ def _unwrap(err: RayTaskError) -> BaseException:
     if isinstance(cause, FedSimError):
         return cause
     return err
+
+
+# How long `RayBackend.shutdown` waits for actors to exit by themselves (idle ones take a
+# tenth of a second), and after killing the rest for their workers to be gone.
+_EXIT_TIMEOUT_S = 2.0
+_KILL_GRACE_S = 0.5
+
+
+def _end_actors(handles: Sequence[Any], *, timeout_s: float = _EXIT_TIMEOUT_S) -> None:
+    """Let each actor exit by itself (`_exit_actor`, run after the calls already queued);
+    kill the ones not gone within ``timeout_s``.
+
+    The exit call's ref resolves (to an actor-died error) once the actor is dead, which
+    for an exit of its own is after its worker has left the raylet. A killed actor is
+    reported dead before its worker has gone, so killed ones get a short grace.
+    """
+    import time
+
+    if not handles:
+        return
+    refs: dict[Any, Any] = {}
+    for handle in handles:
+        try:
+            refs[handle.__ray_call__.remote(_exit_actor)] = handle
+        except Exception:  # the cluster is gone: nothing left to end
+            return
+    try:
+        _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    except Exception:  # the cluster went meanwhile
+        return
+    for ref in pending:
+        try:
+            ray.kill(refs[ref], no_restart=True)
+        except Exception:  # died meanwhile
+            pass
+    if pending:
+        time.sleep(_KILL_GRACE_S)
+
+
+def _exit_actor(_party: Any) -> None:
+    """Run in an actor: exit the way `ray.actor.exit_actor` does (the worker leaves its
+    raylet in good order), then skip the interpreter's clean-up, which takes seconds of
+    CPU for a party holding JAX and OpenFHE state and would outlive the run."""
+    import atexit
+    import sys
+
+    def now() -> None:  # registered last, so the first exit handler to run
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)
+
+    atexit.register(now)
+    ray.actor.exit_actor()

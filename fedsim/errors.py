@@ -48,6 +48,20 @@ def _refusal(message: str, party: str, round: int | None) -> Refusal:
     return Refusal(message, party=party, round=round)
 
 
+class RoundFailed(ProtocolError):
+    """A round that can be run again with every party restarted from the last
+    checkpoint (`federation.max_restarts`); ``role`` names the party at fault, or
+    ``quorum`` for a round short of ``min_clients``."""
+
+    def __init__(self, role: str, message: str) -> None:
+        super().__init__(message)
+        self.role = role
+
+
+class PartyLost(RoundFailed):
+    """A party's process is gone (its actor died, or was stopped); ``role`` names it."""
+
+
 class Interrupted(Exception):
     """A run stopped by SIGINT or SIGTERM (not a user mistake: exit code 130); the
     message says how far it got and how to resume it."""

@@ -174,6 +174,12 @@ class FederationConfig:
     # Seconds from the round's start that the clients have to report; late clients are
     # dropped from the round (None: no deadline).
     round_timeout_s: float | None = None
+    # Times a run restarts every party from its last checkpoint after losing one (a
+    # client's, the aggregator's or, in n-of-n, a key holder's process); 0: stop instead.
+    max_restarts: int = 3
+    # A round with fewer than min_clients valid updates: run it again with every party
+    # restarted (retry, at most max_restarts times), release nothing (skip), or stop.
+    on_short_round: Literal["retry", "skip", "fail"] = "retry"
 
     @property
     def encrypted(self) -> bool:
@@ -182,6 +188,8 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "rounds", "clients_per_round", "min_clients", "cohorts")
+        if self.max_restarts < 0:
+            raise ConfigError(f"federation.max_restarts: must be >= 0, got {self.max_restarts}")
         if self.round_timeout_s is not None:
             _positive(self, "round_timeout_s")
         if self.encrypted and self.min_clients < 2:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedsim.config import ResourceSpec
-from fedsim.errors import ProtocolError
+from fedsim.errors import PartyLost, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class InProcessBackend:
         try:
             target = self.parties[role]
         except KeyError:
-            error: BaseException = LookupError(f"no party named {role!r}")
+            error: BaseException = PartyLost(role, f"{role} is gone (stopped)")
             return _split(_Done(error=error), num_returns)
         try:
             args = tuple(self._resolve(a) for a in args)

@@ -31,7 +31,7 @@ from fedsim.aggregate.steps import (
 from fedsim.aggregate.weighting import SampleWeighting
 from fedsim.config import RunConfig
 from fedsim.data import FederatedDataset
-from fedsim.errors import FedSimError, ProtocolError
+from fedsim.errors import FedSimError, PartyLost, ProtocolError, RoundFailed
 from fedsim.learning.model import build_model, count_params, init_params
 from fedsim.privacy.plan import plan_privacy
 from fedsim.privacy.randomness import NoiseSource
@@ -97,6 +97,9 @@ class Federation:
         # runner notes it: a release lost to a fault is still charged on resume).
         self.on_open: Callable[[int, tuple[str, ...]], None] | None = None
         self.late: list[str] = []  # this round's clients dropped at the round deadline
+        self.lost: list[str] = []  # this round's training parties whose process is gone
+        self.restarted = ""  # set by the runner on the first round after a restart
+        self._holders_lost: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ set-up
     def parties(self) -> list[PartySpec]:
@@ -161,7 +164,7 @@ class Federation:
         arrivals = self._accepted(round_idx, b.get(adds), metas, dropped)
         if len(metas) < self.cfg.federation.min_clients:
             b.get(opened)  # raises begin's own error, if that is why
-        self._need_quorum(round_idx, len(metas), "valid", dropped)
+            return self._short(round_idx, timer, len(metas), dropped)
         manifest, seconds = b.get([manifest_h, seconds_h])
         timer.add("aggregate", seconds["aggregate"])
         timer.add("dp_noise", seconds["dp_noise"])
@@ -227,17 +230,35 @@ class Federation:
         """A column on every row of a run made with the insecure seeded-noise switch."""
         return {"insecure_seeded_noise": 1.0} if self.insecure else {}
 
-    def _need_quorum(self, round_idx: int, count: int, what: str,
-                     dropped: list[str] | None = None) -> None:
+    def _need_quorum(self, round_idx: int, count: int, what: str) -> None:
         m = self.cfg.federation.min_clients
-        if count >= m:
-            return
-        if dropped is None:
-            raise ProtocolError(f"round {round_idx}: {count} client(s) sampled, "
+        if count < m:
+            raise ProtocolError(f"round {round_idx}: {count} client(s) {what}, "
                                 f"min_clients is {m}")
+
+    def _short(self, round_idx: int, timer: PhaseTimer, count: int,
+               dropped: list[str]) -> RoundRecord:
+        """A round with fewer than min_clients valid updates, by
+        ``federation.on_short_round``: ``fail`` (`ProtocolError`), ``retry`` (`RoundFailed`:
+        the runner restarts the parties and runs it again) or ``skip`` (nothing is opened
+        or released; the ledger counts it as a skipped round)."""
+        m, policy = self.cfg.federation.min_clients, self.cfg.federation.on_short_round
         last = f"; last problem: {self.warnings[-1]}" if self.warnings else ""
-        raise ProtocolError(f"round {round_idx}: only {count} {what} update(s) "
-                            f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
+        message = (f"round {round_idx}: only {count} valid update(s) "
+                   f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
+        if policy == "fail":
+            raise ProtocolError(message)
+        if policy == "retry":
+            raise RoundFailed("quorum", message)
+        self.warnings.append(f"round {round_idx}: skipped (federation.on_short_round: skip): "
+                             f"only {count} valid update(s), min_clients is {m}")
+        metrics, self.step_states = self.pipeline.skipped(
+            self.step_states, ServerContext(round_idx, ()))
+        return RoundRecord(round=round_idx, wall_s=timer.elapsed(), phases=dict(timer.phases),
+                           clients=(), dropped=tuple(sorted(dropped)), bytes_up=0,
+                           bytes_down=0, loss=float("nan"),
+                           extra={"skipped": 1.0, **self._insecure,
+                                  "late": ",".join(sorted(self.late)), **metrics})
 
     def _train(self, round_idx: int, groups: dict[str, list[str]], global_ref: Any,
                context: RoundContext, commitment: Any
@@ -250,12 +271,12 @@ class Federation:
         pending ``add_many`` calls, the bundles' handles and the dropped clients.
         """
         b = self.backend
-        self.late = []
+        self.late, self.lost = [], []
         pending = {}
         for role, clients in groups.items():
             reports_h, payloads_h = b.call(role, "train", round_idx, global_ref, clients,
                                            context, commitment, num_returns=2)
-            pending[reports_h] = (clients, payloads_h)
+            pending[reports_h] = (role, clients, payloads_h)
         metas: dict[str, UpdateMeta] = {}
         dropped: list[str] = []
         adds, bundles = [], []
@@ -267,16 +288,18 @@ class Federation:
             ready, waiting = b.wait(waiting, timeout=left)
             if not ready:  # the deadline passed: whoever has not reported is late
                 for h in waiting:
-                    for name in pending[h][0]:
+                    for name in pending[h][1]:
                         self.late.append(name)
                         self._drop(round_idx, name, f"no update within the round deadline "
                                    f"(federation.round_timeout_s {limit:g})", dropped)
                 break
             for h in ready:
-                clients, payloads = pending[h]
+                role, clients, payloads = pending[h]
                 try:
                     reports = b.get(h)
                 except Exception as err:  # a lost actor or a failed party: drop its clients
+                    if isinstance(err, PartyLost):
+                        self.lost.append(role)
                     what = str(err) if isinstance(err, FedSimError) else type(err).__name__
                     for name in clients:
                         self._drop(round_idx, name, what, dropped)
@@ -306,13 +329,10 @@ class Federation:
         for role, h in calls.items():
             try:
                 endorsed.update(b.get(h))
-            except FedSimError:
-                raise
-            except Exception as err:  # the party is gone
-                raise ProtocolError(
-                    f"round {round_idx}: {role} is gone ({type(err).__name__}) before its "
-                    "clients endorsed the round's sum, which holds their batches: it cannot "
-                    "be decrypted") from None
+            except PartyLost as err:
+                raise PartyLost(role, f"round {round_idx}: {err} before its clients endorsed "
+                                "the round's sum, which holds their batches: it cannot be "
+                                "decrypted") from None
         return endorsed
 
     def _accepted(self, round_idx: int, results: list[Any], metas: dict[str, UpdateMeta],
@@ -343,7 +363,15 @@ class Federation:
         extra = {"skipped": 0.0, **self._insecure, "bytes_aggregate": manifest.aggregate_bytes,
                  "bytes_up_per_client": int(np.mean([m.bytes_up for m in reports])),
                  "update_norm": float("nan"), "late": ",".join(sorted(self.late)),
+                 "holders_lost": ",".join(self.scheme.lost), "restarted": self.restarted,
                  **metrics}
+        if self.scheme.lost != self._holders_lost:
+            new = sorted(set(self.scheme.lost) - set(self._holders_lost))
+            self.warnings.append(f"round {round_idx}: {', '.join(new)} lost; the remaining "
+                                 f"key holders decrypt as a new threshold set (no key "
+                                 f"rebuilt)")
+            self._holders_lost = self.scheme.lost
+        self.restarted = ""
         return RoundRecord(
             round=round_idx,
             wall_s=timer.elapsed(),

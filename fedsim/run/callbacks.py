@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedsim.errors import PartyLost
 from fedsim.protocol.loop import Callback
 from fedsim.protocol.records import RoundRecord
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from fedsim.learning.evaluation import CentralEvaluator
     from fedsim.protocol.federation import Federation
     from fedsim.run.progress import RoundProgress
@@ -80,3 +83,45 @@ class ShowProgress(Callback):
 
     def after_round(self, federation: Federation, record: RoundRecord) -> None:
         self.progress.update(record, record.extra.get("epsilon"))
+
+
+class ShowWarnings(Callback):
+    """Print the run's new warnings (drops, late clients, lost holders) after each round."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.shown: int | None = None
+
+    def on_train_begin(self, federation: Federation) -> None:
+        if self.shown is None:  # the caveats printed at the start are not repeated
+            self.shown = len(federation.warnings)
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        for message in federation.warnings[self.shown:]:
+            self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        self.shown = len(federation.warnings)
+
+
+class Collect(Callback):
+    """Keep every round's final record in ``records`` (across restarts)."""
+
+    def __init__(self, records: list[RoundRecord]) -> None:
+        self.records = records
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        self.records.append(record)
+
+
+class RestartLostParties(Callback):
+    """After a round that lost a training party (its clients were dropped), raise
+    `PartyLost` so the runner restarts the parties before the next round. Last in the
+    list: the round is written and checkpointed first."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        if federation.lost and record.round < self.rounds - 1:
+            raise PartyLost(federation.lost[0], f"round {record.round}: "
+                            f"{', '.join(federation.lost)} gone (its clients were dropped "
+                            f"from the round)")

@@ -122,7 +122,41 @@ RUN_FILES = ("manifest.json", "rounds.parquet", "params.npz", "metrics.json", "r
 
 def check_out_dir(path: Path, *, overwrite: bool = False) -> None:
     """Refuse, in one line, a results directory that is a file, not writable, or already
-    holds a run (unless ``overwrite``): a directory never mixes two runs."""
+    holds a run (unless ``overwrite``): a directory never mixes two runs. Refuse one inside
+    a Ray job's unpacked working directory too: Ray may delete it under a running run."""
+    # A Ray job's entrypoint starts in Ray's unpacked copy of --working-dir,
+    # <session>/runtime_resources/working_dir_files/_ray_pkg_<hash> (Ray's working_dir
+    # plugin and packaging), so a relative --out, or none, lands there. Ray owns that
+    # copy: it unpacks it again (another node's runtime-env agent sharing the path) and
+    # deletes it from its cache, taking the results with it. Recognised by its layout,
+    # and by the package the job names in RAY_JOB_CONFIG_JSON_ENV_VAR (which the job
+    # supervisor sets for the entrypoint: {"runtime_env": {"working_dir": "gcs://..."}}).
+    packages: set[str] = set()
+    try:
+        uri = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}"
+                         )["runtime_env"]["working_dir"]
+    except (ValueError, TypeError, KeyError):  # not in a job, or a job without one
+        uri = None
+    if isinstance(uri, str) and "://" in uri and not uri.lower().startswith("local://"):
+        name = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        for ext in (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".jar"):
+            if name.endswith(ext):
+                name = name[: -len(ext)]
+                break
+        if name.startswith("_ray_pkg_"):  # uploaded by `ray job submit --working-dir`
+            packages.add(name)
+    resolved = path.expanduser().resolve()
+    for part in (resolved, *resolved.parents):
+        if (part.name in packages
+                or (part.parent.name == "working_dir_files"
+                    and (part.name.startswith("_ray_pkg_")
+                         or part.parent.parent.name == "runtime_resources"))):
+            raise ConfigError(
+                f"results directory {path} is inside the Ray job's working directory "
+                f"{part}, Ray's unpacked copy of --working-dir, which Ray may delete or "
+                f"unpack again during the run (a relative --out, or none, lands there): "
+                f"give --out an absolute path outside it, on storage the driver's node "
+                f"keeps, e.g. --out /shared/runs/{resolved.name}")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"results directory {path} is a file, not a directory")
     held = [name for name in RUN_FILES if (path / name).exists()]

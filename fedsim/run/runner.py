@@ -27,17 +27,20 @@ from fedsim.data import (
     synthetic_dataset,
     teacher_dataset,
 )
-from fedsim.errors import ConfigError, Interrupted, Refusal
+from fedsim.errors import ConfigError, Interrupted, Refusal, RoundFailed
 from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.records import RoundRecord
 from fedsim.run import checkpoint
 from fedsim.run.callbacks import (
+    Collect,
     Evaluate,
     PublishTelemetry,
+    RestartLostParties,
     SaveCheckpoint,
     ShowProgress,
+    ShowWarnings,
     WriteRounds,
 )
 from fedsim.run.progress import RoundProgress, summary_table
@@ -173,12 +176,10 @@ def _execute(
 
         started_ray = connect(address)
     interrupts = _InterruptOnTerm()  # after Ray's own SIGTERM handler, to replace it
-    parties = make_backend(backend, run_id, cfg,
-                           warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    parties = _Parties(cfg, dataset, run_id, backend, writer, console)
     records: list[RoundRecord] = []
-    federation: Federation | None = None
     try:
-        federation = Federation(cfg, dataset, parties, run_id=run_id)
+        federation = parties.build()
         start = 0 if resume is None else resume.next_round
         console.print(
             f"fedsim {'run' if resume is None else 'resume'} {run_id}: "
@@ -197,32 +198,35 @@ def _execute(
         if insecure:
             console.print(f"[bold red]warning:[/] {INSECURE}")
         for caveat in federation.scheme.caveats():
-            federation.warnings.append(caveat)
             console.print(f"[yellow]warning:[/] {caveat}")
         writer.update_manifest(caveats=federation.scheme.caveats())
-        federation.setup()
-        federation.on_open = lambda r, who: checkpoint.record_opening(out, r, who)
-        if resume is not None:
-            resume.restore(federation)
-            start = _charge_lost_release(federation, writer, resume, console)
+        start = parties.setup(resume)
         from fedsim.learning.evaluation import CentralEvaluator
 
         evaluator = CentralEvaluator(federation.model, dataset)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
-        with RoundProgress(cfg.federation.rounds, console, insecure=insecure,
-                           start=start) as progress:
-            records = run_rounds(federation, cfg.federation.rounds, [
-                Evaluate(evaluator, every=cfg.evaluation.every, rounds=cfg.federation.rounds),
+        rounds = cfg.federation.rounds
+        with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:
+            callbacks = [
+                Evaluate(evaluator, every=cfg.evaluation.every, rounds=rounds),
                 WriteRounds(writer), SaveCheckpoint(writer.dir), PublishTelemetry(telemetry),
-                ShowProgress(progress),
-            ], start=start)
+                ShowProgress(progress), ShowWarnings(console), Collect(records),
+                RestartLostParties(rounds),
+            ]
+            while True:
+                try:
+                    run_rounds(parties.federation, rounds, callbacks, start=start)
+                    break
+                except RoundFailed as err:  # a lost party, a short round
+                    start = parties.restart(err)
+        federation = parties.federation
         report = evaluator.report(federation.params)
         report["title"] = f"{run_id}: test ROC, final global model"
         writer.params(federation.params)
         writer.metrics(report)
         writer.roc_plot(report)
-        for message in federation.warnings:
-            console.print(f"[yellow]warning:[/] {message}")
+        for caveat in federation.scheme.caveats():  # again, beside the results
+            console.print(f"[yellow]warning:[/] {caveat}")
     except BaseException as err:
         _record_stop(writer, err, console)
         if isinstance(err, KeyboardInterrupt):
@@ -256,6 +260,72 @@ def _execute(
     console.print(f"pooled test ROC AUC {report['pooled']['auc']:.4f} after {completed} "
                   f"rounds in {seconds:.1f}s; results in {out}", highlight=False)
     return RunOutcome(run_id, out, records, report, ref_auc, seconds)
+
+
+class _Parties:
+    """The run's parties and coordinator: built, set up (restored from a checkpoint
+    when resuming), and restarted from the last checkpoint after one is lost."""
+
+    def __init__(self, cfg: RunConfig, dataset: FederatedDataset, run_id: str, kind: str,
+                 writer: RunWriter, console: Console) -> None:
+        self.cfg, self.dataset, self.run_id, self.kind = cfg, dataset, run_id, kind
+        self.writer, self.console = writer, console
+        self.backend: Any = None
+        self.federation: Federation | None = None
+        # Restarts of earlier sessions of this run (resumed) stay in the manifest.
+        self.restarts: list[dict[str, Any]] = list(
+            read_manifest(writer.dir).get("restarts") or [])
+        self.session_restarts = 0
+
+    def build(self) -> Federation:
+        warn = lambda m: self.console.print(f"[yellow]warning:[/] {m}")  # noqa: E731
+        self.backend = make_backend(self.kind, self.run_id, self.cfg, warn=warn)
+        warnings = self.federation.warnings if self.federation is not None else []
+        self.federation = Federation(self.cfg, self.dataset, self.backend,
+                                     run_id=self.run_id)
+        self.federation.warnings[:0] = warnings  # one list of events for the whole run
+        return self.federation
+
+    def setup(self, resume: checkpoint.Checkpoint | None) -> int:
+        """Start the parties (a new key ceremony in he); the round to run next."""
+        fed = self.federation
+        assert fed is not None
+        fed.setup()
+        out = self.writer.dir
+        fed.on_open = lambda r, who: checkpoint.record_opening(out, r, who)
+        if resume is None:
+            return 0
+        resume.restore(fed)
+        return _charge_lost_release(fed, self.writer, resume, self.console)
+
+    def restart(self, err: RoundFailed) -> int:
+        """After ``err``: every party anew from the last checkpoint (a lost party is
+        replaced, a round in progress is run again), at most ``federation.max_restarts``
+        times; the round to run next."""
+        limit = self.cfg.federation.max_restarts
+        if self.session_restarts >= limit:
+            raise err
+        self.session_restarts += 1
+        path = self.writer.dir / checkpoint.CHECKPOINT
+        resume = checkpoint.load(self.writer.dir) if path.is_file() else None
+        at = resume.next_round if resume is not None else 0
+        self.restarts.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "lost": err.role,
+                              "reason": str(err), "from_round": at})
+        line = (f"{err}; restarting every party from round {at + 1} (restart "
+                f"{self.session_restarts} of at most {limit}, federation.max_restarts)")
+        self.console.print(f"[yellow]warning:[/] {line}", highlight=False)
+        self.writer.update_manifest(restarts=self.restarts)
+        self.shutdown()
+        fed = self.build()
+        fed.warnings.append(line)
+        start = self.setup(resume)
+        fed.restarted = err.role
+        return start
+
+    def shutdown(self) -> None:
+        if self.backend is not None:
+            self.backend.shutdown()
+            self.backend = None
 
 
 def _charge_lost_release(federation: Federation, writer: RunWriter,

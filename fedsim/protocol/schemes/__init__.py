@@ -134,6 +134,11 @@ class Scheme(abc.ABC):
         """What a run with this scheme must warn about, every time (one line each)."""
         return []
 
+    @property
+    def lost(self) -> tuple[str, ...]:
+        """Parties of the scheme lost so far that the run goes on without."""
+        return ()
+
     def parties(self, cfg: RunConfig, run_id: str, *, noise_batches: int) -> list[PartySpec]:
         """Parties the scheme adds to the run (none by default)."""
         return []

@@ -20,7 +20,7 @@ from typing import Any, final
 import numpy as np
 
 from fedsim.aggregate.steps import Update
-from fedsim.errors import CryptoError, FedSimError, ProtocolError
+from fedsim.errors import CryptoError, FedSimError, PartyLost, ProtocolError
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.records import PhaseTimer
@@ -146,6 +146,11 @@ class ThresholdCKKS(Scheme):
     def num_ciphertexts(self) -> int:
         return self.opener.num_ciphertexts
 
+    @property
+    def lost(self) -> tuple[str, ...]:
+        """Key holders lost so far (t-of-n goes on without them)."""
+        return tuple(f"keyholder-{i}" for i in sorted(self.missing))
+
     def caveats(self) -> list[str]:
         if self.context.flooding:
             return []
@@ -232,7 +237,7 @@ class ThresholdCKKS(Scheme):
             alive = [i for i in range(n) if i not in self.missing]
             if t is None and len(alive) < n:
                 gone = min(self.missing)
-                raise ProtocolError(
+                raise PartyLost(holder_role(gone),
                     f"keyholder-{gone} is gone and decryption is n-of-n (crypto.threshold "
                     "unset); the aggregate cannot be decrypted")
             if t is not None and len(alive) < t:
@@ -249,9 +254,9 @@ class ThresholdCKKS(Scheme):
             for i, h in calls.items():
                 try:
                     partials[i], checked[i] = backend.get(h)
+                except PartyLost:  # the holder is gone (actor died or was stopped)
+                    self.missing.add(i)
                 except FedSimError:
                     raise  # a refusal or a crypto failure ends the round
-                except Exception:  # the holder is gone (actor died or was stopped)
-                    self.missing.add(i)
             if len(partials) == len(chosen):
                 return partials, checked

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.placement import Placement, plan
@@ -174,6 +174,8 @@ class RayBackend:
     def call(self, role: str, method: str, *args: Any, num_returns: int = 1,
              **kwargs: Any) -> Any:
         check_method(role, method)
+        if role not in self.handles:
+            raise PartyLost(role, f"{role} is gone (stopped)")
         bound = getattr(self.handles[role], method)
         if num_returns != 1:
             bound = bound.options(num_returns=num_returns)
@@ -187,10 +189,18 @@ class RayBackend:
         try:
             return ray.get(handle)
         except RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, (RayActorError, ObjectLostError, NodeDiedError)):
+                # a party's call failed because another party (or its data) is gone
+                raise PartyLost("a party", f"a party is gone ({type(cause).__name__}, seen "
+                                "by another party's call)") from None
             raise _unwrap(err) from None
         except RayActorError as err:  # the actor's process is gone
             role = self._role_of(err)
             raise PartyLost(role, f"{role} is gone ({type(err).__name__})") from None
+        except (ObjectLostError, NodeDiedError) as err:  # a party's node or data is gone
+            raise PartyLost("a party", f"a party's node or data is gone "
+                            f"({type(err).__name__})") from None
 
     def _role_of(self, err: RayActorError) -> str:
         for role, handle in self.handles.items():

@@ -107,7 +107,11 @@ class Contributions:
         # client -> (round, batch hex digest, noise commitment) of its newest signed batch
         self._sent: dict[str, tuple[int, str, bytes]] = {}
         self._endorsed: dict[str, tuple[int, bytes]] = {}  # client -> (round, sum digest)
-        self._models: set[bytes] = set()  # model digests its clients signed batches with
+        self._signed_from: dict[str, bytes] = {}  # client -> model of its newest batch
+        # Models its clients endorsed a sum of batches trained from: a sum that can be
+        # decrypted. A batch never endorsed (a round skipped, or lost before its
+        # endorsements) cannot be, so training again from its model is no second release.
+        self._models: set[bytes] = set()
 
     def identities(self) -> dict[str, bytes]:
         """Each client's public signing key, for the key holders' roster."""
@@ -125,7 +129,7 @@ class Contributions:
     def check_round(self, round_idx: int, clients: Sequence[str], model: bytes) -> None:
         """Refuse to train ``clients`` twice in one call, for a round not newer than one
         they signed for, or from a model (`fedsim.crypto.identity.model_digest`) they
-        trained from before (the exact cross-round difference of a frozen model)."""
+        endorsed a sum for before (the exact cross-round difference of a frozen model)."""
         if self.encoder is None:
             raise ProtocolError(f"client {clients[0]} refuses to train before the run's "
                                 f"{self.mode} encoding is set up")
@@ -139,7 +143,8 @@ class Contributions:
                                 f"signed a batch for round {self._sent[stale[0]][0]} already")
         if model in self._models:
             raise ProtocolError(f"client {clients[0]} refuses to train round {round_idx} "
-                                "from a model and round parameters it trained from before")
+                                "from a model and round parameters it trained from before "
+                                "(and endorsed the sum of)")
 
     def make(self, name: str, index: int, num_examples: int, delta: np.ndarray, loss: float,
              context: RoundContext, train_s: float) -> tuple[Report, Any]:
@@ -190,7 +195,7 @@ class Contributions:
                                              seen))
                 for c, _ in kept))
             self._sent.update({c: (round_idx, digests[c].hex(), seen) for c, _ in kept})
-            self._models.add(model)
+            self._signed_from.update({c: model for c, _ in kept})
         # The encryption's freed temporaries go back before the next round.
         release_memory(sum(Encoder.size(p) for _, p in kept))
         return tuple(r for r, _ in made), bundle
@@ -226,6 +231,7 @@ class Contributions:
         signatures: dict[str, bytes] = {}
         for client in mine:
             self._endorsed[client] = (round_idx, summed)
+            self._models.add(self._signed_from[client])
             signatures[client] = self._keys[client].sign(
                 endorsement(self.run_id, round_idx, client, summed, self._sent[client][2]))
         return signatures

@@ -93,9 +93,12 @@ class Federation:
         self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
                                  max_contributors=self.max_contributors)
         self.warnings: list[str] = []
-        # Called with (round, contributors) just before a round's sum is decrypted (the
-        # runner notes it: a release lost to a fault is still charged on resume).
+        # Called with (round, contributors) as a round releases something about them:
+        # before its sum is decrypted (he), or as their updates reach the aggregator in
+        # the clear (plaintext). The runner notes it: a release lost to a fault is still
+        # charged on resume or restart.
         self.on_open: Callable[[int, tuple[str, ...]], None] | None = None
+        self.handed: list[str] = []  # this round's clients whose updates were released
         self.late: list[str] = []  # this round's clients dropped at the round deadline
         self.lost: list[str] = []  # this round's training parties whose process is gone
         self.restarted = ""  # set by the runner on the first round after a restart
@@ -173,14 +176,14 @@ class Federation:
         # endorse the round's sum (its batches), once each, and the key holders check the
         # signed batches and endorsements, re-add the batches and partially decrypt their
         # own sum.
-        if self.on_open is not None:
-            self.on_open(round_idx, tuple(manifest.contributors))
         endorsements = {}
         if self.scheme.endorsed:
             with timer.phase("verify"):
                 endorsements = self._endorsements(round_idx, groups, manifest)
+        contributors = tuple(manifest.contributors)
         flat = self.scheme.open(b, manifest, aggregate_h, timer, noise=noise_h,
-                                bundles=bundles, endorsements=endorsements)
+                                bundles=bundles, endorsements=endorsements,
+                                released=lambda: self._released(round_idx, contributors))
         aggregate = split_payload(flat, self.num_params, self.pipeline.slots,
                                   manifest.contributors)
 
@@ -213,8 +216,9 @@ class Federation:
         ctx = ServerContext(round_idx, tuple(contributors))
         self.step_states = self.pipeline.charged(self.step_states, ctx)
         metrics, self.step_states = self.pipeline.skipped(self.step_states, ctx)
-        self.warnings.append(f"round {round_idx}: decrypted before the run stopped and "
-                             "not applied; charged to the privacy ledger, not repeated")
+        self.warnings.append(f"round {round_idx}: released (decrypted, or read by the "
+                             "aggregator in plaintext) before the run stopped and not "
+                             "applied; charged to the privacy ledger, not repeated")
         return RoundRecord(round=round_idx, wall_s=0.0, phases={}, clients=(), dropped=(),
                            bytes_up=0, bytes_down=0, loss=float("nan"),
                            extra={"skipped": 1.0, "lost_release": 1.0, **self._insecure,
@@ -230,6 +234,11 @@ class Federation:
         """A column on every row of a run made with the insecure seeded-noise switch."""
         return {"insecure_seeded_noise": 1.0} if self.insecure else {}
 
+    def _released(self, round_idx: int, clients: tuple[str, ...]) -> None:
+        self.handed = list(clients)
+        if self.on_open is not None:
+            self.on_open(round_idx, clients)
+
     def _need_quorum(self, round_idx: int, count: int, what: str) -> None:
         m = self.cfg.federation.min_clients
         if count < m:
@@ -240,20 +249,23 @@ class Federation:
                dropped: list[str]) -> RoundRecord:
         """A round with fewer than min_clients valid updates, by
         ``federation.on_short_round``: ``fail`` (`ProtocolError`), ``retry`` (`RoundFailed`:
-        the runner restarts the parties and runs it again) or ``skip`` (nothing is opened
-        or released; the ledger counts it as a skipped round)."""
+        the runner restarts the parties and runs it again; only when late or lost
+        parties caused it, else it fails) or ``skip`` (nothing is opened; in plaintext the
+        updates the aggregator read are charged)."""
         m, policy = self.cfg.federation.min_clients, self.cfg.federation.on_short_round
         last = f"; last problem: {self.warnings[-1]}" if self.warnings else ""
         message = (f"round {round_idx}: only {count} valid update(s) "
                    f"({', '.join(dropped)} dropped); min_clients is {m}{last}")
-        if policy == "fail":
-            raise ProtocolError(message)
-        if policy == "retry":
+        if policy == "retry" and (self.late or self.lost):
             raise RoundFailed("quorum", message)
+        if policy != "skip":  # fail, or a shortfall a retry would only repeat
+            raise ProtocolError(message)
         self.warnings.append(f"round {round_idx}: skipped (federation.on_short_round: skip): "
                              f"only {count} valid update(s), min_clients is {m}")
-        metrics, self.step_states = self.pipeline.skipped(
-            self.step_states, ServerContext(round_idx, ()))
+        # In plaintext the aggregator has read the updates handed over: they are charged.
+        ctx = ServerContext(round_idx, tuple(self.handed))
+        self.step_states = self.pipeline.charged(self.step_states, ctx)
+        metrics, self.step_states = self.pipeline.skipped(self.step_states, ctx)
         return RoundRecord(round=round_idx, wall_s=timer.elapsed(), phases=dict(timer.phases),
                            clients=(), dropped=tuple(sorted(dropped)), bytes_up=0,
                            bytes_down=0, loss=float("nan"),
@@ -271,7 +283,7 @@ class Federation:
         pending ``add_many`` calls, the bundles' handles and the dropped clients.
         """
         b = self.backend
-        self.late, self.lost = [], []
+        self.late, self.lost, self.handed = [], [], []
         pending = {}
         for role, clients in groups.items():
             reports_h, payloads_h = b.call(role, "train", round_idx, global_ref, clients,
@@ -310,6 +322,9 @@ class Federation:
                     else:
                         metas[report.client] = report
                 if any(isinstance(r, UpdateMeta) for r in reports):
+                    if not self.cfg.federation.encrypted:  # the aggregator reads them
+                        self._released(round_idx, (*self.handed, *(
+                            r.client for r in reports if isinstance(r, UpdateMeta))))
                     adds.append(b.call(AGGREGATOR, "add_many", payloads))
                     bundles.append(payloads)
         return metas, adds, bundles, dropped

@@ -93,8 +93,8 @@ class ShowWarnings(Callback):
         self.shown: int | None = None
 
     def on_train_begin(self, federation: Federation) -> None:
-        if self.shown is None:  # the caveats printed at the start are not repeated
-            self.shown = len(federation.warnings)
+        # What came before (caveats, a restart's own lines) was printed already.
+        self.shown = len(federation.warnings)
 
     def after_round(self, federation: Federation, record: RoundRecord) -> None:
         for message in federation.warnings[self.shown:]:

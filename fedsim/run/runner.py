@@ -148,7 +148,8 @@ def resume_run(
     writer = RunWriter.reopen(path, ckpt.next_round)
     resumed = [*manifest.get("resumed", []),
                {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_round": ckpt.next_round,
-                "status_before": status}]
+                "status_before": status, "error_before": manifest.get("error"),
+                "refused_before": manifest.get("refused")}]
     writer.update_manifest(status="running", resumed=resumed, backend=backend, error=None,
                            refused=None, resume=None)
     return _execute(cfg, dataset, writer, str(manifest["run_id"]), backend=backend,
@@ -171,14 +172,15 @@ def _execute(
     t0 = time.perf_counter()
     out = writer.dir
     started_ray = False
-    if backend == "ray":
-        from actors import connect
-
-        started_ray = connect(address)
-    interrupts = _InterruptOnTerm()  # after Ray's own SIGTERM handler, to replace it
-    parties = _Parties(cfg, dataset, run_id, backend, writer, console)
+    interrupts: _InterruptOnTerm | None = None
     records: list[RoundRecord] = []
+    parties = _Parties(cfg, dataset, run_id, backend, writer, console, records)
     try:
+        if backend == "ray":
+            from actors import connect
+
+            started_ray = connect(address)
+        interrupts = _InterruptOnTerm()  # after Ray's own SIGTERM handler, to replace it
         federation = parties.build()
         start = 0 if resume is None else resume.next_round
         console.print(
@@ -227,13 +229,27 @@ def _execute(
         writer.roc_plot(report)
         for caveat in federation.scheme.caveats():  # again, beside the results
             console.print(f"[yellow]warning:[/] {caveat}")
+        ref_auc = None
+        if reference:
+            from fedsim.data import reference_logistic_auc
+
+            ref_auc = reference_logistic_auc(dataset, seed=cfg.seed)
+        seconds = time.perf_counter() - t0
+        completed = len(writer.rows)
+        # Completed before the parties are shut down: an interrupt during the shutdown
+        # leaves a finished run finished.
+        writer.update_manifest(status="completed", rounds_completed=completed,
+                               wall_s=seconds, reference_logistic_auc=ref_auc,
+                               final_pooled_auc=report["pooled"]["auc"],
+                               num_params=federation.num_params)
     except BaseException as err:
         _record_stop(writer, err, console)
         if isinstance(err, KeyboardInterrupt):
             raise Interrupted(_resume_hint(writer, "interrupted")) from None
         raise
     finally:
-        interrupts.restore()
+        if interrupts is not None:
+            interrupts.restore()
         try:
             parties.shutdown()
         finally:
@@ -242,17 +258,6 @@ def _execute(
 
                 ray.shutdown()
 
-    ref_auc = None
-    if reference:
-        from fedsim.data import reference_logistic_auc
-
-        ref_auc = reference_logistic_auc(dataset, seed=cfg.seed)
-    seconds = time.perf_counter() - t0
-    completed = len(writer.rows)
-    writer.update_manifest(status="completed", rounds_completed=completed,
-                           wall_s=seconds, reference_logistic_auc=ref_auc,
-                           final_pooled_auc=report["pooled"]["auc"],
-                           num_params=federation.num_params)
     console.print(summary_table(report, title=f"{run_id}: test metrics of the final model"))
     if ref_auc is not None:
         console.print(f"centralized logistic-regression reference (pooled data, no "
@@ -267,9 +272,9 @@ class _Parties:
     when resuming), and restarted from the last checkpoint after one is lost."""
 
     def __init__(self, cfg: RunConfig, dataset: FederatedDataset, run_id: str, kind: str,
-                 writer: RunWriter, console: Console) -> None:
+                 writer: RunWriter, console: Console, records: list[RoundRecord]) -> None:
         self.cfg, self.dataset, self.run_id, self.kind = cfg, dataset, run_id, kind
-        self.writer, self.console = writer, console
+        self.writer, self.console, self.records = writer, console, records
         self.backend: Any = None
         self.federation: Federation | None = None
         # Restarts of earlier sessions of this run (resumed) stay in the manifest.
@@ -294,9 +299,12 @@ class _Parties:
         out = self.writer.dir
         fed.on_open = lambda r, who: checkpoint.record_opening(out, r, who)
         if resume is None:
+            # A checkpoint before round 0 too: a fault in round 0 after its release is
+            # then charged on resume like any other (`_charge_lost_release`).
+            checkpoint.save(out, fed, 0)
             return 0
         resume.restore(fed)
-        return _charge_lost_release(fed, self.writer, resume, self.console)
+        return _charge_lost_release(fed, self.writer, resume, self.console, self.records)
 
     def restart(self, err: RoundFailed) -> int:
         """After ``err``: every party anew from the last checkpoint (a lost party is
@@ -317,7 +325,6 @@ class _Parties:
         self.writer.update_manifest(restarts=self.restarts)
         self.shutdown()
         fed = self.build()
-        fed.warnings.append(line)
         start = self.setup(resume)
         fed.restarted = err.role
         return start
@@ -329,7 +336,8 @@ class _Parties:
 
 
 def _charge_lost_release(federation: Federation, writer: RunWriter,
-                         resume: checkpoint.Checkpoint, console: Console) -> int:
+                         resume: checkpoint.Checkpoint, console: Console,
+                         records: list[RoundRecord]) -> int:
     """The round to start at: after the checkpoint, or after a DP round that was
     decrypted before the fault (charged to the ledger, not released twice)."""
     start = resume.next_round
@@ -339,6 +347,7 @@ def _charge_lost_release(federation: Federation, writer: RunWriter,
     record = federation.lost_release(start, lost)
     console.print(f"[yellow]warning:[/] {federation.warnings[-1]}")
     writer.round(record.row())
+    records.append(record)
     checkpoint.save(writer.dir, federation, start + 1)
     return start + 1
 

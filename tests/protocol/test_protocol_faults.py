@@ -186,12 +186,13 @@ def _failing(monkeypatch, round_idx: int, times: int) -> None:
     monkeypatch.setattr(Hospital, "train", train)
 
 
-def test_a_short_round_is_retried_with_restarted_parties(tmp_path, monkeypatch):
+def test_a_round_short_of_a_lost_client_is_retried_with_restarted_parties(
+        tmp_path, monkeypatch):
     from fedsim.run.results import load_run
 
     cfg = tiny_config(federation={"rounds": 3, "min_clients": 3})
     _run(cfg, tmp_path / "whole")
-    _failing(monkeypatch, 1, times=1)
+    _lose_at(monkeypatch, 1, "client:hospital-0", _stop)
     _run(cfg, tmp_path / "short")
     run = load_run(tmp_path / "short")
     assert run.rounds.column("restarted").to_pylist() == ["", "quorum", ""]
@@ -200,15 +201,46 @@ def test_a_short_round_is_retried_with_restarted_parties(tmp_path, monkeypatch):
     assert _same(_params(tmp_path / "short"), _params(tmp_path / "whole"))
 
 
-def test_a_short_round_is_skipped_when_so_configured(tmp_path, monkeypatch):
+def test_a_short_round_a_retry_would_only_repeat_fails_at_once(tmp_path, monkeypatch):
+    from fedsim.errors import ProtocolError, RoundFailed
     from fedsim.run.results import load_run
 
-    cfg = tiny_config(federation={"rounds": 3, "min_clients": 3, "on_short_round": "skip"},
+    cfg = tiny_config(federation={"rounds": 3, "min_clients": 3})
+    _failing(monkeypatch, 1, times=10)  # the same client fails the same way every time
+    with pytest.raises(ProtocolError, match="round 1: only 2 valid update") as err:
+        _run(cfg, tmp_path / "short")
+    assert not isinstance(err.value, RoundFailed)
+    assert "restarts" not in load_run(tmp_path / "short").manifest
+
+
+@pytest.mark.parametrize("mode", ["plaintext", "he"])
+def test_a_short_round_is_skipped_when_so_configured(tmp_path, monkeypatch, mode):
+    from fedsim.run.results import load_run
+
+    cfg = tiny_config(federation={"rounds": 3, "min_clients": 3, "on_short_round": "skip",
+                                  "mode": mode},
                       privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0})
     _failing(monkeypatch, 1, times=10)
     _run(cfg, tmp_path / "short")
     rows = load_run(tmp_path / "short").rounds.to_pylist()
     assert [r["skipped"] for r in rows] == [0.0, 1.0, 0.0]
     assert rows[1]["clients"] == "" and rows[1]["dropped"] == "hospital-0"
-    # Nothing was released in round 1: hospitals 1 and 2 are charged two rounds, not three.
-    assert rows[1]["epsilon_participants"] == rows[0]["epsilon_participants"]
+    # (epsilon_observer: against the participants plaintext has no bound at all)
+    if mode == "he":  # nothing opened in round 1: hospitals 1 and 2 are not charged
+        assert rows[1]["epsilon_observer"] == rows[0]["epsilon_observer"]
+    else:  # the aggregator read hospitals 1 and 2's updates: charged
+        assert rows[1]["epsilon_observer"] > rows[0]["epsilon_observer"]
+
+
+def test_a_dp_round_lost_before_any_decryption_is_run_again_not_charged(
+        tmp_path, monkeypatch):
+    from fedsim.run.results import load_run
+
+    cfg = tiny_config(federation={"mode": "he", "rounds": 3},
+                      crypto={"key_holders": 3, "threshold": None},
+                      privacy={"enabled": True, "clip": 0.05, "noise_multiplier": 2.0})
+    _lose_at(monkeypatch, 1, "keyholder:1", _stop)
+    _run(cfg, tmp_path / "lost")
+    rows = load_run(tmp_path / "lost").rounds.to_pylist()
+    assert [r.get("lost_release") for r in rows] == [None, None, None]
+    assert [r["skipped"] for r in rows] == [0.0, 0.0, 0.0] and rows[1]["restarted"]

@@ -164,6 +164,25 @@ def test_a_dp_round_decrypted_before_the_fault_is_charged_not_released_again(
     assert rows[2]["epsilon_participants"] == ref[2]["epsilon_participants"]
 
 
+def test_a_dp_release_in_round_0_before_any_round_completed_is_charged(tmp_path,
+                                                                        monkeypatch):
+    cfg = _dp_config()
+    with monkeypatch.context() as m:
+        honest = checkpoint.record_opening
+
+        def opening(d, r, who):
+            honest(d, r, who)
+            raise KeyboardInterrupt  # the first release of the run, then the run dies
+
+        m.setattr(checkpoint, "record_opening", opening)
+        with pytest.raises(Interrupted, match=r"interrupted after 0 round\(s\); continue"):
+            _run(cfg, tmp_path / "cut")
+    resume_run(tmp_path / "cut", backend="inprocess", reference=False)
+    rows = load_run(tmp_path / "cut").rounds.to_pylist()
+    assert rows[0]["lost_release"] == 1.0 and rows[0]["epsilon_participants"] > 0
+    assert [r["round"] for r in rows] == list(range(ROUNDS))
+
+
 def test_a_plaintext_round_decrypted_before_the_fault_is_simply_run_again(
         tmp_path, monkeypatch):
     cfg = _config()
@@ -334,7 +353,7 @@ def test_an_out_dir_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys, 
     _interrupt_at(monkeypatch, 0)
     assert main(["run", config, "--backend", "inprocess", "--out", str(out),
                  "--overwrite"]) == 130
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "manifest.json"]
     assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
     # A file where the directory should be.
     (tmp_path / "file").write_text("x")

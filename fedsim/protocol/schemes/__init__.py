@@ -17,7 +17,7 @@ under a joint CKKS key and opens the sum by threshold decryption.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -151,13 +151,15 @@ class Scheme(abc.ABC):
 
     @abc.abstractmethod
     def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
-             *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes]
-             ) -> Any:
+             *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes],
+             released: Callable[[], None] = lambda: None) -> Any:
         """The opened sum as a flat float64 vector ``[vector..., slots..., weight]``.
 
         ``noise`` and ``bundles`` are handles of the round's `NoiseBatch` and of every
         training party's bundle: what a key holder re-adds itself; ``endorsements`` maps
-        each contributor to its endorsement of the round's sum.
+        each contributor to its endorsement of the round's sum. ``released`` is called
+        once the coordinator can read the sum (every partial decryption in hand), before
+        it does: a release lost to a fault after that is still charged.
         """
 
 

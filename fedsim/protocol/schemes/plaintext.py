@@ -8,7 +8,7 @@ is nothing to hide in plaintext, and it saves moving a vector per client (W2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -106,5 +106,7 @@ class Plaintext(Scheme):
         return PlainEncoding()
 
     def open(self, backend: Any, manifest: Any, aggregate: Any, timer: Any, *, noise: Any,
-             bundles: Sequence[Any], endorsements: Any) -> np.ndarray:
+             bundles: Sequence[Any], endorsements: Any,
+             released: Callable[[], None] = lambda: None) -> np.ndarray:
+        released()
         return backend.get(aggregate)

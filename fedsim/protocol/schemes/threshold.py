@@ -13,7 +13,7 @@ and fuses the shares (`fedsim.crypto.Opener`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -205,8 +205,8 @@ class ThresholdCKKS(Scheme):
         return SealedEncoding(self.context.to_bytes(), key, update_bound, self.scale)
 
     def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
-             *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes]
-             ) -> np.ndarray:
+             *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes],
+             released: Callable[[], None] = lambda: None) -> np.ndarray:
         """Partial decryptions of the round's sum by every key holder (n-of-n) or the
         first ``threshold`` live ones (t-of-n), fused.
 
@@ -220,6 +220,7 @@ class ThresholdCKKS(Scheme):
         verify = max(checked.values())
         timer.add("verify", verify)
         timer.add("partial_decrypt", time.perf_counter() - t0 - verify)
+        released()
         flat, seconds = self.opener.open([partials[i] for i in sorted(partials)],
                                          scale=self.scale)
         timer.add("fuse", seconds)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,6 +184,60 @@ def check_out_dir(path: Path, *, overwrite: bool = False) -> None:
         raise ConfigError(f"cannot write results to {path}: {err.strerror or err}") from None
 
 
+LOCK = "run.lock"
+
+
+def lock_run_dir(path: Path) -> None:
+    """Take ``path/run.lock`` for this process, so two drivers never write one run
+    directory; a lock left by a process of this host that is gone (SIGKILL) is taken
+    over. `ConfigError` (one line) when another live fedsim holds it."""
+    lock = path / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text())
+                pid, host = int(held["pid"]), str(held["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, host = -1, me["host"]  # torn or foreign: treat as stale
+            if pid == me["pid"] and host == me["host"]:
+                return
+            if host != me["host"] or _alive(pid):
+                raise ConfigError(f"{path} is in use by fedsim process {pid} on {host} "
+                                  f"({LOCK}); wait for it to end, or remove {lock} if that "
+                                  "process is gone") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return
+
+
+def unlock_run_dir(path: Path) -> None:
+    """Release ``path/run.lock`` if this process holds it."""
+    lock = path / LOCK
+    try:
+        held = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunWriter:
     """Writes one run directory; each method replaces its file atomically."""
 
@@ -197,6 +252,7 @@ class RunWriter:
         the previous run's files are removed first."""
         path = Path(out_dir)
         check_out_dir(path, overwrite=overwrite)
+        lock_run_dir(path)  # before anything of a run that may still be live is removed
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
         return cls(path)
@@ -206,6 +262,7 @@ class RunWriter:
         """A writer that continues ``run_dir`` from round ``next_round``: rows of later
         rounds (written after the checkpoint) are dropped, to be run again."""
         path = Path(run_dir)
+        lock_run_dir(path)
         rows: list[dict] = []
         if (path / "rounds.parquet").is_file():
             try:

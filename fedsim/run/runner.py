@@ -44,7 +44,7 @@ from fedsim.run.callbacks import (
     WriteRounds,
 )
 from fedsim.run.progress import RoundProgress, summary_table
-from fedsim.run.results import RunWriter, check_out_dir, read_manifest
+from fedsim.run.results import RunWriter, check_out_dir, read_manifest, unlock_run_dir
 from fedsim.run.telemetry import RunTelemetry
 
 
@@ -253,6 +253,7 @@ def _execute(
         try:
             parties.shutdown()
         finally:
+            unlock_run_dir(writer.dir)
             if started_ray:
                 import ray
 

@@ -372,3 +372,36 @@ def test_step_states_round_trip_through_json_and_foreign_classes_are_refused():
         checkpoint.encode_state(state)))) == state
     with pytest.raises(checkpoint.CheckpointError, match="a class outside fedsim"):
         checkpoint.decode_state({"dataclass": "os:system", "fields": {}})
+
+
+def test_a_run_directory_in_use_by_a_live_driver_is_refused(tmp_path, capsys):
+    import socket
+
+    cfg = _config(federation={"rounds": 1})
+    config = _write_config(tmp_path, cfg)
+    out = tmp_path / "run"
+    assert main(["run", config, "--backend", "inprocess", "--out", str(out),
+                 "--no-reference"]) == 0
+    assert not (out / "run.lock").exists()  # released at the end
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    other = subprocess.Popen(["sleep", "60"])  # stands in for the live driver
+    try:
+        (out / "run.lock").write_text(json.dumps({"pid": other.pid,
+                                                  "host": socket.gethostname()}))
+        before = (out / "rounds.parquet").read_bytes()
+        capsys.readouterr()
+        for argv in (["resume", str(out), "--backend", "inprocess"],
+                     ["run", config, "--backend", "inprocess", "--out", str(out),
+                      "--overwrite"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"is in use by fedsim process {other.pid}" in err[0]
+        assert (out / "rounds.parquet").read_bytes() == before  # nothing touched
+    finally:
+        other.kill()
+        other.wait()
+    # Its process gone (as after a SIGKILL), the lock is stale and taken over.
+    assert main(["run", config, "--backend", "inprocess", "--out", str(out), "--overwrite",
+                 "--no-reference"]) == 0

@@ -93,10 +93,8 @@ class Federation:
         self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
                                  max_contributors=self.max_contributors)
         self.warnings: list[str] = []
-        # Called with (round, contributors) as a round releases something about them:
-        # before its sum is decrypted (he), or as their updates reach the aggregator in
-        # the clear (plaintext). The runner notes it: a release lost to a fault is still
-        # charged on resume or restart.
+        # (round, contributors) as a round releases them (he: its partials are all in;
+        # plaintext: updates reach the aggregator): a lost release is charged on resume.
         self.on_open: Callable[[int, tuple[str, ...]], None] | None = None
         self.handed: list[str] = []  # this round's clients whose updates were released
         self.late: list[str] = []  # this round's clients dropped at the round deadline
@@ -202,27 +200,29 @@ class Federation:
         m, cap = self.cfg.federation.min_clients, self.max_contributors
         why = f"below min_clients {m}" if count < m else f"above the sum's cap {cap}"
         self.warnings.append(f"round {round_idx}: skipped: {count} client(s) sampled, {why}")
-        metrics, self.step_states = self.pipeline.skipped(
-            self.step_states, ServerContext(round_idx, ()))
-        return RoundRecord(round=round_idx, wall_s=timer.elapsed(), phases=dict(timer.phases),
-                           clients=(), dropped=(), bytes_up=0, bytes_down=0,
-                           loss=float("nan"), extra={"skipped": 1.0, **self._insecure,
-                                                     **metrics})
+        return self._unapplied(round_idx, timer, ())
+
+    def _unapplied(self, round_idx: int, timer: PhaseTimer | None, charged: Sequence[str],
+                   dropped: Sequence[str] = (), **extra: Any) -> RoundRecord:
+        """The record of a round whose sum never reaches the model (the round counts as
+        skipped); the privacy ledger charges ``charged``, whose data was released."""
+        ctx = ServerContext(round_idx, tuple(charged))
+        self.step_states = self.pipeline.charged(self.step_states, ctx)
+        metrics, self.step_states = self.pipeline.skipped(self.step_states, ctx)
+        return RoundRecord(round=round_idx, wall_s=timer.elapsed() if timer else 0.0,
+                           phases=dict(timer.phases) if timer else {}, clients=(),
+                           dropped=tuple(sorted(dropped)), bytes_up=0, bytes_down=0,
+                           loss=float("nan"),
+                           extra={"skipped": 1.0, **extra, **self._insecure, **metrics})
 
     def lost_release(self, round_idx: int, contributors: Sequence[str]) -> RoundRecord:
         """A round decrypted before a fault whose result was never applied: its privacy
         cost is charged to the ledger (the coordinator may have seen it), the model is
         unchanged, and the round counts as skipped."""
-        ctx = ServerContext(round_idx, tuple(contributors))
-        self.step_states = self.pipeline.charged(self.step_states, ctx)
-        metrics, self.step_states = self.pipeline.skipped(self.step_states, ctx)
         self.warnings.append(f"round {round_idx}: released (decrypted, or read by the "
                              "aggregator in plaintext) before the run stopped and not "
                              "applied; charged to the privacy ledger, not repeated")
-        return RoundRecord(round=round_idx, wall_s=0.0, phases={}, clients=(), dropped=(),
-                           bytes_up=0, bytes_down=0, loss=float("nan"),
-                           extra={"skipped": 1.0, "lost_release": 1.0, **self._insecure,
-                                  **metrics})
+        return self._unapplied(round_idx, None, contributors, lost_release=1.0)
 
     @property
     def insecure(self) -> bool:
@@ -263,14 +263,8 @@ class Federation:
         self.warnings.append(f"round {round_idx}: skipped (federation.on_short_round: skip): "
                              f"only {count} valid update(s), min_clients is {m}")
         # In plaintext the aggregator has read the updates handed over: they are charged.
-        ctx = ServerContext(round_idx, tuple(self.handed))
-        self.step_states = self.pipeline.charged(self.step_states, ctx)
-        metrics, self.step_states = self.pipeline.skipped(self.step_states, ctx)
-        return RoundRecord(round=round_idx, wall_s=timer.elapsed(), phases=dict(timer.phases),
-                           clients=(), dropped=tuple(sorted(dropped)), bytes_up=0,
-                           bytes_down=0, loss=float("nan"),
-                           extra={"skipped": 1.0, **self._insecure,
-                                  "late": ",".join(sorted(self.late)), **metrics})
+        return self._unapplied(round_idx, timer, self.handed, dropped,
+                               late=",".join(sorted(self.late)))
 
     def _train(self, round_idx: int, groups: dict[str, list[str]], global_ref: Any,
                context: RoundContext, commitment: Any

@@ -1,7 +1,7 @@
 """A run's checkpoint: everything the coordinator needs to continue after a fault.
 
-After every completed round the runner replaces ``checkpoint.npz`` in the run
-directory, atomically (one file, renamed into place), with:
+Once the parties are set up, and after every completed round, the runner replaces
+``checkpoint.npz`` in the run directory, atomically (one file, renamed into place), with:
 
 * the global parameters and the server optimizer's state (its leaves, in the tree order
   of a fresh state: restoring rebuilds the tree from the same config);
@@ -15,10 +15,11 @@ derived from the run seed and the round index, so it needs no saved position. No
 is saved: a resumed ``he`` run holds a new key ceremony (new keys, new client signing
 keys), and secret DP randomness is drawn afresh.
 
-Before the key holders are asked to decrypt a round, ``opening.json`` records that
-round and its contributors. If a run dies after that and before the round's
-checkpoint, the coordinator may have seen the round's release: a resumed DP run charges
-that round to its ledger (`Pipeline.charged`) and goes on with the next one, rather than
+As a round releases its contributors' data (he: every partial decryption in the
+coordinator's hands; plaintext: their updates reaching the aggregator), ``opening.json``
+records that round and its contributors. If a run dies after that and before the round's
+checkpoint, the release may have been seen: a resumed or restarted DP run charges that
+round to its ledger (`Pipeline.charged`) and goes on with the next one, rather than
 releasing the same clients' data a second time uncounted.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -135,10 +135,8 @@ def save(run_dir: Path, federation: Federation, next_round: int) -> Path:
               **{f"opt_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}}
 
     def write(p: Path) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-        with open(p, "wb") as f:
-            f.write(buf.getvalue())
+        with open(p, "wb") as f:  # straight to the file: no second copy in memory
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
 
     return atomic_write(run_dir / CHECKPOINT, write)
 
@@ -148,8 +146,8 @@ def load(run_dir: Path) -> Checkpoint:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no {CHECKPOINT}: the run stopped before its "
-                              "first round completed; start it again with fedsim run "
-                              "(--overwrite)")
+                              "first round began (before its parties were set up); start "
+                              "it again with fedsim run (--overwrite)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes().decode())
@@ -169,12 +167,12 @@ def load(run_dir: Path) -> Checkpoint:
 
 
 def record_opening(run_dir: Path, round_idx: int, contributors: tuple[str, ...]) -> None:
-    """Note that round ``round_idx`` is about to be decrypted, and whose data it holds."""
+    """Note that round ``round_idx`` has released ``contributors``' data."""
     write_json(run_dir / OPENING, {"round": round_idx, "contributors": list(contributors)})
 
 
 def opened_since(run_dir: Path, checkpoint: Checkpoint) -> tuple[str, ...] | None:
-    """The contributors of a round decrypted after the checkpoint (None if none was)."""
+    """The contributors of a round released after the checkpoint (None if none was)."""
     path = run_dir / OPENING
     if not path.is_file():
         return None

@@ -263,13 +263,8 @@ class RunWriter:
         rounds (written after the checkpoint) are dropped, to be run again."""
         path = Path(run_dir)
         lock_run_dir(path)
-        rows: list[dict] = []
-        if (path / "rounds.parquet").is_file():
-            try:
-                rows = pq.read_table(path / "rounds.parquet").to_pylist()
-            except Exception as err:
-                raise FedSimError(f"{path / 'rounds.parquet'} is truncated or not readable "
-                                  f"({type(err).__name__})") from None
+        table = _read_run_file(path / "rounds.parquet", pq.read_table)
+        rows: list[dict] = table.to_pylist() if table is not None else []
         writer = cls(path, [r for r in rows if r["round"] < next_round])
         if len(writer.rows) != len(rows):
             writer.flush()
@@ -343,27 +338,29 @@ class Run:
     metrics: dict | None
 
 
+def _read_run_file(file: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(file)``, None if the file is missing; a truncated, corrupt or unreadable
+    one is a one-line `FedSimError` that names it."""
+    import zipfile
+
+    if not file.is_file():
+        return None
+    try:
+        return reader(file)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
+            pa.ArrowException) as err:
+        raise FedSimError(f"{file} is truncated or not readable "
+                          f"({type(err).__name__})") from None
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run directory: config, rounds table, final parameters and metrics.
 
     A file that is truncated, corrupt or not readable is a one-line `FedSimError` that
     names it; a missing optional file (a run interrupted early) is an empty table or None.
     """
-    import zipfile
-
     p = Path(path)
     manifest = read_manifest(p)
-
-    def read(name: str, reader: Callable[[Path], Any]) -> Any:
-        file = p / name
-        if not file.is_file():
-            return None
-        try:
-            return reader(file)
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
-                pa.ArrowException) as err:
-            raise FedSimError(f"{file} is truncated or not readable "
-                              f"({type(err).__name__})") from None
 
     def npz(file: Path) -> dict:
         loaded = np.load(file)
@@ -378,9 +375,9 @@ def load_run(path: str | Path) -> Run:
             raise ValueError("not a mapping")
         return data
 
-    rounds = read("rounds.parquet", pq.read_table)
-    params = read("params.npz", npz)
-    metrics = read("metrics.json", metrics_json)
+    rounds = _read_run_file(p / "rounds.parquet", pq.read_table)
+    params = _read_run_file(p / "params.npz", npz)
+    metrics = _read_run_file(p / "metrics.json", metrics_json)
     try:
         config = from_dict(manifest["config"])
     except ConfigError as err:

@@ -315,9 +315,8 @@ class _Parties:
         if self.session_restarts >= limit:
             raise err
         self.session_restarts += 1
-        path = self.writer.dir / checkpoint.CHECKPOINT
-        resume = checkpoint.load(self.writer.dir) if path.is_file() else None
-        at = resume.next_round if resume is not None else 0
+        resume = checkpoint.load(self.writer.dir)  # saved once set up, then every round
+        at = resume.next_round
         self.restarts.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "lost": err.role,
                               "reason": str(err), "from_round": at})
         line = (f"{err}; restarting every party from round {at + 1} (restart "
@@ -340,7 +339,7 @@ def _charge_lost_release(federation: Federation, writer: RunWriter,
                          resume: checkpoint.Checkpoint, console: Console,
                          records: list[RoundRecord]) -> int:
     """The round to start at: after the checkpoint, or after a DP round that was
-    decrypted before the fault (charged to the ledger, not released twice)."""
+    released before the fault (charged to the ledger, not released twice)."""
     start = resume.next_round
     lost = checkpoint.opened_since(writer.dir, resume)
     if lost is None or federation.privacy is None or start >= federation.cfg.federation.rounds:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
 
 from fedsim.errors import CryptoError
 
@@ -24,6 +27,16 @@ _MAGIC = b"FSCB"
 _VERSION = 1
 HEAD = struct.Struct("<4sHHI")  # magic, version, kind, count
 ITEM = struct.Struct("<II")  # length, crc32 of one payload
+
+
+def is_blob(payload: Any) -> bool:
+    """Whether ``payload`` is a batch's bytes: ``bytes``, or the read-only uint8 array a
+    batch arrives as from another Ray worker (`fedsim.protocol.schemes.Bundle` sends
+    its bytes out of band, so a receiver reads them in the object store, uncopied)."""
+    return isinstance(payload, bytes) or (
+        isinstance(payload, np.ndarray) and payload.dtype == np.uint8
+        and payload.ndim == 1 and payload.flags.c_contiguous
+        and not payload.flags.writeable)
 
 
 def encode_batch(payloads: Sequence[bytes], *, kind: str = "ciphertext") -> bytes:

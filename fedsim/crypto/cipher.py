@@ -127,12 +127,18 @@ class CiphertextSum(abc.ABC):
         """Contributor id to sha256 hex digest of the batch it sent, in arrival order."""
         return dict(self._digests)
 
-    def add(self, batch: bytes, *, contributor: str) -> str:
-        """Add ``batch`` to the sum; return its sha256 hex digest.
+    def add(self, batch: bytes, *, contributor: str,
+            authenticate: Callable[[str], None] | None = None) -> str:
+        """Add ``batch`` (bytes, or a read-only uint8 array of them) to the sum; return
+        its sha256 hex digest.
 
         Raises ``CryptoError`` naming ``contributor`` for a duplicate contributor, a
         truncated or corrupted batch, a wrong ciphertext count, or ciphertexts under
         another key or context. The sum is unchanged then.
+
+        ``authenticate(digest)``, if given, runs on the digest before the batch is read
+        and raises if it is not the digest a signature covers; the CRC pass is skipped
+        then (the signed SHA-256 covers every byte the CRCs do).
         """
         if contributor in self._digests:
             raise CryptoError(f"batch from {contributor}: contributor already added")
@@ -141,11 +147,13 @@ class CiphertextSum(abc.ABC):
                 f"batch from {contributor}: the sum already holds {self.count} batches, the "
                 f"most this context's flooding is sized for (max_contributors + 1)"
             )
+        digest = hashlib.sha256(batch).hexdigest()
+        if authenticate is not None:
+            authenticate(digest)
         try:
-            self._add(batch)
+            self._add(batch, crc=authenticate is None)
         except CryptoError as exc:
             raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
-        digest = hashlib.sha256(batch).hexdigest()
         self._digests[contributor] = digest
         return digest
 
@@ -156,8 +164,9 @@ class CiphertextSum(abc.ABC):
             raise CryptoError(f"{found} ciphertexts, expected {expected}")
 
     @abc.abstractmethod
-    def _add(self, batch: bytes) -> None:
-        """Check ``batch`` completely, then add it; raise CryptoError leaving the sum as is."""
+    def _add(self, batch: bytes, *, crc: bool) -> None:
+        """Check ``batch`` completely (its CRCs unless ``crc`` is False), then add it;
+        raise CryptoError leaving the sum as is."""
 
     @abc.abstractmethod
     def result(self) -> bytes:
@@ -173,19 +182,34 @@ class ByteSum(CiphertextSum):
         super().__init__(context, num_ciphertexts=num_ciphertexts)
         self._layout = layout
         self._residues: np.ndarray | None = None
+        # Residue sums are reduced modulo q only when the sum is read, if every batch
+        # the context allows fits in uint64 unreduced (it does for 60-bit moduli).
+        self._lazy = context.max_contributors + 1 <= raw.lazy_capacity(layout)
+        self._unreduced = 0  # batches summed since the residues were last reduced
 
-    def _add(self, batch: bytes) -> None:
+    def _add(self, batch: bytes, *, crc: bool) -> None:
         if self._residues is None:
-            res = raw.read_batch(batch, self._layout, kind="ciphertext")
+            res = raw.read_batch(batch, self._layout, kind="ciphertext", crc=crc)
             self._check_count(res.shape[0], None)
-            self._residues = res
+            self._residues, self._unreduced = res, 1
             return
         self._check_count(batch_count(batch, kind="ciphertext"), self._residues.shape[0])
-        raw.add_batch(self._residues, batch, self._layout, kind="ciphertext")
+        lazy = self._lazy and self._unreduced < raw.lazy_capacity(self._layout)
+        if not lazy:
+            self._reduce()
+        raw.add_batch(self._residues, batch, self._layout, kind="ciphertext", crc=crc,
+                      lazy=lazy)
+        self._unreduced = self._unreduced + 1 if lazy else 1
+
+    def _reduce(self) -> None:
+        if self._unreduced > 1:
+            raw.reduce_residues(self._residues, self._layout)
+        self._unreduced = 1
 
     def result(self) -> bytes:
         if self._residues is None:
             raise CryptoError("no batch has been added; nothing to return")
+        self._reduce()
         return raw.write_batch(self._layout, self._residues)
 
 
@@ -204,8 +228,9 @@ class ObjectSum(CiphertextSum):
             self._key_tag = _public_key(public_key).GetKeyTag()
         self._sum: list[Any] | None = None
 
-    def _add(self, batch: bytes) -> None:
-        cts = load_ciphertexts(self._context, batch, kind="ciphertext")
+    def _add(self, batch: bytes, *, crc: bool) -> None:
+        # The CRCs are checked here either way (cheap next to deserializing).
+        cts = load_ciphertexts(self._context, bytes(batch), kind="ciphertext")
         self._check_count(len(cts), None if self._sum is None else len(self._sum))
         if not all(raw.reduced(ct) for ct in cts):
             raise CryptoError("a residue is not reduced modulo its modulus (corrupted item)")

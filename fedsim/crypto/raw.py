@@ -142,7 +142,7 @@ def _rows(blob: bytes | memoryview, count: int, layout: Layout, offset: int) -> 
     )
 
 
-def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
+def read_batch(blob: bytes, layout: Layout, *, kind: str, crc: bool = True) -> np.ndarray:
     """Residues of every item of a batch: uint64 ``[count, arrays, ring]`` (a new array).
 
     Checks what ``iter_batch`` and ``iter_ciphertexts`` check: header, kind, framing,
@@ -150,18 +150,29 @@ def read_batch(blob: bytes, layout: Layout, *, kind: str) -> np.ndarray:
     the same context, key, level, scale and format), and every residue is below
     its modulus. Raises ``CryptoError`` naming the first problem.
     """
-    rows, count = _framed_rows(blob, layout, kind=kind)
+    rows, count = _framed_rows(blob, layout, kind=kind, crc=crc)
     return _residues(rows, layout, count)
 
 
-def add_batch(total: np.ndarray, blob: bytes, layout: Layout, *, kind: str) -> None:
-    """``total += read_batch(blob)`` modulo each modulus, in place, without the batch's
-    residues ever held whole (one block of items at a time), with read_batch's checks.
-    A refused batch leaves ``total`` unchanged: the blocks already added are taken out
-    again (adding q - r subtracts r)."""
-    rows, count = _framed_rows(blob, layout, kind=kind)
+def add_batch(total: np.ndarray, blob: bytes, layout: Layout, *, kind: str,
+              crc: bool = True, lazy: bool = False) -> None:
+    """``total += read_batch(blob)`` in place, without the batch's residues ever held
+    whole (one block of items at a time), with read_batch's checks. A refused batch
+    leaves ``total`` unchanged: the blocks already added are taken out again.
+
+    ``crc=False`` skips the CRC pass: only for a batch whose SHA-256 the caller has
+    checked against a signature (the digest covers every byte the CRCs do).
+    ``lazy=True`` adds without reducing modulo q (``total`` then holds plain sums of
+    reduced residues; the caller keeps their count within `lazy_capacity` and calls
+    `reduce_residues` before using them): one pass less over memory per batch, and the
+    residues are added straight from the batch's bytes, never copied out first.
+    """
+    rows, count = _framed_rows(blob, layout, kind=kind, crc=crc)
     if count != total.shape[0]:
         raise CryptoError(f"{count} ciphertexts, expected {total.shape[0]}")
+    if lazy:
+        _add_lazy(total, rows, layout, count)
+        return
     block = np.empty((min(count, _ROWS), layout.arrays, layout.ring), dtype=np.uint64)
     added = 0
     try:
@@ -180,8 +191,41 @@ def add_batch(total: np.ndarray, blob: bytes, layout: Layout, *, kind: str) -> N
         raise
 
 
-def _framed_rows(blob: bytes, layout: Layout, *, kind: str) -> tuple[np.ndarray, int]:
-    """A batch's item bytes (``[count, layout.size]``) once its framing is checked."""
+def lazy_capacity(layout: Layout) -> int:
+    """How many reduced residue arrays can be summed in uint64 before reducing."""
+    return (2**64 - 1) // (max(layout.moduli) - 1)
+
+
+def _add_lazy(total: np.ndarray, rows: np.ndarray, layout: Layout, count: int) -> None:
+    added = 0
+    try:
+        for lo in range(0, count, _ROWS):
+            block = rows[lo : lo + _ROWS]
+            _check_rows(block, layout, first=lo)
+            for j, view in enumerate(_arrays(block, layout)):
+                total[lo : lo + _ROWS, j] += view
+            added = lo + block.shape[0]
+    except CryptoError:
+        for lo in range(0, added, _ROWS):
+            hi = min(added, lo + _ROWS)
+            for j, view in enumerate(_arrays(rows[lo:hi], layout)):
+                total[lo:hi, j] -= view  # exact: uint64 wraps back
+        raise
+
+
+def reduce_residues(total: np.ndarray, layout: Layout) -> np.ndarray:
+    """``total`` modulo each array's modulus, in place (after lazy adds)."""
+    for j, q in enumerate(layout.moduli):
+        for lo in range(0, total.shape[0], _ROWS):
+            np.remainder(total[lo : lo + _ROWS, j], np.uint64(q),
+                         out=total[lo : lo + _ROWS, j])
+    return total
+
+
+def _framed_rows(blob: bytes, layout: Layout, *, kind: str,
+                 crc: bool = True) -> tuple[np.ndarray, int]:
+    """A batch's item bytes (``[count, layout.size]``) once its framing (and, unless
+    ``crc`` is False, every item's CRC) is checked."""
     count = batch_count(blob, kind=kind)
     stride = ITEM.size + layout.size
     if len(blob) != HEAD.size + count * stride:
@@ -194,12 +238,13 @@ def _framed_rows(blob: bytes, layout: Layout, *, kind: str) -> tuple[np.ndarray,
     if count and np.any(sizes != layout.size):
         i = int(np.flatnonzero(sizes != layout.size)[0])
         raise CryptoError(f"batch item {i} of {count} has {sizes[i]} bytes, expected {layout.size}")
-    view = memoryview(blob)
-    for i in range(count):
-        start = HEAD.size + i * stride
-        _, crc = ITEM.unpack_from(blob, start)
-        if zlib.crc32(view[start + ITEM.size : start + stride]) != crc:
-            raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
+    if crc:
+        view = memoryview(blob)
+        for i in range(count):
+            start = HEAD.size + i * stride
+            _, expected = ITEM.unpack_from(blob, start)
+            if zlib.crc32(view[start + ITEM.size : start + stride]) != expected:
+                raise CryptoError(f"batch item {i} of {count} is corrupted (CRC mismatch)")
     return rows[:, ITEM.size :], count
 
 
@@ -216,25 +261,35 @@ def _residues(rows: np.ndarray, layout: Layout, count: int, *,
               out: np.ndarray | None = None, first: int = 0) -> np.ndarray:
     """The checked residues of ``count`` items (into ``out`` if given); ``first``: the
     index of ``rows[0]`` in its batch, for error messages."""
-    template = np.frombuffer(layout.template, dtype=np.uint8)
     if out is None:
         out = np.empty((count, layout.arrays, layout.ring), dtype=np.uint64)
     for lo in range(0, count, _ROWS):
         block = rows[lo : lo + _ROWS]
-        for a, b in layout.fixed():
-            bad = np.any(block[:, a:b] != template[a:b], axis=1)
-            if bad.any():
-                i = first + lo + int(np.flatnonzero(bad)[0])
-                raise CryptoError(
-                    f"item {i} is not a ciphertext of this context and key (its metadata "
-                    "differs: another context, key, level, scale or format)"
-                )
-        for j, (off, q) in enumerate(zip(layout.offsets, layout.moduli, strict=True)):
-            dest = out[lo : lo + _ROWS, j]
-            dest[...] = block[:, off : off + 8 * layout.ring].view("<u8")
-            if dest.size and dest.max() >= q:
-                raise CryptoError("a residue is not reduced modulo its modulus (corrupted item)")
+        _check_rows(block, layout, first=first + lo)
+        for j, view in enumerate(_arrays(block, layout)):
+            out[lo : lo + _ROWS, j] = view
     return out
+
+
+def _arrays(rows: np.ndarray, layout: Layout) -> list[np.ndarray]:
+    """Views of each residue array of ``rows`` (item bytes) as uint64 ``[n, ring]``."""
+    return [rows[:, off : off + 8 * layout.ring].view("<u8") for off in layout.offsets]
+
+
+def _check_rows(block: np.ndarray, layout: Layout, *, first: int) -> None:
+    """Every byte outside the residues equals the template; every residue is reduced."""
+    template = np.frombuffer(layout.template, dtype=np.uint8)
+    for a, b in layout.fixed():
+        bad = np.any(block[:, a:b] != template[a:b], axis=1)
+        if bad.any():
+            i = first + int(np.flatnonzero(bad)[0])
+            raise CryptoError(
+                f"item {i} is not a ciphertext of this context and key (its metadata "
+                "differs: another context, key, level, scale or format)"
+            )
+    for view, q in zip(_arrays(block, layout), layout.moduli, strict=True):
+        if view.size and view.max() >= q:
+            raise CryptoError("a residue is not reduced modulo its modulus (corrupted item)")
 
 
 def add_residues(total: np.ndarray, more: np.ndarray, layout: Layout) -> np.ndarray:

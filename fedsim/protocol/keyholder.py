@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from fedsim.crypto.batch import batch_count
+from fedsim.crypto.batch import batch_count, is_blob
 from fedsim.crypto.identity import (
     ChannelKey,
     SigningKey,
@@ -260,7 +260,7 @@ class KeyHolder:
                                f"where the run {'has' if wanted else 'has none'}")
         if noise is None:
             return b""
-        if not isinstance(noise, NoiseBatch) or not isinstance(noise.payload, bytes):
+        if not isinstance(noise, NoiseBatch) or not is_blob(noise.payload):
             raise self._refuse(f"round {m.round}: a DP-noise batch that is not ciphertexts")
         commitment = digest(noise.payload)
         if not verify(self._aggregator, noise.signature,
@@ -308,7 +308,7 @@ class KeyHolder:
                 raise self._refuse(f"round {m.round}: a bundle with unsigned batches")
             for group, payload, signature in zip(bundle.groups, bundle.payloads,
                                                  bundle.signatures, strict=True):
-                if len(group) != 1 or not isinstance(payload, bytes):
+                if len(group) != 1 or not is_blob(payload):
                     raise self._refuse(f"round {m.round}: a batch that is not one client's "
                                        "ciphertexts")
                 (client,) = group
@@ -317,19 +317,26 @@ class KeyHolder:
                 seen.add(client)
                 if client not in wanted:
                     continue  # not in this sum
-                # The sum hashes what it adds: that digest is the one the signature must
-                # cover (this sum is this holder's own, thrown away on any refusal).
+                model = bytes(bundle.model)
+
+                def authentic(batch_digest: str, client: str = client, model: bytes = model,
+                              signature: bytes = signature) -> None:
+                    # Checked on the digest of the very bytes about to be added, before
+                    # any of them is read (this sum is this holder's own, thrown away on
+                    # any refusal).
+                    said = statement(self.policy.run_id, m.round, client,
+                                     bytes.fromhex(batch_digest), model, commitment)
+                    if not verify(self._clients[client], signature, said):
+                        raise self._refuse(f"round {m.round}: {client}'s batch is not signed "
+                                           f"by {client} for this run, round, model and noise")
+
                 try:
-                    batch_digest = total_sum.add(payload, contributor=client)
+                    batch_digest = total_sum.add(payload, contributor=client,
+                                                 authenticate=authentic)
                 except CryptoError as err:
                     raise self._refuse(f"round {m.round}: {err}") from None
-                said = statement(self.policy.run_id, m.round, client,
-                                 bytes.fromhex(batch_digest), bytes(bundle.model), commitment)
-                if not verify(self._clients[client], signature, said):
-                    raise self._refuse(f"round {m.round}: {client}'s batch is not signed by "
-                                       f"{client} for this run, round, model and noise")
                 digests[client] = batch_digest
-                models.add(bytes(bundle.model))
+                models.add(model)
             del bundle, item  # one party's batches in memory at a time
         missing = [c for c in m.contributors if c not in digests]
         if missing:

@@ -1,5 +1,6 @@
 """Sums in serialized bytes (fedsim.crypto.raw) against OpenFHE's own arithmetic."""
 
+import hashlib
 import struct
 import zlib
 
@@ -127,10 +128,12 @@ def test_learn_gives_up_on_bytes_it_cannot_read():
     assert raw.learn(b"not a ciphertext") is None
 
 
-def test_add_batch_adds_block_by_block_and_refuses_all_or_nothing(test_ctx, holders, monkeypatch):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_add_batch_adds_block_by_block_and_refuses_all_or_nothing(test_ctx, holders, monkeypatch,
+                                                                  lazy):
     """A batch added in blocks (the sum never holds a second batch's residues whole)
-    gives read_batch + add_residues exactly; a bad item in the last block leaves the
-    sum as it was."""
+    gives read_batch + add_residues exactly (lazy: once reduced); a bad item in the last
+    block leaves the sum as it was."""
     _, key = holders
     layout = ciphertext_layout(test_ctx, key)
     monkeypatch.setattr(raw, "_ROWS", 2)  # blocks of 2 items, the last one shorter
@@ -142,8 +145,9 @@ def test_add_batch_adds_block_by_block_and_refuses_all_or_nothing(test_ctx, hold
     expected = raw.add_residues(raw.read_batch(a, layout, kind="ciphertext"),
                                 raw.read_batch(b, layout, kind="ciphertext"), layout)
     total = raw.read_batch(a, layout, kind="ciphertext")
-    raw.add_batch(total, b, layout, kind="ciphertext")
-    np.testing.assert_array_equal(total, expected)
+    raw.add_batch(total, b, layout, kind="ciphertext", lazy=lazy)
+    np.testing.assert_array_equal(raw.reduce_residues(total.copy(), layout) if lazy else total,
+                                  expected)
     count = total.shape[0]
     assert count % 2 == 1 and count >= 5
     before = total.copy()
@@ -152,5 +156,46 @@ def test_add_batch_adds_block_by_block_and_refuses_all_or_nothing(test_ctx, hold
     at = HEAD.size + last * (ITEM.size + layout.size) + ITEM.size + layout.offsets[0] + 8 * 3
     struct.pack_into("<Q", unreduced, at, layout.moduli[0])
     with pytest.raises(CryptoError, match="not reduced"):
-        raw.add_batch(total, with_crc(unreduced, last, layout.size), layout, kind="ciphertext")
+        raw.add_batch(total, with_crc(unreduced, last, layout.size), layout, kind="ciphertext",
+                      lazy=lazy)
     np.testing.assert_array_equal(total, before)
+
+
+def test_unreduced_sums_are_reduced_before_they_could_overflow(test_ctx, holders, monkeypatch):
+    """With room for only two unreduced batches, four batches still sum byte for byte
+    as OpenFHE sums them (the residues are reduced whenever the next add could wrap)."""
+    _, key = holders
+    layout = ciphertext_layout(test_ctx, key)
+    monkeypatch.setattr(raw, "lazy_capacity", lambda layout: 2)
+    encryptor = Encryptor(test_ctx, key)
+    packer = Packer(700, test_ctx.values_per_ciphertext)
+    rng = np.random.default_rng(3)
+    by_objects, by_bytes = ObjectSum(test_ctx), ByteSum(test_ctx, layout)
+    for i in range(4):
+        batch = encryptor.encrypt(packer.pack(rng.uniform(-0.1, 0.1, 700), 0.1))
+        by_objects.add(batch, contributor=str(i))
+        by_bytes.add(batch, contributor=str(i))
+    assert by_bytes.result() == by_objects.result()
+
+
+def test_an_authenticated_add_checks_the_digest_before_reading_the_batch(raw_summing):
+    """``authenticate`` sees the digest of the exact bytes; when it refuses, nothing is
+    added; when it accepts, the batch is added as an unauthenticated add would."""
+    total, encryptor, packer, good, layout = raw_summing
+    other = encryptor.encrypt(packer.pack(np.full(700, 0.02), 0.1))
+    seen = []
+
+    def refuse(digest: str) -> None:
+        seen.append(digest)
+        raise CryptoError("not the signed digest")
+
+    before = total.result()
+    with pytest.raises(CryptoError, match="not the signed digest"):
+        total.add(other, contributor="second", authenticate=refuse)
+    assert seen == [hashlib.sha256(other).hexdigest()]
+    assert total.count == 1 and total.result() == before
+    plain = ByteSum(total._context, layout)
+    plain.add(good, contributor="first")
+    plain.add(other, contributor="second")
+    assert total.add(other, contributor="second", authenticate=seen.append) == seen[-1]
+    assert total.result() == plain.result()

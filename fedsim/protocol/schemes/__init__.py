@@ -17,9 +17,12 @@ under a joint CKKS key and opens the sum by threshold decryption.
 from __future__ import annotations
 
 import abc
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fedsim.aggregate.steps import Update
 
@@ -46,6 +49,10 @@ class Bundle:
     signatures: tuple[bytes, ...] = ()
     model: bytes = b""
 
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
+        return _bundle, (self.groups, tuple(_out_of_band(p, protocol) for p in self.payloads),
+                         self.signatures, self.model)
+
 
 @dataclass(frozen=True)
 class NoiseBatch:
@@ -54,6 +61,35 @@ class NoiseBatch:
 
     payload: Any
     signature: bytes = b""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
+        return _noise_batch, (_out_of_band(self.payload, protocol), self.signature)
+
+
+def _out_of_band(payload: Any, protocol: Any) -> Any:
+    """Bytes pickled out of band (pickle protocol 5): Ray writes them once into its
+    object store and a receiver on the node reads them there, with no copy into its
+    heap; a ciphertext batch is hundreds of MB and every key holder reads each one."""
+    if isinstance(payload, bytes) and isinstance(protocol, int) and protocol >= 5:
+        return pickle.PickleBuffer(payload)
+    return payload
+
+
+def _in_band(payload: Any) -> Any:
+    """What `_out_of_band` sent, as bytes or a read-only uint8 view of the buffer."""
+    if isinstance(payload, (bytes, np.ndarray)):
+        return payload
+    view = np.frombuffer(payload, dtype=np.uint8)
+    view.flags.writeable = False
+    return view
+
+
+def _bundle(groups: Any, payloads: Any, signatures: Any, model: Any) -> Bundle:
+    return Bundle(groups, tuple(_in_band(p) for p in payloads), signatures, model)
+
+
+def _noise_batch(payload: Any, signature: Any) -> NoiseBatch:
+    return NoiseBatch(_in_band(payload), signature)
 
 
 class Encoder(abc.ABC):

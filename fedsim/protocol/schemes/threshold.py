@@ -20,6 +20,7 @@ from typing import Any, final
 import numpy as np
 
 from fedsim.aggregate.steps import Update
+from fedsim.crypto.batch import is_blob
 from fedsim.errors import CryptoError, FedSimError, PartyLost, ProtocolError
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.manifest import Manifest
@@ -57,7 +58,7 @@ class CipherSum(RoundSum):
         self._total = total
 
     def add(self, payload: Any, contributor: str) -> str:
-        if not isinstance(payload, bytes):
+        if not is_blob(payload):
             raise CryptoError(f"client {contributor}: expected ciphertext bytes in he mode")
         return self._total.add(payload, contributor=contributor)
 

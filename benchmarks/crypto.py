@@ -75,7 +75,8 @@ def measure_profile(profile: str, num_values: int, clients: int, holders: int,
         fuse_bytes_timed,
         summation_for,
     )
-    from fedsim.crypto.cipher import learn_share_layout, load_ciphertexts
+    from fedsim.crypto.cipher import load_ciphertexts
+    from fedsim.crypto.fusion import learn_share_layout
 
     ctx = CKKSContext.create(profile, max_contributors=clients, max_key_holders=holders)
     cc = ctx.openfhe

@@ -10,6 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Every Ray a test starts is its own embedded one: never a cluster another test (in this
+# process or in a parallel pytest worker) started with `ray start` on this machine.
+os.environ.setdefault("RAY_ADDRESS", "local")
 os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")  # also in subprocesses
 
 import jax  # noqa: E402

@@ -57,8 +57,6 @@ def test_demo_reaches_auc_075_and_prints_a_reference(demo_run):
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.ray
 def test_the_demo_ends_without_teardown_tracebacks_or_signalled_actors(demo_run):
     """Removing a placement group while an actor in it is alive makes the raylet SIGTERM
     that worker, whose Ray handler then prints ``Exception ignored ...`` and

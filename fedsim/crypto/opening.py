@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedsim.crypto import raw
-from fedsim.crypto.cipher import fuse_bytes_timed, fuse_timed, learn_share_layout
 from fedsim.crypto.context import CKKSContext
+from fedsim.crypto.fusion import fuse_bytes_timed, fuse_timed, learn_share_layout
 from fedsim.crypto.packing import Packer
 from fedsim.errors import CryptoError
 

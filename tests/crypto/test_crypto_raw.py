@@ -20,7 +20,7 @@ from fedsim.crypto import (
     raw,
 )
 from fedsim.crypto.batch import HEAD, ITEM, decode_batch
-from fedsim.crypto.cipher import learn_share_layout
+from fedsim.crypto.fusion import learn_share_layout
 from fedsim.errors import CryptoError
 
 

@@ -28,7 +28,8 @@ def test_a_stopped_client_cannot_hold_the_round_past_its_deadline(ray_session):
         took = time.monotonic() - t0
         assert late.dropped == ("hospital-0",) and late.clients == ("hospital-1", "hospital-2")
         assert late.extra["late"] == "hospital-0"
-        assert took < 5.0 + 20.0, took  # the deadline, then the others' aggregation
+        # The deadline, then the others' aggregation (generous: tests share the cores).
+        assert took < 5.0 + 60.0, took
         assert any("hospital-0: no update within the round deadline "
                    "(federation.round_timeout_s 5)" in w for w in fed.warnings)
     finally:

@@ -291,7 +291,7 @@ def test_a_signal_mid_run_stops_cleanly_and_the_run_resumes(tmp_path, sig, backe
     proc.send_signal(sig)
     t0 = time.monotonic()
     _, stderr = proc.communicate(timeout=60)
-    assert time.monotonic() - t0 < 10, "the run took too long to stop"
+    assert time.monotonic() - t0 < 30, "the run took too long to stop"
     assert proc.returncode == 130, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("fedsim: interrupted after ") and \
@@ -299,7 +299,7 @@ def test_a_signal_mid_run_stops_cleanly_and_the_run_resumes(tmp_path, sig, backe
     assert "Traceback" not in stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["resume"].endswith(str(out))
-    deadline = time.monotonic() + 20  # Ray's workers take a moment to exit
+    deadline = time.monotonic() + 60  # Ray's workers take a moment to exit
     while _alive(family) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(family), "processes left behind"

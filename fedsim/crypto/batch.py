@@ -34,7 +34,7 @@ def is_blob(payload: Any) -> bool:
     batch arrives as from another Ray worker (`fedsim.protocol.schemes.Bundle` sends
     its bytes out of band, so a receiver reads them in the object store, uncopied)."""
     return isinstance(payload, bytes) or (
-        isinstance(payload, np.ndarray) and payload.dtype == np.uint8
+        type(payload) is np.ndarray and payload.dtype == np.uint8
         and payload.ndim == 1 and payload.flags.c_contiguous
         and not payload.flags.writeable)
 

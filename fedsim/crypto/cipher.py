@@ -145,6 +145,10 @@ class CiphertextSum(abc.ABC):
                 f"batch from {contributor}: the sum already holds {self.count} batches, the "
                 f"most this context's flooding is sized for (max_contributors + 1)"
             )
+        # A private copy first: a view of Ray's object store is mapped writable in every
+        # worker of the node, so the bytes hashed, checked and added must be this
+        # process's own, or another party could change them between the three reads.
+        batch = batch if isinstance(batch, bytes) else bytes(batch)
         digest = hashlib.sha256(batch).hexdigest()
         if authenticate is not None:
             authenticate(digest)

@@ -227,7 +227,8 @@ class KeyHolder:
         self._check_endorsements(m, digests, request.endorsements, commitment)
         try:
             if noise is not None:
-                total_sum.add(noise.payload, contributor="aggregator-noise")
+                total_sum.add(noise.payload, contributor="aggregator-noise",
+                              authenticate=self._committed(m, commitment))
             total = total_sum.result()
         except CryptoError as err:
             raise self._refuse(f"round {m.round}: {err}") from None
@@ -262,12 +263,20 @@ class KeyHolder:
             return b""
         if not isinstance(noise, NoiseBatch) or not is_blob(noise.payload):
             raise self._refuse(f"round {m.round}: a DP-noise batch that is not ciphertexts")
-        commitment = digest(noise.payload)
+        commitment = digest(noise.payload)  # checked again on the private copy it adds
         if not verify(self._aggregator, noise.signature,
                       noise_statement(self.policy.run_id, m.round, commitment)):
             raise self._refuse(f"round {m.round}: a DP-noise batch not signed by the "
                                "aggregator for this run and round")
         return commitment
+
+    def _committed(self, m: Manifest, commitment: bytes) -> Any:
+        """A check that the noise batch added is the one committed to and signed."""
+        def check(batch_digest: str) -> None:
+            if bytes.fromhex(batch_digest) != commitment:
+                raise self._refuse(f"round {m.round}: the DP-noise batch changed after it "
+                                   "was checked")
+        return check
 
     def _check_endorsements(self, m: Manifest, digests: Mapping[str, str],
                             endorsements: Mapping[str, bytes], commitment: bytes) -> None:

@@ -199,3 +199,25 @@ def test_an_authenticated_add_checks_the_digest_before_reading_the_batch(raw_sum
     plain.add(other, contributor="second")
     assert total.add(other, contributor="second", authenticate=seen.append) == seen[-1]
     assert total.result() == plain.result()
+
+
+def test_the_bytes_added_are_the_bytes_hashed_even_if_shared_memory_changes(raw_summing):
+    """A view of Ray's object store is writable by every worker of the node: a party that
+    rewrites a batch after the holder hashed it (here: while the signature is checked)
+    must not get the rewritten bytes added."""
+    total, encryptor, packer, good, layout = raw_summing
+    other = encryptor.encrypt(packer.pack(np.full(700, 0.02), 0.1))
+    shared = bytearray(other)
+    view = np.frombuffer(shared, dtype=np.uint8)
+    view.flags.writeable = False  # what a receiver sees: read-only, yet another can write
+
+    def rewrite_after_hashing(digest: str) -> None:
+        assert digest == hashlib.sha256(other).hexdigest()
+        at = HEAD.size + ITEM.size + layout.offsets[1]
+        shared[at : at + 8] = struct.pack("<Q", 2**52)  # a crafted c1 residue
+
+    total.add(view, contributor="second", authenticate=rewrite_after_hashing)
+    plain = ByteSum(total._context, layout)
+    plain.add(good, contributor="first")
+    plain.add(other, contributor="second")
+    assert total.result() == plain.result()

@@ -279,8 +279,12 @@ def test_a_signal_mid_run_stops_cleanly_and_the_run_resumes(tmp_path, sig, backe
     config = _write_config(tmp_path, cfg)
     out = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": "local"}  # an embedded Ray of its own
+    # As from a terminal: a shell without job control (CI's, launched in the background)
+    # starts its commands with SIGINT ignored, and Python keeps it ignored.
+    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from fedsim.cli import main; sys.exit(main())")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsim.cli", "run", config, "--backend", backend,
+        [sys.executable, "-c", cli, "run", config, "--backend", backend,
          "--out", str(out), "--no-reference"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 240

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsim.aggregate.steps import Update
+from fedsim.crypto.batch import is_blob
 
 if TYPE_CHECKING:
     from fedsim.config import RunConfig
@@ -70,8 +71,10 @@ def _out_of_band(payload: Any, protocol: Any) -> Any:
     """Bytes pickled out of band (pickle protocol 5): Ray writes them once into its
     object store and a receiver on the node reads them there, with no copy into its
     heap; a ciphertext batch is hundreds of MB and every key holder reads each one."""
-    if isinstance(payload, bytes) and isinstance(protocol, int) and protocol >= 5:
-        return pickle.PickleBuffer(payload)
+    if isinstance(payload, bytes) or is_blob(payload):  # a received batch, sent on
+        if isinstance(protocol, int) and protocol >= 5:
+            return pickle.PickleBuffer(payload)
+        return bytes(payload)
     return payload
 
 

@@ -32,7 +32,8 @@ ITEM = struct.Struct("<II")  # length, crc32 of one payload
 def is_blob(payload: Any) -> bool:
     """Whether ``payload`` is a batch's bytes: ``bytes``, or the read-only uint8 array a
     batch arrives as from another Ray worker (`fedsim.protocol.schemes.Bundle` sends
-    its bytes out of band, so a receiver reads them in the object store, uncopied)."""
+    its bytes out of band: a view of the object store, which other workers of the node
+    can write, so `fedsim.crypto.CiphertextSum.add` copies it before reading it)."""
     return isinstance(payload, bytes) or (
         type(payload) is np.ndarray and payload.dtype == np.uint8
         and payload.ndim == 1 and payload.flags.c_contiguous

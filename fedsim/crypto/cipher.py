@@ -184,9 +184,9 @@ class ByteSum(CiphertextSum):
         super().__init__(context, num_ciphertexts=num_ciphertexts)
         self._layout = layout
         self._residues: np.ndarray | None = None
-        # Residue sums are reduced modulo q only when the sum is read, if every batch
-        # the context allows fits in uint64 unreduced (it does for 60-bit moduli).
-        self._lazy = context.max_contributors + 1 <= raw.lazy_capacity(layout)
+        # Residue sums are reduced modulo q only when the sum is read or the next add
+        # could wrap uint64 (60-bit moduli leave room for 16 batches).
+        self._capacity = raw.lazy_capacity(layout)
         self._unreduced = 0  # batches summed since the residues were last reduced
 
     def _add(self, batch: bytes, *, crc: bool) -> None:
@@ -196,7 +196,7 @@ class ByteSum(CiphertextSum):
             self._residues, self._unreduced = res, 1
             return
         self._check_count(batch_count(batch, kind="ciphertext"), self._residues.shape[0])
-        lazy = self._lazy and self._unreduced < raw.lazy_capacity(self._layout)
+        lazy = self._unreduced < self._capacity
         if not lazy:
             self._reduce()
         raw.add_batch(self._residues, batch, self._layout, kind="ciphertext", crc=crc,
@@ -232,7 +232,7 @@ class ObjectSum(CiphertextSum):
 
     def _add(self, batch: bytes, *, crc: bool) -> None:
         # The CRCs are checked here either way (cheap next to deserializing).
-        cts = load_ciphertexts(self._context, bytes(batch), kind="ciphertext")
+        cts = load_ciphertexts(self._context, batch, kind="ciphertext")
         self._check_count(len(cts), None if self._sum is None else len(self._sum))
         if not all(raw.reduced(ct) for ct in cts):
             raise CryptoError("a residue is not reduced modulo its modulus (corrupted item)")

@@ -69,8 +69,9 @@ class NoiseBatch:
 
 def _out_of_band(payload: Any, protocol: Any) -> Any:
     """Bytes pickled out of band (pickle protocol 5): Ray writes them once into its
-    object store and a receiver on the node reads them there, with no copy into its
-    heap; a ciphertext batch is hundreds of MB and every key holder reads each one."""
+    object store and a receiver on the node gets a view of them there instead of Ray's
+    own copy; the one that sums them copies them once (see `fedsim.crypto.batch.is_blob`).
+    A ciphertext batch is hundreds of MB and every key holder reads each one."""
     if isinstance(payload, bytes) or is_blob(payload):  # a received batch, sent on
         if isinstance(protocol, int) and protocol >= 5:
             return pickle.PickleBuffer(payload)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, final
@@ -100,6 +101,37 @@ class Encryptor:
         return blob, {"encode": encode, "encrypt": encrypt, "serialize": serialize}
 
 
+_COPY_BLOCK = 1 << 22  # bytes copied and hashed at a time (stays in cache between the two)
+_scratch = threading.local()
+
+
+def private_copy(batch: bytes | np.ndarray) -> tuple[bytes | memoryview, str]:
+    """``batch`` as bytes this process alone can write, and its sha256 hex digest.
+
+    A view of Ray's object store is mapped writable in every worker of the node, so the
+    bytes a sum hashes, checks and adds must be its own, or another party could change
+    them between those reads. ``bytes`` are immutable and pass as they are; a view is
+    copied block by block into one buffer per thread, reused by every later batch (a
+    fresh 569 MB ``bytes`` copy costs about 1.4 s in page faults, the reused buffer
+    0.05 s), and each block is hashed while it is in cache. The returned view is valid
+    until this thread's next call.
+    """
+    if isinstance(batch, bytes):
+        return batch, hashlib.sha256(batch).hexdigest()
+    source = memoryview(batch).cast("B")
+    size = source.nbytes
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _scratch.buffer = bytearray(size)
+    copy = memoryview(buffer)[:size]
+    digest = hashlib.sha256()
+    for lo in range(0, size, _COPY_BLOCK):
+        hi = min(size, lo + _COPY_BLOCK)
+        copy[lo:hi] = source[lo:hi]
+        digest.update(copy[lo:hi])
+    return copy, digest.hexdigest()
+
+
 class CiphertextSum(abc.ABC):
     """Streaming sum of ciphertext batches (the aggregator's state); abstract.
 
@@ -145,11 +177,7 @@ class CiphertextSum(abc.ABC):
                 f"batch from {contributor}: the sum already holds {self.count} batches, the "
                 f"most this context's flooding is sized for (max_contributors + 1)"
             )
-        # A private copy first: a view of Ray's object store is mapped writable in every
-        # worker of the node, so the bytes hashed, checked and added must be this
-        # process's own, or another party could change them between the three reads.
-        batch = batch if isinstance(batch, bytes) else bytes(batch)
-        digest = hashlib.sha256(batch).hexdigest()
+        batch, digest = private_copy(batch)
         if authenticate is not None:
             authenticate(digest)
         try:
@@ -166,7 +194,7 @@ class CiphertextSum(abc.ABC):
             raise CryptoError(f"{found} ciphertexts, expected {expected}")
 
     @abc.abstractmethod
-    def _add(self, batch: bytes, *, crc: bool) -> None:
+    def _add(self, batch: bytes | memoryview, *, crc: bool) -> None:
         """Check ``batch`` completely (its CRCs unless ``crc`` is False), then add it;
         raise CryptoError leaving the sum as is."""
 
@@ -189,7 +217,7 @@ class ByteSum(CiphertextSum):
         self._capacity = raw.lazy_capacity(layout)
         self._unreduced = 0  # batches summed since the residues were last reduced
 
-    def _add(self, batch: bytes, *, crc: bool) -> None:
+    def _add(self, batch: bytes | memoryview, *, crc: bool) -> None:
         if self._residues is None:
             res = raw.read_batch(batch, self._layout, kind="ciphertext", crc=crc)
             self._check_count(res.shape[0], None)
@@ -230,7 +258,7 @@ class ObjectSum(CiphertextSum):
             self._key_tag = _public_key(public_key).GetKeyTag()
         self._sum: list[Any] | None = None
 
-    def _add(self, batch: bytes, *, crc: bool) -> None:
+    def _add(self, batch: bytes | memoryview, *, crc: bool) -> None:
         # The CRCs are checked here either way (cheap next to deserializing).
         cts = load_ciphertexts(self._context, batch, kind="ciphertext")
         self._check_count(len(cts), None if self._sum is None else len(self._sum))

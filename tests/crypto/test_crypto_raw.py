@@ -20,6 +20,7 @@ from fedsim.crypto import (
     raw,
 )
 from fedsim.crypto.batch import HEAD, ITEM, decode_batch
+from fedsim.crypto.cipher import private_copy
 from fedsim.crypto.fusion import learn_share_layout
 from fedsim.errors import CryptoError
 
@@ -221,3 +222,22 @@ def test_the_bytes_added_are_the_bytes_hashed_even_if_shared_memory_changes(raw_
     plain.add(good, contributor="first")
     plain.add(other, contributor="second")
     assert total.result() == plain.result()
+
+
+def test_a_view_is_copied_into_one_reused_private_buffer():
+    """`private_copy` hashes what it copied, its copy does not follow later writes to the
+    shared bytes, and a later batch reuses the same buffer (no fresh 569 MB per batch)."""
+    shared = bytearray(np.random.default_rng(1).integers(0, 256, 3 * 2**22 + 5,
+                                                        dtype=np.uint8).tobytes())
+    original = bytes(shared)
+    view = np.frombuffer(shared, dtype=np.uint8)
+    view.flags.writeable = False
+    copy, digest = private_copy(view)
+    assert digest == hashlib.sha256(original).hexdigest()
+    shared[:4] = b"\xff\xff\xff\xff"
+    assert bytes(copy) == original
+    smaller = np.frombuffer(original[:1000], dtype=np.uint8)
+    again, digest = private_copy(smaller)
+    assert again.obj is copy.obj and bytes(again) == original[:1000]
+    assert digest == hashlib.sha256(original[:1000]).hexdigest()
+    assert private_copy(original) == (original, hashlib.sha256(original).hexdigest())

@@ -19,14 +19,14 @@ import functools
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, final
 
 import numpy as np
 import openfhe as fhe
 
 from fedsim.crypto import raw
-from fedsim.crypto.batch import batch_count, encode_batch, iter_batch
+from fedsim.crypto.batch import HEAD, ITEM, batch_count, encode_batch, iter_batch
 from fedsim.crypto.context import CKKSContext
 from fedsim.errors import CryptoError
 
@@ -38,10 +38,16 @@ def load_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> list[A
 
 def iter_ciphertexts(context: CKKSContext, batch: bytes, *, kind: str) -> Iterator[Any]:
     """Deserialize and check a batch's ciphertexts one at a time (bounded memory)."""
+    return deserialize_items(context, iter_batch(batch, kind=kind), kind=kind)
+
+
+def deserialize_items(context: CKKSContext, payloads: Iterable[bytes | memoryview], *,
+                      kind: str) -> Iterator[Any]:
+    """Deserialize and check serialized ciphertexts of ``kind`` one at a time."""
     elements = 2 if kind == "ciphertext" else 1
-    for i, payload in enumerate(iter_batch(batch, kind=kind)):
+    for i, payload in enumerate(payloads):
         try:
-            ct = fhe.DeserializeCiphertextString(payload, fhe.BINARY)
+            ct = fhe.DeserializeCiphertextString(bytes(payload), fhe.BINARY)
         except RuntimeError as exc:  # OpenFHE reports malformed input as RuntimeError
             raise CryptoError(f"item {i} does not deserialize: {exc}") from exc
         if not context.owns(ct):
@@ -202,6 +208,24 @@ class CiphertextSum(abc.ABC):
     def result(self) -> bytes:
         """The sum as a ciphertext batch."""
 
+    @property
+    def num_ciphertexts(self) -> int:
+        """Ciphertexts in the sum (0 before the first batch)."""
+        return batch_count(self.result(), kind="ciphertext") if self.count else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes `result` takes."""
+        return len(self.result()) if self.count else 0
+
+    def digest(self) -> str:
+        """sha256 hex digest of `result`'s bytes."""
+        return hashlib.sha256(self.result()).hexdigest()
+
+    def items(self) -> Iterator[bytes | memoryview]:
+        """`result`'s ciphertexts one at a time (each valid until the next is taken)."""
+        return iter_batch(self.result(), kind="ciphertext")
+
 
 @final
 class ByteSum(CiphertextSum):
@@ -237,10 +261,33 @@ class ByteSum(CiphertextSum):
         self._unreduced = 1
 
     def result(self) -> bytes:
+        return raw.write_batch(self._layout, self._reduced())
+
+    @property
+    def num_ciphertexts(self) -> int:
+        return 0 if self._residues is None else self._residues.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return HEAD.size + self.num_ciphertexts * (ITEM.size + self._layout.size)
+
+    def digest(self) -> str:
+        """As `result`'s digest, a block of items at a time (no batch-sized copy)."""
+        digest = hashlib.sha256()
+        for piece, _ in raw.stream_batch(self._layout, self._reduced()):
+            digest.update(piece)
+        return digest.hexdigest()
+
+    def items(self) -> Iterator[memoryview]:
+        """`result`'s items a block at a time, straight from the residues."""
+        for _, items in raw.stream_batch(self._layout, self._reduced()):
+            yield from items
+
+    def _reduced(self) -> np.ndarray:
         if self._residues is None:
             raise CryptoError("no batch has been added; nothing to return")
         self._reduce()
-        return raw.write_batch(self._layout, self._residues)
+        return self._residues
 
 
 @final

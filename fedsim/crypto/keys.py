@@ -26,13 +26,14 @@ the clear.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import openfhe as fhe
 
 from fedsim.crypto import _secret_key, shamir
-from fedsim.crypto.batch import encode_batch
-from fedsim.crypto.cipher import iter_ciphertexts
+from fedsim.crypto.batch import encode_batch, iter_batch
+from fedsim.crypto.cipher import deserialize_items
 from fedsim.crypto.context import CKKSContext
 from fedsim.errors import CryptoError
 
@@ -110,15 +111,18 @@ class KeyShareHolder:
         self._public_key = fhe.Serialize(pair.publicKey, fhe.BINARY)
         return self._public_key
 
-    def partial_decrypt(self, aggregate: bytes, *, lead: bool,
+    def partial_decrypt(self, aggregate: bytes | Iterable[bytes | memoryview], *, lead: bool,
                         participants: tuple[int, ...] | None = None) -> bytes:
-        """Partial decryption (a share batch) of an aggregate ciphertext batch.
+        """Partial decryption (a share batch) of an aggregate: a ciphertext batch, or its
+        serialized ciphertexts one at a time (`fedsim.crypto.CiphertextSum.items`).
 
         Exactly one share per fusion is the lead. n-of-n: this holder's own secret, and
         ``participants`` must be every holder (or None). t-of-n: the key is
         lambda_j(participants) S_j, for a set of at least ``threshold`` holders that
         includes this one.
         """
+        if isinstance(aggregate, (bytes, bytearray, memoryview)):
+            aggregate = iter_batch(aggregate, kind="ciphertext")
         key = self._key_for(participants)
         cc = self._context.openfhe
         decrypt = cc.MultipartyDecryptLead if lead else cc.MultipartyDecryptMain
@@ -135,7 +139,7 @@ class KeyShareHolder:
 
         # A block of ciphertexts per OpenFHE call (fewer crossings of the Python
         # boundary); peak memory stays near input + output bytes.
-        for ct in iter_ciphertexts(self._context, aggregate, kind="ciphertext"):
+        for ct in deserialize_items(self._context, aggregate, kind="ciphertext"):
             block.append(ct)
             if len(block) == _BLOCK:
                 flush()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,6 +338,28 @@ def write_batch(layout: Layout, residues: np.ndarray, *, kind: str = "ciphertext
         ITEM.pack_into(out, start, layout.size, crc)
     del rows, view
     return bytes(out)
+
+
+def stream_batch(layout: Layout, residues: np.ndarray, *, kind: str = "ciphertext"
+                 ) -> Iterator[tuple[memoryview, list[memoryview]]]:
+    """`write_batch`'s bytes a block of items at a time, never held whole: yields each
+    piece of the batch in order with the items it holds (views of one reused buffer,
+    valid until the next piece). The header comes first, with no items."""
+    count = residues.shape[0]
+    yield memoryview(header(kind, count)), []
+    stride = ITEM.size + layout.size
+    buffer = bytearray(min(count, _ROWS) * stride)
+    for lo in range(0, count, _ROWS):
+        n = min(_ROWS, count - lo)
+        rows = np.frombuffer(buffer, dtype=np.uint8, count=n * stride).reshape(n, stride)
+        _fill(layout, residues[lo : lo + n], rows[:, ITEM.size :])
+        del rows
+        view = memoryview(buffer)
+        items = [view[i * stride + ITEM.size : (i + 1) * stride] for i in range(n)]
+        for i, item in enumerate(items):
+            ITEM.pack_into(buffer, i * stride, layout.size, zlib.crc32(item))
+        yield view[: n * stride], items
+        del view, items
 
 
 def _fill(layout: Layout, residues: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from fedsim.crypto.batch import batch_count, is_blob
+from fedsim.crypto.batch import is_blob
 from fedsim.crypto.identity import (
     ChannelKey,
     SigningKey,
@@ -50,7 +50,6 @@ from fedsim.crypto.memory import release_memory
 from fedsim.errors import CryptoError, Refusal
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.manifest import Manifest
-from fedsim.protocol.manifest import digest as manifest_digest
 from fedsim.protocol.policy import HolderPolicy
 from fedsim.protocol.schemes import Bundle, NoiseBatch
 
@@ -192,16 +191,17 @@ class KeyHolder:
         self._decrypted[request.manifest.round] = request.manifest.aggregate_digest
         self._attempts.add((request.manifest.round, request.participants))
         self._used += count
-        share = self._share.partial_decrypt(total, lead=request.lead,
+        share = self._share.partial_decrypt(total.items(), lead=request.lead,
                                             participants=request.participants)
-        handled = len(total) * (1 + len(request.manifest.contributors))
+        handled = total.nbytes * (1 + len(request.manifest.contributors))
         del total
         release_memory(handled)  # idle between rounds, a holder should not sit on its peak
         return share, checked_s
 
     def check(self, request: DecryptionRequest, noise: NoiseBatch | None,
-              bundles: Sequence[Bundle | Deferred]) -> tuple[bytes, int]:
-        """The checked sum and its ciphertext count; raises `ProtocolError` (recorded)."""
+              bundles: Sequence[Bundle | Deferred]) -> tuple[Any, int]:
+        """The checked sum (a `fedsim.crypto.CiphertextSum`) and its ciphertext count;
+        raises `ProtocolError` (recorded)."""
         m = request.manifest
         if m.run_id != self.policy.run_id:
             raise self._refuse(f"an aggregate of run {m.run_id!r}, not "
@@ -229,18 +229,19 @@ class KeyHolder:
             if noise is not None:
                 total_sum.add(noise.payload, contributor="aggregator-noise",
                               authenticate=self._committed(m, commitment))
-            total = total_sum.result()
+            # The digest of the sum's bytes, a block at a time (never serialized whole).
+            summed = total_sum.digest()
         except CryptoError as err:
             raise self._refuse(f"round {m.round}: {err}") from None
-        if manifest_digest(total) != m.aggregate_digest:
+        if summed != m.aggregate_digest:
             raise self._refuse(f"round {m.round}: the aggregator's sum is not the sum of the "
                                "signed batches")
-        count = batch_count(total, kind="ciphertext")
+        count = total_sum.num_ciphertexts
         if self._used + count > self._budget:
             raise self._refuse(
                 f"round {m.round}: its {count} ciphertexts would pass this holder's "
                 f"decryption budget tau = {self._budget} (used {self._used})")
-        return total, count
+        return total_sum, count
 
     def _check_participants(self, round_idx: int, participants: tuple[int, ...]) -> None:
         n, t = self.policy.num_holders, self.policy.threshold

@@ -12,6 +12,7 @@ from builders import federation, tiny_config
 
 from fedsim.aggregate.steps import RoundContext
 from fedsim.crypto import CKKSContext, raw
+from fedsim.crypto.batch import decode_batch
 from fedsim.crypto.identity import ChannelKey, SigningKey, digest, noise_statement, statement
 from fedsim.errors import ConfigError, CryptoError, ProtocolError, Refusal
 from fedsim.protocol.backend import Ready
@@ -491,7 +492,9 @@ def test_batches_moved_out_of_band_are_checked_as_bytes_are_and_a_flipped_byte_i
                for b in moved for p in b.payloads)
     assert pickle.loads(pickle.dumps(bundles[0], protocol=4)).payloads == bundles[0].payloads
     total, count = holder.check(ask, noise, moved)
-    assert total == holder.check(ask, noise, bundles)[0] and total == aggregate
+    assert total.result() == holder.check(ask, noise, bundles)[0].result() == aggregate
+    assert count == total.num_ciphertexts and b"".join(map(bytes, total.items())) == \
+        b"".join(decode_batch(aggregate))
     flipped = bytearray(bundles[1].payloads[0])
     flipped[len(flipped) // 2] ^= 0x01  # its CRC left stale: only the signature can tell
     corrupted = _out_of_band(replace(bundles[1], payloads=(bytes(flipped),)))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +27,8 @@ import openfhe as fhe
 from fedsim.crypto import raw
 from fedsim.crypto.batch import HEAD, ITEM, batch_count, encode_batch, iter_batch
 from fedsim.crypto.context import CKKSContext
+from fedsim.crypto.identity import digest as digest_bytes
+from fedsim.crypto.identity import hasher
 from fedsim.errors import CryptoError
 
 
@@ -112,7 +113,8 @@ _scratch = threading.local()
 
 
 def private_copy(batch: bytes | np.ndarray) -> tuple[bytes | memoryview, str]:
-    """``batch`` as bytes this process alone can write, and its sha256 hex digest.
+    """``batch`` as bytes this process alone can write, and its hex digest
+    (`fedsim.crypto.identity.digest`).
 
     A view of Ray's object store is mapped writable in every worker of the node, so the
     bytes a sum hashes, checks and adds must be its own, or another party could change
@@ -123,14 +125,14 @@ def private_copy(batch: bytes | np.ndarray) -> tuple[bytes | memoryview, str]:
     until this thread's next call.
     """
     if isinstance(batch, bytes):
-        return batch, hashlib.sha256(batch).hexdigest()
+        return batch, digest_bytes(batch).hex()
     source = memoryview(batch).cast("B")
     size = source.nbytes
     buffer = getattr(_scratch, "buffer", None)
     if buffer is None or len(buffer) < size:
         buffer = _scratch.buffer = bytearray(size)
     copy = memoryview(buffer)[:size]
-    digest = hashlib.sha256()
+    digest = hasher()
     for lo in range(0, size, _COPY_BLOCK):
         hi = min(size, lo + _COPY_BLOCK)
         copy[lo:hi] = source[lo:hi]
@@ -160,13 +162,13 @@ class CiphertextSum(abc.ABC):
 
     @property
     def digests(self) -> dict[str, str]:
-        """Contributor id to sha256 hex digest of the batch it sent, in arrival order."""
+        """Contributor id to the hex digest of the batch it sent, in arrival order."""
         return dict(self._digests)
 
     def add(self, batch: bytes, *, contributor: str,
             authenticate: Callable[[str], None] | None = None) -> str:
         """Add ``batch`` (bytes, or a read-only uint8 array of them) to the sum; return
-        its sha256 hex digest.
+        its hex digest (`fedsim.crypto.identity.digest`).
 
         Raises ``CryptoError`` naming ``contributor`` for a duplicate contributor, a
         truncated or corrupted batch, a wrong ciphertext count, or ciphertexts under
@@ -174,7 +176,7 @@ class CiphertextSum(abc.ABC):
 
         ``authenticate(digest)``, if given, runs on the digest before the batch is read
         and raises if it is not the digest a signature covers; the CRC pass is skipped
-        then (the signed SHA-256 covers every byte the CRCs do).
+        then (the signed digest covers every byte the CRCs do).
         """
         if contributor in self._digests:
             raise CryptoError(f"batch from {contributor}: contributor already added")
@@ -219,8 +221,8 @@ class CiphertextSum(abc.ABC):
         return len(self.result()) if self.count else 0
 
     def digest(self) -> str:
-        """sha256 hex digest of `result`'s bytes."""
-        return hashlib.sha256(self.result()).hexdigest()
+        """Hex digest of `result`'s bytes."""
+        return digest_bytes(self.result()).hex()
 
     def items(self) -> Iterator[bytes | memoryview]:
         """`result`'s ciphertexts one at a time (each valid until the next is taken)."""
@@ -273,7 +275,7 @@ class ByteSum(CiphertextSum):
 
     def digest(self) -> str:
         """As `result`'s digest, a block of items at a time (no batch-sized copy)."""
-        digest = hashlib.sha256()
+        digest = hasher()
         for piece, _ in raw.stream_batch(self._layout, self._reduced()):
             digest.update(piece)
         return digest.hexdigest()

@@ -160,7 +160,7 @@ def add_batch(total: np.ndarray, blob: bytes, layout: Layout, *, kind: str,
     whole (one block of items at a time), with read_batch's checks. A refused batch
     leaves ``total`` unchanged: the blocks already added are taken out again.
 
-    ``crc=False`` skips the CRC pass: only for a batch whose SHA-256 the caller has
+    ``crc=False`` skips the CRC pass: only for a batch whose digest the caller has
     checked against a signature (the digest covers every byte the CRCs do).
     ``lazy=True`` adds without reducing modulo q (``total`` then holds plain sums of
     reduced residues; the caller keeps their count within `lazy_capacity` and calls

@@ -77,7 +77,7 @@ class Aggregator:
 
         Draws and encodes the round's DP noise now when this party places it: the
         coordinator does not wait for ``begin``, so that work overlaps local training.
-        Returns the noise commitment (the noise payload's SHA-256, empty without noise:
+        Returns the noise commitment (the noise payload's digest, empty without noise:
         clients sign it with their batches) and the noise batch (None without noise, for
         the key holders to add themselves), signed by this party when the encoder signs.
         The round is open only once ``begin`` has completed: should it fail, every

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,9 @@ class Manifest:
 
 
 def digest(payload: bytes | np.ndarray) -> str:
-    """sha256 hex digest of a payload's bytes."""
-    data = payload if isinstance(payload, bytes) else np.ascontiguousarray(payload).tobytes()
-    return hashlib.sha256(data).hexdigest()
+    """Hex digest of a payload's bytes (`fedsim.crypto.identity.digest`)."""
+    from fedsim.crypto.identity import digest as digest_bytes
+
+    data = payload if isinstance(payload, bytes) else \
+        memoryview(np.ascontiguousarray(payload)).cast("B")
+    return digest_bytes(data).hex()

@@ -1,12 +1,12 @@
 """Sums in serialized bytes (fedsim.crypto.raw) against OpenFHE's own arithmetic."""
 
-import hashlib
 import struct
 import zlib
 
 import numpy as np
 import openfhe as fhe
 import pytest
+from blake3 import blake3
 
 from fedsim.crypto import (
     ByteSum,
@@ -193,7 +193,7 @@ def test_an_authenticated_add_checks_the_digest_before_reading_the_batch(raw_sum
     before = total.result()
     with pytest.raises(CryptoError, match="not the signed digest"):
         total.add(other, contributor="second", authenticate=refuse)
-    assert seen == [hashlib.sha256(other).hexdigest()]
+    assert seen == [blake3(other).hexdigest()]
     assert total.count == 1 and total.result() == before
     plain = ByteSum(total._context, layout)
     plain.add(good, contributor="first")
@@ -213,7 +213,7 @@ def test_the_bytes_added_are_the_bytes_hashed_even_if_shared_memory_changes(raw_
     view.flags.writeable = False  # what a receiver sees: read-only, yet another can write
 
     def rewrite_after_hashing(digest: str) -> None:
-        assert digest == hashlib.sha256(other).hexdigest()
+        assert digest == blake3(other).hexdigest()
         at = HEAD.size + ITEM.size + layout.offsets[1]
         shared[at : at + 8] = struct.pack("<Q", 2**52)  # a crafted c1 residue
 
@@ -233,11 +233,11 @@ def test_a_view_is_copied_into_one_reused_private_buffer():
     view = np.frombuffer(shared, dtype=np.uint8)
     view.flags.writeable = False
     copy, digest = private_copy(view)
-    assert digest == hashlib.sha256(original).hexdigest()
+    assert digest == blake3(original).hexdigest()
     shared[:4] = b"\xff\xff\xff\xff"
     assert bytes(copy) == original
     smaller = np.frombuffer(original[:1000], dtype=np.uint8)
     again, digest = private_copy(smaller)
     assert again.obj is copy.obj and bytes(again) == original[:1000]
-    assert digest == hashlib.sha256(original[:1000]).hexdigest()
-    assert private_copy(original) == (original, hashlib.sha256(original).hexdigest())
+    assert digest == blake3(original[:1000]).hexdigest()
+    assert private_copy(original) == (original, blake3(original).hexdigest())

@@ -185,6 +185,10 @@ class CiphertextSum(abc.ABC):
                 f"batch from {contributor}: the sum already holds {self.count} batches, the "
                 f"most this context's flooding is sized for (max_contributors + 1)"
             )
+        try:
+            self._precheck(batch)
+        except CryptoError as exc:
+            raise CryptoError(f"batch from {contributor} rejected: {exc}") from exc
         batch, digest = private_copy(batch)
         if authenticate is not None:
             authenticate(digest)
@@ -200,6 +204,11 @@ class CiphertextSum(abc.ABC):
         expected = summed if summed is not None else self._expected_count
         if expected is not None and found != expected:
             raise CryptoError(f"{found} ciphertexts, expected {expected}")
+
+    def _precheck(self, batch: bytes | np.ndarray) -> None:
+        """Refuse a batch of the wrong size before it is copied (nothing is trusted
+        from this look: every check runs again on the copy). By default: no look."""
+        return None
 
     @abc.abstractmethod
     def _add(self, batch: bytes | memoryview, *, crc: bool) -> None:
@@ -242,6 +251,17 @@ class ByteSum(CiphertextSum):
         # could wrap uint64 (60-bit moduli leave room for 16 batches).
         self._capacity = raw.lazy_capacity(layout)
         self._unreduced = 0  # batches summed since the residues were last reduced
+
+    def _precheck(self, batch: bytes | np.ndarray) -> None:
+        # A view's size bounds the private copy: only a batch of the size its header
+        # and this sum's count give is copied (so no party can make a holder pin an
+        # oversized copy buffer).
+        count = batch_count(batch, kind="ciphertext")
+        self._check_count(count, self.num_ciphertexts or None)
+        expected = HEAD.size + count * (ITEM.size + self._layout.size)
+        if len(batch) != expected:
+            raise CryptoError(f"batch of {count} items has {len(batch)} bytes, expected "
+                              f"{expected} for items of this context and key")
 
     def _add(self, batch: bytes | memoryview, *, crc: bool) -> None:
         if self._residues is None:
@@ -337,6 +357,10 @@ class ObjectSum(CiphertextSum):
             for total, ct in zip(self._sum[:done], cts[:done], strict=True):
                 cc.EvalSubInPlace(total, ct)
             raise CryptoError(f"ciphertexts from another context: {exc}") from exc
+
+    @property
+    def num_ciphertexts(self) -> int:
+        return 0 if self._sum is None else len(self._sum)
 
     def result(self) -> bytes:
         if self._sum is None:

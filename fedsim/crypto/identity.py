@@ -41,18 +41,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsim.errors import CryptoError
 
-_BATCH_TAG = b"fedsim/batch/v1"
-_NOISE_TAG = b"fedsim/noise/v1"
-_SET_TAG = b"fedsim/set/v1"
-_CHANNEL_TAG = b"fedsim/channel/v1"
+_BATCH_TAG = b"fedsim/batch/v2"
+_NOISE_TAG = b"fedsim/noise/v2"
+_SET_TAG = b"fedsim/set/v2"
+_CHANNEL_TAG = b"fedsim/channel/v2"
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def digest(data: bytes | memoryview | np.ndarray) -> bytes:
-    """BLAKE3 of ``data`` (32 bytes): what signatures and commitments refer to, and what
-    every party compares batches and sums by. BLAKE3 rather than SHA-256 because every
-    569 MB batch is hashed by its client, the aggregator and each key holder: 0.11 s
-    against 0.53 s for SHA-256 on one core here (2026-12-02)."""
+def digest(data: bytes | memoryview) -> bytes:
+    """BLAKE3 of ``data`` (bytes or a byte buffer; 32 bytes): what signatures and
+    commitments refer to, and what every party compares batches and sums by. BLAKE3
+    rather than SHA-256 because every 569 MB batch is hashed by its client, the
+    aggregator and every key holder: 0.11 s against 0.53 s for SHA-256 on one core here
+    (2026-12-02)."""
     return blake3.blake3(data).digest()
 
 

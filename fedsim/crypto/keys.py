@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+import numpy as np
 import openfhe as fhe
 
 from fedsim.crypto import _secret_key, shamir
@@ -121,7 +122,7 @@ class KeyShareHolder:
         lambda_j(participants) S_j, for a set of at least ``threshold`` holders that
         includes this one.
         """
-        if isinstance(aggregate, (bytes, bytearray, memoryview)):
+        if isinstance(aggregate, (bytes, bytearray, memoryview, np.ndarray)):
             aggregate = iter_batch(aggregate, kind="ciphertext")
         key = self._key_for(participants)
         cc = self._context.openfhe

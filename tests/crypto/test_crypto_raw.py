@@ -241,3 +241,16 @@ def test_a_view_is_copied_into_one_reused_private_buffer():
     assert again.obj is copy.obj and bytes(again) == original[:1000]
     assert digest == blake3(original[:1000]).hexdigest()
     assert private_copy(original) == (original, blake3(original).hexdigest())
+
+
+def test_an_oversized_view_is_refused_before_it_is_copied(raw_summing, rejected):
+    """No party can make a sum copy (and its thread keep) more than a batch's size: the
+    size the header and the sum's count give is checked on the view first."""
+    from fedsim.crypto import cipher
+
+    total, _, _, good, _ = raw_summing
+    before = len(getattr(cipher._scratch, "buffer", b""))
+    view = np.frombuffer(good + bytes(50 << 20), dtype=np.uint8)
+    view.flags.writeable = False
+    rejected(total, view, "padded", "bytes, expected")
+    assert len(getattr(cipher._scratch, "buffer", b"")) == before

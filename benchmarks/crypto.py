@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "max abs error bare": ".2e"}),
         "",
         f"What each key holder checks before it decrypts ({clients} signed client batches: "
-        "SHA-256 and Ed25519 per batch, the batches re-added in their bytes, the sum "
+        "BLAKE3 and Ed25519 per batch, the batches re-added in their bytes, the sum "
         "compared with the aggregator's), against its partial decryption of the sum:",
         "",
         common.md_table(check_rows, list(check_rows[0]),

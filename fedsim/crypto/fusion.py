@@ -74,10 +74,7 @@ def fuse_bytes_timed(
     cc = context.openfhe
     out = np.empty((count, context.values_per_ciphertext), dtype=np.float64)
     try:
-        total = raw.sum_in_place(
-            (raw.read_batch(p, layout, kind=k) for p, k in zip(partials, kinds, strict=True)),
-            layout,
-        )
+        total = _summed_shares(partials, kinds, layout)
     except CryptoError as exc:
         raise CryptoError(f"partial decryptions rejected: {exc}") from exc
     deserialize, fusion, decode = time.perf_counter() - t0, 0.0, 0.0
@@ -92,6 +89,23 @@ def fuse_bytes_timed(
             deserialize += t1 - t0
             fusion, decode = fusion + t2 - t1, decode + time.perf_counter() - t2
     return out, {"deserialize": deserialize, "fusion": fusion, "decode": decode}
+
+
+def _summed_shares(partials: Sequence[bytes], kinds: Sequence[str],
+                   layout: raw.Layout) -> np.ndarray:
+    """The shares' residues summed modulo q: the first read, the others added into it
+    unreduced straight from their bytes (one array, reduced once at the end)."""
+    total = raw.read_batch(partials[0], layout, kind=kinds[0])
+    capacity, unreduced = raw.lazy_capacity(layout), 1
+    for blob, kind in zip(partials[1:], kinds[1:], strict=True):
+        lazy = unreduced < capacity
+        if not lazy:
+            raw.reduce_residues(total, layout)
+        raw.add_batch(total, blob, layout, kind=kind, lazy=lazy)
+        unreduced = unreduced + 1 if lazy else 1
+    if unreduced > 1:
+        raw.reduce_residues(total, layout)
+    return total
 
 
 def fuse_timed(

@@ -71,3 +71,23 @@ def leaves(tree):
             yield from leaves(tree[k])
     else:
         yield np.asarray(tree)
+
+
+def scores(n: int, prevalence: float, seed: int):
+    """Labels and a model's probabilities for the histogram tests: positives' logits
+    shifted by 1.5 (AUC ~0.85)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < prevalence).astype(np.int64)
+    logits = rng.normal(-2.0 if prevalence < 0.2 else 0.0, 1.2, n) + 1.5 * labels
+    return labels, 1.0 / (1.0 + np.exp(-logits))
+
+
+def hospitals_of(labels, probs, parts: int = 4):
+    """Labels and scores split across hospitals of unequal size."""
+    import numpy as np
+
+    cuts = np.sort(np.random.default_rng(7).choice(np.arange(1, labels.size), parts - 1,
+                                                   replace=False))
+    return list(zip(np.split(labels, cuts), np.split(probs, cuts), strict=True))

@@ -220,9 +220,9 @@ class CiphertextSum(abc.ABC):
         """The sum as a ciphertext batch."""
 
     @property
+    @abc.abstractmethod
     def num_ciphertexts(self) -> int:
         """Ciphertexts in the sum (0 before the first batch)."""
-        return batch_count(self.result(), kind="ciphertext") if self.count else 0
 
     @property
     def nbytes(self) -> int:
@@ -246,48 +246,25 @@ class ByteSum(CiphertextSum):
                  num_ciphertexts: int | None = None) -> None:
         super().__init__(context, num_ciphertexts=num_ciphertexts)
         self._layout = layout
-        self._residues: np.ndarray | None = None
-        # Residue sums are reduced modulo q only when the sum is read or the next add
-        # could wrap uint64 (60-bit moduli leave room for 16 batches).
-        self._capacity = raw.lazy_capacity(layout)
-        self._unreduced = 0  # batches summed since the residues were last reduced
+        self._sum = raw.LazySum(layout)
 
     def _precheck(self, batch: bytes | np.ndarray) -> None:
         # A view's size bounds the private copy: only a batch of the size its header
         # and this sum's count give is copied (so no party can make a holder pin an
         # oversized copy buffer).
-        count = batch_count(batch, kind="ciphertext")
-        self._check_count(count, self.num_ciphertexts or None)
-        expected = HEAD.size + count * (ITEM.size + self._layout.size)
-        if len(batch) != expected:
-            raise CryptoError(f"batch of {count} items has {len(batch)} bytes, expected "
-                              f"{expected} for items of this context and key")
+        count = raw.framed_count(batch, self._layout, kind="ciphertext")
+        self._check_count(count, self._sum.count or None)
 
     def _add(self, batch: bytes | memoryview, *, crc: bool) -> None:
-        if self._residues is None:
-            res = raw.read_batch(batch, self._layout, kind="ciphertext", crc=crc)
-            self._check_count(res.shape[0], None)
-            self._residues, self._unreduced = res, 1
-            return
-        self._check_count(batch_count(batch, kind="ciphertext"), self._residues.shape[0])
-        lazy = self._unreduced < self._capacity
-        if not lazy:
-            self._reduce()
-        raw.add_batch(self._residues, batch, self._layout, kind="ciphertext", crc=crc,
-                      lazy=lazy)
-        self._unreduced = self._unreduced + 1 if lazy else 1
-
-    def _reduce(self) -> None:
-        if self._unreduced > 1:
-            raw.reduce_residues(self._residues, self._layout)
-        self._unreduced = 1
+        self._check_count(batch_count(batch, kind="ciphertext"), self._sum.count or None)
+        self._sum.add(batch, kind="ciphertext", crc=crc)
 
     def result(self) -> bytes:
         return raw.write_batch(self._layout, self._reduced())
 
     @property
     def num_ciphertexts(self) -> int:
-        return 0 if self._residues is None else self._residues.shape[0]
+        return self._sum.count
 
     @property
     def nbytes(self) -> int:
@@ -306,10 +283,7 @@ class ByteSum(CiphertextSum):
             yield from items
 
     def _reduced(self) -> np.ndarray:
-        if self._residues is None:
-            raise CryptoError("no batch has been added; nothing to return")
-        self._reduce()
-        return self._residues
+        return self._sum.reduced()
 
 
 @final

@@ -93,19 +93,12 @@ def fuse_bytes_timed(
 
 def _summed_shares(partials: Sequence[bytes], kinds: Sequence[str],
                    layout: raw.Layout) -> np.ndarray:
-    """The shares' residues summed modulo q: the first read, the others added into it
-    unreduced straight from their bytes (one array, reduced once at the end)."""
-    total = raw.read_batch(partials[0], layout, kind=kinds[0])
-    capacity, unreduced = raw.lazy_capacity(layout), 1
-    for blob, kind in zip(partials[1:], kinds[1:], strict=True):
-        lazy = unreduced < capacity
-        if not lazy:
-            raw.reduce_residues(total, layout)
-        raw.add_batch(total, blob, layout, kind=kind, lazy=lazy)
-        unreduced = unreduced + 1 if lazy else 1
-    if unreduced > 1:
-        raw.reduce_residues(total, layout)
-    return total
+    """The shares' residues summed modulo q in one array, each added unreduced straight
+    from its bytes (`fedsim.crypto.raw.LazySum`)."""
+    total = raw.LazySum(layout)
+    for blob, kind in zip(partials, kinds, strict=True):
+        total.add(blob, kind=kind)
+    return total.reduced()
 
 
 def fuse_timed(

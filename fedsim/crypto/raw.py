@@ -213,6 +213,47 @@ def _add_lazy(total: np.ndarray, rows: np.ndarray, layout: Layout, count: int) -
         raise
 
 
+class LazySum:
+    """A running sum of batches' residues (`read_batch` then `add_batch`), added
+    unreduced and reduced modulo q only when read (`reduced`) or before an add that
+    could wrap uint64 (60-bit moduli leave room for 16 batches)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.residues: np.ndarray | None = None
+        self._capacity = lazy_capacity(layout)
+        self._unreduced = 0  # batches summed since the residues were last reduced
+
+    @property
+    def count(self) -> int:
+        """Items per batch (0 before the first)."""
+        return 0 if self.residues is None else self.residues.shape[0]
+
+    def add(self, blob: bytes | memoryview, *, kind: str, crc: bool = True) -> None:
+        """Add a batch with `add_batch`'s checks; a refused one leaves the sum as is."""
+        if self.residues is None:
+            self.residues, self._unreduced = read_batch(blob, self.layout, kind=kind,
+                                                        crc=crc), 1
+            return
+        lazy = self._unreduced < self._capacity
+        if not lazy:
+            self._reduce()
+        add_batch(self.residues, blob, self.layout, kind=kind, crc=crc, lazy=lazy)
+        self._unreduced = self._unreduced + 1 if lazy else 1
+
+    def reduced(self) -> np.ndarray:
+        """The residues modulo q (reduced in place); raises before the first batch."""
+        if self.residues is None:
+            raise CryptoError("no batch has been added; nothing to return")
+        self._reduce()
+        return self.residues
+
+    def _reduce(self) -> None:
+        if self._unreduced > 1:
+            reduce_residues(self.residues, self.layout)
+        self._unreduced = 1
+
+
 def reduce_residues(total: np.ndarray, layout: Layout) -> np.ndarray:
     """``total`` modulo each array's modulus, in place (after lazy adds)."""
     for j, q in enumerate(layout.moduli):
@@ -222,17 +263,23 @@ def reduce_residues(total: np.ndarray, layout: Layout) -> np.ndarray:
     return total
 
 
+def framed_count(blob: bytes | np.ndarray, layout: Layout, *, kind: str) -> int:
+    """The item count a batch's header announces, once its length is the one that
+    count of this layout's items takes."""
+    count = batch_count(blob, kind=kind)
+    expected = HEAD.size + count * (ITEM.size + layout.size)
+    if len(blob) != expected:
+        raise CryptoError(f"batch of {count} items has {len(blob)} bytes, expected "
+                          f"{expected} for items of this context and key")
+    return count
+
+
 def _framed_rows(blob: bytes, layout: Layout, *, kind: str,
                  crc: bool = True) -> tuple[np.ndarray, int]:
     """A batch's item bytes (``[count, layout.size]``) once its framing (and, unless
     ``crc`` is False, every item's CRC) is checked."""
-    count = batch_count(blob, kind=kind)
+    count = framed_count(blob, layout, kind=kind)
     stride = ITEM.size + layout.size
-    if len(blob) != HEAD.size + count * stride:
-        raise CryptoError(
-            f"batch of {count} items has {len(blob)} bytes, expected "
-            f"{HEAD.size + count * stride} for items of this context and key"
-        )
     rows = _rows(blob, count, layout, HEAD.size)
     sizes = rows[:, :4].copy().view("<u4")[:, 0]
     if count and np.any(sizes != layout.size):
@@ -324,19 +371,10 @@ def write_items(layout: Layout, residues: np.ndarray) -> list[bytes]:
 
 def write_batch(layout: Layout, residues: np.ndarray, *, kind: str = "ciphertext") -> bytes:
     """One batch (the ``fedsim.crypto.batch`` format) of items holding ``residues``."""
-    count = residues.shape[0]
-    head = header(kind, count)
-    stride = ITEM.size + layout.size
-    out = bytearray(len(head) + count * stride)
+    head = header(kind, residues.shape[0])
+    out = bytearray(len(head) + residues.shape[0] * (ITEM.size + layout.size))
     out[: len(head)] = head
-    rows = np.frombuffer(out, dtype=np.uint8, offset=HEAD.size).reshape(count, stride)
-    _fill(layout, residues, rows[:, ITEM.size :])
-    view = memoryview(out)
-    for i in range(count):
-        start = HEAD.size + i * stride
-        crc = zlib.crc32(view[start + ITEM.size : start + stride])
-        ITEM.pack_into(out, start, layout.size, crc)
-    del rows, view
+    _write_items(out, len(head), layout, residues)
     return bytes(out)
 
 
@@ -350,16 +388,25 @@ def stream_batch(layout: Layout, residues: np.ndarray, *, kind: str = "ciphertex
     stride = ITEM.size + layout.size
     buffer = bytearray(min(count, _ROWS) * stride)
     for lo in range(0, count, _ROWS):
-        n = min(_ROWS, count - lo)
-        rows = np.frombuffer(buffer, dtype=np.uint8, count=n * stride).reshape(n, stride)
-        _fill(layout, residues[lo : lo + n], rows[:, ITEM.size :])
-        del rows
-        view = memoryview(buffer)
-        items = [view[i * stride + ITEM.size : (i + 1) * stride] for i in range(n)]
-        for i, item in enumerate(items):
-            ITEM.pack_into(buffer, i * stride, layout.size, zlib.crc32(item))
-        yield view[: n * stride], items
-        del view, items
+        piece = _write_items(buffer, 0, layout, residues[lo : lo + _ROWS])
+        yield piece, [piece[i * stride + ITEM.size : (i + 1) * stride]
+                      for i in range(len(piece) // stride)]
+        del piece
+
+
+def _write_items(out: bytearray, offset: int, layout: Layout,
+                 residues: np.ndarray) -> memoryview:
+    """Frame ``residues`` as items (size, CRC, template filled in) into ``out`` from
+    ``offset``; returns the view of the bytes written."""
+    n, stride = residues.shape[0], ITEM.size + layout.size
+    rows = np.frombuffer(out, dtype=np.uint8, count=n * stride, offset=offset)
+    _fill(layout, residues, rows.reshape(n, stride)[:, ITEM.size :])
+    del rows
+    view = memoryview(out)[offset : offset + n * stride]
+    for i in range(n):
+        crc = zlib.crc32(view[i * stride + ITEM.size : (i + 1) * stride])
+        ITEM.pack_into(out, offset + i * stride, layout.size, crc)
+    return view
 
 
 def _fill(layout: Layout, residues: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

@@ -29,9 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.learning.metrics import BinaryMetrics
-
-_CLIP = 1e-7  # probabilities clipped as in `fedsim.learning.metrics.evaluate`
+from fedsim.learning.metrics import PROB_CLIP, BinaryMetrics, log_losses
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class ScoreBins:
 
     def index(self, probs: np.ndarray) -> np.ndarray:
         """Each probability's bin: edge ``k - 1 <= logit < edge k`` is bin ``k``."""
-        p = np.clip(np.asarray(probs, np.float64), _CLIP, 1 - _CLIP)
+        p = np.clip(np.asarray(probs, np.float64), PROB_CLIP, 1 - PROB_CLIP)
         return np.searchsorted(self.edges(), np.log(p) - np.log1p(-p), side="right")
 
     def threshold(self, first_positive_bin: int) -> float:
@@ -78,8 +76,7 @@ def histogram(labels: np.ndarray, probs: np.ndarray, bins: ScoreBins) -> np.ndar
     out = np.zeros(bins.size)
     out[: bins.count] = np.bincount(where[labels == 0], minlength=bins.count)
     out[bins.count : 2 * bins.count] = np.bincount(where[labels == 1], minlength=bins.count)
-    p = np.clip(probs, _CLIP, 1 - _CLIP)
-    out[-2] = float(-np.sum(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    out[-2] = float(np.sum(log_losses(labels, probs)))
     out[-1] = labels.size
     return out
 

@@ -33,6 +33,15 @@ class BinaryMetrics:
         return asdict(self)
 
 
+PROB_CLIP = 1e-7  # probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] for the log-loss
+
+
+def log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each row's binary cross-entropy, probabilities clipped by `PROB_CLIP`."""
+    p = np.clip(probs, PROB_CLIP, 1 - PROB_CLIP)
+    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+
 def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     """Threshold maximising sensitivity + specificity; 0.5 when one class is absent."""
     if len(np.unique(labels)) < 2:
@@ -52,8 +61,7 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5) -
         return BinaryMetrics(0, 0, nan, nan, nan, nan, nan, nan, float(threshold), nan)
     pred = (probs >= threshold).astype(np.int64)
     both = len(np.unique(labels)) == 2
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    loss = float(np.mean(log_losses(labels, probs)))
     return BinaryMetrics(
         n=int(labels.size),
         positives=int(labels.sum()),

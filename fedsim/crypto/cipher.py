@@ -29,6 +29,7 @@ from fedsim.crypto.batch import HEAD, ITEM, batch_count, encode_batch, iter_batc
 from fedsim.crypto.context import CKKSContext
 from fedsim.crypto.identity import digest as digest_bytes
 from fedsim.crypto.identity import hasher
+from fedsim.crypto.residues import LazySum
 from fedsim.errors import CryptoError
 
 
@@ -246,7 +247,7 @@ class ByteSum(CiphertextSum):
                  num_ciphertexts: int | None = None) -> None:
         super().__init__(context, num_ciphertexts=num_ciphertexts)
         self._layout = layout
-        self._sum = raw.LazySum(layout)
+        self._sum = LazySum(layout)
 
     def _precheck(self, batch: bytes | np.ndarray) -> None:
         # A view's size bounds the private copy: only a batch of the size its header

@@ -18,6 +18,7 @@ from fedsim.crypto import raw
 from fedsim.crypto.batch import batch_count, batch_kind, iter_batch
 from fedsim.crypto.cipher import iter_ciphertexts
 from fedsim.crypto.context import CKKSContext
+from fedsim.crypto.residues import LazySum
 from fedsim.errors import CryptoError
 
 
@@ -94,8 +95,8 @@ def fuse_bytes_timed(
 def _summed_shares(partials: Sequence[bytes], kinds: Sequence[str],
                    layout: raw.Layout) -> np.ndarray:
     """The shares' residues summed modulo q in one array, each added unreduced straight
-    from its bytes (`fedsim.crypto.raw.LazySum`)."""
-    total = raw.LazySum(layout)
+    from its bytes (`fedsim.crypto.residues.LazySum`)."""
+    total = LazySum(layout)
     for blob, kind in zip(partials, kinds, strict=True):
         total.add(blob, kind=kind)
     return total.reduced()

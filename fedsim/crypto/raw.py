@@ -213,47 +213,6 @@ def _add_lazy(total: np.ndarray, rows: np.ndarray, layout: Layout, count: int) -
         raise
 
 
-class LazySum:
-    """A running sum of batches' residues (`read_batch` then `add_batch`), added
-    unreduced and reduced modulo q only when read (`reduced`) or before an add that
-    could wrap uint64 (60-bit moduli leave room for 16 batches)."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.residues: np.ndarray | None = None
-        self._capacity = lazy_capacity(layout)
-        self._unreduced = 0  # batches summed since the residues were last reduced
-
-    @property
-    def count(self) -> int:
-        """Items per batch (0 before the first)."""
-        return 0 if self.residues is None else self.residues.shape[0]
-
-    def add(self, blob: bytes | memoryview, *, kind: str, crc: bool = True) -> None:
-        """Add a batch with `add_batch`'s checks; a refused one leaves the sum as is."""
-        if self.residues is None:
-            self.residues, self._unreduced = read_batch(blob, self.layout, kind=kind,
-                                                        crc=crc), 1
-            return
-        lazy = self._unreduced < self._capacity
-        if not lazy:
-            self._reduce()
-        add_batch(self.residues, blob, self.layout, kind=kind, crc=crc, lazy=lazy)
-        self._unreduced = self._unreduced + 1 if lazy else 1
-
-    def reduced(self) -> np.ndarray:
-        """The residues modulo q (reduced in place); raises before the first batch."""
-        if self.residues is None:
-            raise CryptoError("no batch has been added; nothing to return")
-        self._reduce()
-        return self.residues
-
-    def _reduce(self) -> None:
-        if self._unreduced > 1:
-            reduce_residues(self.residues, self.layout)
-        self._unreduced = 1
-
-
 def reduce_residues(total: np.ndarray, layout: Layout) -> np.ndarray:
     """``total`` modulo each array's modulus, in place (after lazy adds)."""
     for j, q in enumerate(layout.moduli):

@@ -166,8 +166,14 @@ def test_adaptive_clipping_moves_the_bound_towards_the_target_quantile(mode, cli
     assert fed.privacy.mechanism.noise_multiplier == pytest.approx(
         update_noise_multiplier(0.01, 0.01))
     records = scored_rounds(fed, 2)
-    # sigma_b = 0.01 over 3 indicators of +-1/2 moves the fraction by ~0.003 at most
-    assert records[0].extra["clip"] == pytest.approx(min(clip * factor, max_clip), rel=2e-3)
+    # The noise on the indicator sum is secret (fresh each run): each of the 3 clients adds a
+    # share sized for min_clients = 2, so its stddev is 0.01 sqrt(3/2); through the fraction
+    # (/3) and eta = 0.2 that is a relative stddev of ~8e-4 on the bound. Allow 6 of them
+    # (a false failure once in ~5e8 runs); the nearest wrong outcome, one indicator flipped,
+    # is off by exp(0.2/3) - 1 = 7%.
+    rel_sd = 0.2 * 0.01 * np.sqrt(3 / 2) / 3
+    assert records[0].extra["clip"] == pytest.approx(min(clip * factor, max_clip),
+                                                     rel=6 * rel_sd)
     assert fed.pipeline.round_params(fed.step_states)["clip"] == records[-1].extra["clip"]
     spec = AccountingSpec(mechanism="gaussian", noise_multiplier=0.01, delta=1e-5,
                           sampling="fixed", population=3, sample_size=3)

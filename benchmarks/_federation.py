@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.config import RunConfig, replace
-from fedsim.learning.evaluation import CentralEvaluator
+from fedsim.protocol.evaluation import evaluator_for
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import Callback, run_rounds
 from fedsim.protocol.records import PHASES, RoundRecord
@@ -88,7 +88,11 @@ class Session:
         sampler = None
         try:
             t0 = time.perf_counter()
-            federation = Federation(cfg, dataset, backend, run_id=run_id)
+            # As `fedsim run`: with federated evaluation the coordinator holds no rows.
+            federated = cfg.evaluation.federated_in(cfg.federation)
+            federation = Federation(cfg, dataset.withheld() if federated else dataset,
+                                    backend, run_id=run_id,
+                                    hospital_data=dataset if federated else None)
             federation.setup()
             prime(federation)
             setup_s = time.perf_counter() - t0
@@ -99,7 +103,7 @@ class Session:
                 sampler = RssSampler(lambda: pids)
                 sampler.__enter__()
             meter = CpuMeter()
-            evaluate = Evaluate(CentralEvaluator(federation.model, dataset),
+            evaluate = Evaluate(evaluator_for(federation, dataset),
                                 every=cfg.evaluation.every, rounds=total + 1)
             done = run_rounds(federation, total + 1, [evaluate, meter], start=1)
         finally:

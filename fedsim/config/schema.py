@@ -60,6 +60,11 @@ class RunConfig:
             if fed.clients == "cohort":
                 raise ConfigError("privacy.level: record-level DP-SGD runs one client per "
                                   "actor; use federation.clients: hospital")
+        if self.evaluation.federated and not (fed.encrypted and fed.clients == "hospital"):
+            raise ConfigError(
+                "evaluation.federated: federated evaluation sums the hospitals' encrypted "
+                "score histograms, so it needs federation.mode: he and federation.clients: "
+                "hospital (plaintext runs and cohorts are scored by the coordinator)")
         n = self.num_hospitals
         if n is not None and fed.clients_per_round > n:
             raise ConfigError(

@@ -202,13 +202,35 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """How often the coordinator scores the global model (``every: 0``: only at the end)."""
+    """How often the global model is scored (``every: 0``: only at the end), and where.
+
+    ``federated`` (default: on in he mode with hospital clients): every hospital scores
+    its own validation and test rows and only the encrypted sum of their score
+    histograms (``bins`` logit bins) is decrypted (`fedsim.protocol.evaluation`); the
+    coordinator holds no hospital's rows. Off, the coordinator scores pooled copies.
+    ``max_rows``: the most rows of one hospital's split (public: it sizes the encoding).
+    ``disclose_hospitals``: each hospital also reports its own metrics, in plaintext.
+    """
 
     every: int = 1
+    federated: bool | None = None
+    bins: int = 4096
+    max_rows: int = 1_000_000
+    disclose_hospitals: bool = False
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError(f"evaluation.every: must be >= 0, got {self.every}")
+        if self.bins < 2:
+            raise ConfigError(f"evaluation.bins: must be >= 2, got {self.bins}")
+        if self.max_rows < 1:
+            raise ConfigError(f"evaluation.max_rows: must be >= 1, got {self.max_rows}")
+
+    def federated_in(self, federation: FederationConfig) -> bool:
+        """Whether this run evaluates federated (resolving the default)."""
+        if self.federated is None:
+            return federation.encrypted and federation.clients == "hospital"
+        return self.federated
 
 
 @dataclass(frozen=True)

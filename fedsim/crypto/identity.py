@@ -41,10 +41,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsim.errors import CryptoError
 
-_BATCH_TAG = b"fedsim/batch/v2"
-_NOISE_TAG = b"fedsim/noise/v2"
-_SET_TAG = b"fedsim/set/v2"
-_CHANNEL_TAG = b"fedsim/channel/v2"
+_BATCH_TAG = b"fedsim/batch/v3"
+_NOISE_TAG = b"fedsim/noise/v3"
+_SET_TAG = b"fedsim/set/v3"
+_CHANNEL_TAG = b"fedsim/channel/v3"
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -104,10 +104,22 @@ def model_digest(params: Any, round_params: Mapping[str, float]) -> bytes:
                           array.tobytes(), *(f"{k}={v}".encode() for k, v in named)))
 
 
+# What a sum is of: a training round's updates, an evaluation's score histograms (of
+# the model after that round), or the hospitals' scores of a query. Signed in every
+# statement, so no batch or endorsement of one kind can be counted as another.
+KINDS = ("train", "evaluate", "predict")
+
+
+def _kind(kind: str) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"unknown sum kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind.encode()
+
+
 def statement(run_id: str, round_idx: int, client: str, batch_digest: bytes,
-              model: bytes, commitment: bytes) -> bytes:
+              model: bytes, commitment: bytes, *, kind: str = "train") -> bytes:
     """What a client signs for its batch of round ``round_idx`` (length-prefixed fields)."""
-    return _fields(_BATCH_TAG, run_id.encode(), struct.pack("<Q", round_idx),
+    return _fields(_BATCH_TAG, _kind(kind), run_id.encode(), struct.pack("<Q", round_idx),
                    client.encode(), batch_digest, model, commitment)
 
 
@@ -123,11 +135,12 @@ def sum_digest(batches: Mapping[str, str]) -> bytes:
 
 
 def endorsement(run_id: str, round_idx: int, client: str, summed: bytes,
-                commitment: bytes) -> bytes:
-    """What ``client`` signs to agree that round ``round_idx``'s sum is exactly the
-    batches behind ``summed`` (`sum_digest`) and the noise behind ``commitment``."""
-    return _fields(_SET_TAG, run_id.encode(), struct.pack("<Q", round_idx), client.encode(),
-                   summed, commitment)
+                commitment: bytes, *, kind: str = "train") -> bytes:
+    """What ``client`` signs to agree that round ``round_idx``'s sum (of ``kind``) is
+    exactly the batches behind ``summed`` (`sum_digest`) and the noise behind
+    ``commitment``."""
+    return _fields(_SET_TAG, _kind(kind), run_id.encode(), struct.pack("<Q", round_idx),
+                   client.encode(), summed, commitment)
 
 
 class ChannelKey(_Unpicklable):

@@ -34,8 +34,12 @@ class UpdateSealer:
     """Contribution -> packed slots -> one ciphertext batch (bytes)."""
 
     def __init__(self, context_bytes: bytes, public_key: bytes, *, update_bound: float,
-                 scale: float) -> None:
+                 scale: float, contributors: int | None = None) -> None:
+        """``contributors``: the most contributions one sum holds (default the context's
+        ``max_contributors``, which may be larger: sized for every hospital's
+        evaluation batch)."""
         self.context = CKKSContext.from_bytes(context_bytes)
+        self.contributors = contributors or self.context.max_contributors
         self.encryptor = Encryptor(self.context, public_key)
         self.update_bound = update_bound
         self.scale = scale
@@ -67,7 +71,7 @@ class UpdateSealer:
         s = self.scale
         packed = self.packer(vector.size, len(reserved)).pack(
             vector * s, *(float(v) * s for v in reserved))
-        check_range(packed, self.context.max_contributors, self.context.value_bound)
+        check_range(packed, self.contributors, self.context.value_bound)
         pack_s = time.perf_counter() - t0
         blob, times = self.encryptor.encrypt_timed(packed)
         times = dict(times)

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedsim.errors import DataError
 
-__all__ = ["Split", "ClientData", "FederatedDataset", "SPLITS"]
+__all__ = ["Split", "ClientData", "FederatedDataset", "SPLITS", "Withheld"]
 
 SPLITS = ("train", "val", "test")
 
@@ -72,12 +72,23 @@ class Split:
 
 @dataclass(frozen=True, eq=False)
 class ClientData:
-    """One hospital's train, validation and test rows."""
+    """One hospital's train, validation and test rows, and ``scaler``: the mean and
+    standard deviation of its own training rows' numeric features that standardised
+    them (None where the numeric features are used as they are), so rows from outside
+    (a query) can be put on the same scale by this hospital."""
 
     name: str
     train: Split
     val: Split
     test: Split
+    scaler: tuple[np.ndarray, np.ndarray] | None = None
+
+    def standardise(self, numeric: np.ndarray) -> np.ndarray:
+        """Raw numeric features on this hospital's training scale (float32)."""
+        if self.scaler is None:
+            return np.asarray(numeric, np.float32)
+        mean, std = self.scaler
+        return ((np.asarray(numeric, np.float64) - mean) / std).astype(np.float32)
 
     def split(self, which: str) -> Split:
         """``train``, ``val`` or ``test`` by name."""
@@ -119,3 +130,30 @@ class FederatedDataset:
     def test_set(self) -> Split:
         """What the global model is scored on: the holdout, or the pooled test splits."""
         return self.holdout if self.holdout is not None else self.pooled("test")
+
+    def withheld(self) -> FederatedDataset:
+        """This dataset as a party that holds no hospital's rows sees it: names, shapes,
+        each hospital's number of training rows (public: it weights the sum) and the
+        public holdout; reading any row, or a validation or test size, raises
+        `DataError`."""
+        return FederatedDataset(
+            tuple(ClientData(c.name, Withheld(c.name, "train", len(c.train)),
+                             Withheld(c.name, "val"), Withheld(c.name, "test"))
+                  for c in self.clients),
+            self.vocab_size, self.num_numeric, self.max_codes, self.holdout)
+
+
+class Withheld:
+    """A split of another party's: its row count when public, no rows."""
+
+    def __init__(self, owner: str, split: str, rows: int | None = None) -> None:
+        self._where = f"{owner}'s {split} split"
+        self._rows = rows
+
+    def __len__(self) -> int:
+        if self._rows is None:
+            raise DataError(f"this party does not know the size of {self._where}")
+        return self._rows
+
+    def __getattr__(self, name: str) -> None:
+        raise DataError(f"this party holds no rows of {self._where} (asked for {name!r})")

@@ -211,7 +211,7 @@ def _client(
         scaled = ((numeric[rows] - mean) / std).astype(np.float32)
         return Split(codes[rows], scaled, labels[rows])
 
-    return ClientData(name, *(make(p) for p in parts))
+    return ClientData(name, *(make(p) for p in parts), scaler=(mean, std))
 
 
 def synthetic_dataset(

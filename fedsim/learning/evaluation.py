@@ -1,4 +1,6 @@
-"""Scoring the global model on held-out data (the coordinator's central evaluation).
+"""Scoring the global model on pooled held-out data (the coordinator's central evaluation:
+plaintext runs and cohorts; he runs of hospitals evaluate federated,
+`fedsim.protocol.evaluation`).
 
 The decision threshold is the Youden point on the pooled validation split (0.5
 without one), applied unchanged to the test set: the dataset's holdout when it has
@@ -33,6 +35,15 @@ class CentralEvaluator:
         """Test metrics, thresholded at the pooled-validation Youden point."""
         probs = predict(self.model, params, self.test)
         return evaluate(self.test.labels, probs, threshold=self.threshold(params))
+
+    def score_round(self, federation: Any, round_idx: int
+                    ) -> tuple[BinaryMetrics, dict[str, float]]:
+        """`score` of the federation's model (the interface of
+        `fedsim.protocol.evaluation.FederatedEvaluator`)."""
+        return self.score(federation.params), {}
+
+    def final_report(self, federation: Any) -> dict:
+        return {**self.report(federation.params), "evaluation": "central"}
 
     def report(self, params: Any) -> dict:
         """Per-hospital (those with a test split) and pooled test metrics with ROC points."""

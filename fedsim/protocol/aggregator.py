@@ -170,3 +170,32 @@ class Aggregator:
         )
         return manifest, aggregate, {"aggregate": self._busy_s, "dp_noise": t1 - t0,
                                      "dp_noise_prepare": self._noise_s}
+
+    def sum_evaluation(self, round_idx: int, *bundles: Bundle, kind: str = "evaluate"
+                       ) -> tuple[Manifest, Any, float]:
+        """The sum of the hospitals' evaluation batches (`fedsim.protocol.evaluation`) of
+        the model after ``round_idx``, or of their scores of a query (``kind``
+        ``predict``): its manifest, the aggregate and the seconds spent. Separate from
+        the round's sum, which it leaves as it is."""
+        if self._summation is None:
+            raise ProtocolError("aggregator: sum_evaluation() before use_encoding()")
+        t0 = time.perf_counter()
+        total = self._summation.start()
+        contributors: list[str] = []
+        digests: list[str] = []
+        for bundle in bundles:
+            for group, payload in zip(bundle.groups, bundle.payloads, strict=True):
+                if len(group) != 1 or group[0] in contributors:
+                    raise ProtocolError(f"aggregator: evaluation batch of {list(group)}: "
+                                        "not one new client's")
+                digests.append(total.add(payload, group[0]))
+                contributors.append(group[0])
+        if not contributors:
+            raise ProtocolError("aggregator: an evaluation sum of no batch")
+        aggregate = total.result()
+        manifest = Manifest(run_id=self.run_id, round=round_idx,
+                            contributors=tuple(contributors), digests=tuple(digests),
+                            aggregate_digest=digest(aggregate),
+                            aggregate_bytes=Encoder.size(aggregate), kind=kind)
+        return manifest, aggregate, time.perf_counter() - t0
+

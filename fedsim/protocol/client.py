@@ -32,6 +32,7 @@ from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
 from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.backend import Deferred
+from fedsim.protocol.evaluation import EvaluationPlan, Evaluations
 from fedsim.protocol.schemes import Bundle, Encoder, Encoding
 from fedsim.seeding import client_key, stream
 
@@ -104,6 +105,7 @@ class Contributions:
         self.mode = mode
         self.encoder: Encoder | None = None  # the run's, from `use_encoding` at set-up
         self._keys = {name: SigningKey() for name in clients}
+        self.evaluations = Evaluations(run_id, self._keys)
         # client -> (round, batch hex digest, noise commitment) of its newest signed batch
         self._sent: dict[str, tuple[int, str, bytes]] = {}
         self._endorsed: dict[str, tuple[int, bytes]] = {}  # client -> (round, sum digest)
@@ -305,3 +307,81 @@ class Hospital:
         made = self.contributions.make(self.name, self.index, self.num_examples, delta, loss,
                                        context, time.perf_counter() - t0)
         return self.contributions.bundle([made], round_idx, commitment, model)
+
+    # ---- federated evaluation (`fedsim.protocol.evaluation`) ----------------------------
+    def evaluate(self, round_idx: int, global_flat: np.ndarray, plan: EvaluationPlan
+                 ) -> tuple[Bundle, dict[str, Any]]:
+        """Score this hospital's validation and test rows with the model after round
+        ``round_idx``: the sealed, signed batch of their histograms, and what this
+        hospital tells the coordinator in plaintext (the seconds it took, and its own
+        metrics only when its config sets ``evaluation.disclose_hospitals``)."""
+        from fedsim.learning.metrics import evaluate, roc_points, youden_threshold
+        from fedsim.learning.train import predict
+        from fedsim.protocol.evaluation import own_histograms
+
+        encoder = self.contributions.encoder
+        if encoder is None or not hasattr(encoder, "seal_values"):
+            raise ProtocolError(f"hospital {self.name} refuses to evaluate: federated "
+                                "evaluation runs only under the run's he encoding")
+        t0 = time.perf_counter()
+        start = np.asarray(global_flat, np.float32)
+        params = self._unravel(start)
+        scored = {split: (self.data.split(split).labels,
+                          predict(self.model, params, self.data.split(split)))
+                  for split in ("val", "test")}
+        hist = own_histograms(scored, plan.bins)
+        t1 = time.perf_counter()
+        values = plan.encode(encoder.context, hist["val"], hist["test"])
+        payload = encoder.seal_values(values, contributors=plan.contributors)
+        bundle = self.contributions.evaluations.bundle(self.name, round_idx, payload,
+                                                       model_digest(start, {}))
+        said: dict[str, Any] = {"score": t1 - t0, "encrypt": time.perf_counter() - t1}
+        if self.cfg.evaluation.disclose_hospitals and len(self.data.test):
+            (val_y, val_p), (y, p) = scored["val"], scored["test"]
+            threshold = youden_threshold(val_y, val_p) if len(val_y) else 0.5
+            said["metrics"] = {**evaluate(y, p, threshold=threshold).as_dict(),
+                               "roc": roc_points(y, p)}
+        return bundle, said
+
+    def endorse_evaluation(self, round_idx: int, batches: Mapping[str, str], *,
+                           kind: str = "evaluate") -> dict[str, bytes]:
+        return self.contributions.evaluations.endorse(round_idx, dict(batches), kind=kind)
+
+    def predict(self, global_flat: np.ndarray, query: Any, plan: Any, fine_tune: bool
+                ) -> tuple[Bundle, dict[str, float]]:
+        """Score the query (`fedsim.protocol.prediction`) with the global model, or with
+        this hospital's copy trained one more local round on its own rows: the sealed
+        batch signed for (run, predict, 0, hospital), and the seconds it took."""
+        from fedsim.data import Split
+        from fedsim.learning.train import predict
+
+        encoder = self.contributions.encoder
+        if encoder is None or not hasattr(encoder, "seal_values"):
+            raise ProtocolError(f"hospital {self.name} refuses to score a query outside "
+                                "the run's he encoding")
+        t0 = time.perf_counter()
+        start = np.asarray(global_flat, np.float32)
+        params = self._unravel(start)
+        if fine_tune:
+            after = self.cfg.federation.rounds  # one round past the run's last
+            inputs = self.trainer.inputs(
+                stream(self.cfg.seed, "batches", after, self.index), self.data.train,
+                self.steps, seed=self.cfg.seed, round_idx=after, index=self.index,
+                secret=self.randomness.draw("dp-sgd", after, self.index))
+            params, _ = self.trainer.train(params, inputs)
+        t1 = time.perf_counter()
+        rows = Split(query.codes, self.data.standardise(query.numeric),
+                     np.zeros(len(query), np.float32))
+        scores = np.asarray(predict(self.model, params, rows), np.float64)
+        t2 = time.perf_counter()
+        payload = encoder.seal_values(plan.encode(encoder.context, scores),
+                                      contributors=plan.contributors)
+        from fedsim.crypto.identity import digest
+
+        # Bound to the global model and the query: every hospital scored the same.
+        model = digest(model_digest(start, {}) + query.digest())
+        bundle = self.contributions.evaluations.bundle(self.name, 0, payload, model,
+                                                       kind="predict")
+        return bundle, {"train": t1 - t0, "score": t2 - t1,
+                        "encrypt": time.perf_counter() - t2}
+

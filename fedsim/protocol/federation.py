@@ -38,6 +38,7 @@ from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.aggregator import Aggregator
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.client import Dropped, ModelShape, UpdateMeta
+from fedsim.protocol.evaluation import EvaluationPlan
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.population import BUILDERS
 from fedsim.protocol.records import CLIENT_PHASES, PhaseTimer, RoundRecord
@@ -51,10 +52,15 @@ class Federation:
 
     def __init__(
         self, cfg: RunConfig, dataset: FederatedDataset, backend: Backend, *, run_id: str,
-        extra_steps: Sequence[Step] = (),
+        extra_steps: Sequence[Step] = (), hospital_data: FederatedDataset | None = None,
+        evaluation: Any = None,
     ) -> None:
         """``extra_steps`` run first on every client (so last on the server), before the
-        run's privacy and weighting steps."""
+        run's privacy and weighting steps. ``hospital_data``: what each hospital's party
+        is started with, when the coordinator's own ``dataset`` holds no rows
+        (`FederatedDataset.withheld`, as in federated evaluation); default ``dataset``.
+        ``evaluation``: the plan of the sums opened besides the rounds' (default: the
+        config's federated evaluation; a `fedsim.protocol.prediction.PredictionPlan`)."""
         fed = cfg.federation
         self.cfg = cfg
         self.dataset = dataset
@@ -86,12 +92,14 @@ class Federation:
             self.privacy.steps(self.weight_norm) if self.privacy
             else (SampleWeighting(self.weight_norm), TrainingStatistics()))))
         self.step_states = self.pipeline.init()
-        self.population = BUILDERS[fed.clients](cfg, dataset, self.shape, self.pipeline,
-                                                self.privacy, run_id)
+        self.population = BUILDERS[fed.clients](cfg, hospital_data or dataset, self.shape,
+                                                self.pipeline, self.privacy, run_id)
         # Poisson sampling may draw more than m: the sum is sized for the tail's cap.
         self.max_contributors = max_contributors(cfg, len(self.names))
+        self.evaluation = evaluation or EvaluationPlan.from_config(cfg, len(self.names))
         self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
-                                 max_contributors=self.max_contributors)
+                                 max_contributors=self.max_contributors,
+                                 evaluation=self.evaluation)
         self.warnings: list[str] = []
         # (round, contributors) as a round releases them (he: its partials are all in;
         # plaintext: updates reach the aggregator): a lost release is charged on resume.

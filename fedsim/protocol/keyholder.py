@@ -100,8 +100,9 @@ class KeyHolder:
         self._clients: dict[str, bytes] = {}
         self._aggregator = b""
         self._holders: dict[int, HolderCard] = {}
-        self._decrypted: dict[int, str] = {}  # round -> digest of the one sum decrypted
-        self._attempts: set[tuple[int, tuple[int, ...]]] = set()
+        # (kind, round) -> digest of the one sum of that kind and round decrypted
+        self._decrypted: dict[tuple[str, int], str] = {}
+        self._attempts: set[tuple[str, int, tuple[int, ...]]] = set()
         self._used = 0  # ciphertexts partially decrypted so far (against tau)
         self._budget = policy.budget(context)
 
@@ -188,8 +189,9 @@ class KeyHolder:
             refusal.round = request.manifest.round
             raise
         checked_s = time.perf_counter() - t0
-        self._decrypted[request.manifest.round] = request.manifest.aggregate_digest
-        self._attempts.add((request.manifest.round, request.participants))
+        m = request.manifest
+        self._decrypted[(m.kind, m.round)] = m.aggregate_digest
+        self._attempts.add((m.kind, m.round, request.participants))
         self._used += count
         share = self._share.partial_decrypt(total.items(), lead=request.lead,
                                             participants=request.participants)
@@ -206,16 +208,19 @@ class KeyHolder:
         if m.run_id != self.policy.run_id:
             raise self._refuse(f"an aggregate of run {m.run_id!r}, not "
                                f"{self.policy.run_id!r}")
+        plan = self.policy.evaluation
+        if m.kind != "train" and (plan is None or m.kind != plan.kind):
+            raise self._refuse(f"a sum of kind {m.kind!r}: not one this run decrypts")
         if not 0 <= m.round < self.policy.rounds:
             raise self._refuse(f"round {m.round}: the run has rounds 0..{self.policy.rounds - 1}")
         self._check_participants(m.round, request.participants)
-        if (m.round, request.participants) in self._attempts:
+        if (m.kind, m.round, request.participants) in self._attempts:
             raise self._refuse(f"round {m.round} again: already decrypted by these holders")
-        if self._decrypted.get(m.round, m.aggregate_digest) != m.aggregate_digest:
+        if self._decrypted.get((m.kind, m.round), m.aggregate_digest) != m.aggregate_digest:
             # Another sum of the same round (another subset of its clients) would let
             # differences of decrypted sums isolate one client.
             raise self._refuse(f"round {m.round} as another sum than the one it decrypted")
-        newest = max(self._decrypted, default=-1)
+        newest = max((r for k, r in self._decrypted if k == m.kind), default=-1)
         if m.round < newest:
             raise self._refuse(f"round {m.round}: older than round {newest}")
         commitment = self._signed_noise(m, noise)
@@ -256,7 +261,7 @@ class KeyHolder:
 
     def _signed_noise(self, m: Manifest, noise: NoiseBatch | None) -> bytes:
         """The noise commitment, once the noise batch is checked as the aggregator's."""
-        wanted = self.policy.noise_batches
+        wanted = self.policy.noise_batches if m.kind == "train" else 0
         if (noise is not None) != bool(wanted):
             raise self._refuse(f"round {m.round}: {'no' if wanted else 'a'} DP-noise batch "
                                f"where the run {'has' if wanted else 'has none'}")
@@ -283,7 +288,8 @@ class KeyHolder:
                             endorsements: Mapping[str, bytes], commitment: bytes) -> None:
         summed = sum_digest(digests)
         for client in m.contributors:
-            said = endorsement(self.policy.run_id, m.round, client, summed, commitment)
+            said = endorsement(self.policy.run_id, m.round, client, summed, commitment,
+                               kind=m.kind)
             if not verify(self._clients[client], endorsements.get(client, b""), said):
                 raise self._refuse(f"round {m.round}: {client} did not endorse this sum "
                                    "(these batches and this noise)")
@@ -292,10 +298,17 @@ class KeyHolder:
         contributors = list(m.contributors)
         if len(set(contributors)) != len(contributors):
             raise self._refuse(f"round {m.round}: the manifest lists a contributor twice")
+        if m.kind != "train" and sorted(contributors) != sorted(self._clients):
+            # Two evaluations of different hospitals would differ by one hospital's
+            # histograms (the models of nearby rounds score alike): all or none.
+            raise self._refuse(f"round {m.round}: an {m.kind} sum of "
+                               f"{len(contributors)} of the {len(self._clients)} registered "
+                               "clients; it must hold every one")
         if len(contributors) < self.policy.min_clients:
             raise self._refuse(f"round {m.round}: {len(contributors)} contributor(s); at least "
                                f"{self.policy.min_clients} required")
-        cap = min(self.policy.max_contributors, self._context.max_contributors)
+        cap = min(self.policy.max_contributors if m.kind == "train" else
+                  self.policy.most_summed, self._context.max_contributors)
         if len(contributors) > cap:
             raise self._refuse(f"round {m.round}: {len(contributors)} contributors, more than "
                                f"the run's {cap} per round")
@@ -335,7 +348,8 @@ class KeyHolder:
                     # any of them is read (this sum is this holder's own, thrown away on
                     # any refusal).
                     said = statement(self.policy.run_id, m.round, client,
-                                     bytes.fromhex(batch_digest), model, commitment)
+                                     bytes.fromhex(batch_digest), model, commitment,
+                                     kind=m.kind)
                     if not verify(self._clients[client], signature, said):
                         raise self._refuse(f"round {m.round}: {client}'s batch is not signed "
                                            f"by {client} for this run, round, model and noise")

@@ -18,6 +18,7 @@ class Manifest:
     aggregate_digest: str
     aggregate_bytes: int = 0
     noise_added: bool = False
+    kind: str = "train"  # or "evaluate": score histograms of the model after ``round``
 
     @property
     def count(self) -> int:

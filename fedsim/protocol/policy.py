@@ -17,6 +17,7 @@ from typing import Any
 
 from fedsim.crypto.flooding import ESTIMATE_MARGIN_BITS
 from fedsim.errors import CryptoError
+from fedsim.protocol.evaluation import EvaluationPlan
 
 # A context's noise estimate may come out this much below the holder's own: both are
 # measurements with throwaway keys (std 0.02 bits on the secure ring, 0.06 bits on the
@@ -36,6 +37,17 @@ def decryption_budget(rounds: int, per_round: int, num_holders: int,
     return max(1, (rounds + spare) * per_round)
 
 
+def run_budget(rounds: int, per_round: int, num_holders: int, threshold: int | None,
+               evaluation: EvaluationPlan | None, context: Any) -> int:
+    """`decryption_budget` of the training sums plus that of the evaluation sums (their
+    size from ``evaluation``'s codec under ``context``)."""
+    total = decryption_budget(rounds, per_round, num_holders, threshold)
+    if evaluation is not None:
+        total += decryption_budget(evaluation.evaluations, evaluation.ciphertexts(context),
+                                   num_holders, threshold)
+    return total
+
+
 @dataclass(frozen=True)
 class HolderPolicy:
     """A key holder's rules; see the module docstring."""
@@ -52,25 +64,37 @@ class HolderPolicy:
     rounds: int
     num_values: int  # values per contribution: parameters and reserved slots
     noise_batches: int  # 1 when the aggregator adds DP noise to every sum, else 0
+    # Federated evaluation's public plan (None: no evaluation sum is ever decrypted)
+    evaluation: EvaluationPlan | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, *, run_id: str, num_values: int, noise_batches: int,
-                    max_contributors: int) -> HolderPolicy:
+                    max_contributors: int, evaluation: EvaluationPlan | None = None
+                    ) -> HolderPolicy:
         c, fed = cfg.crypto, cfg.federation
         return cls(run_id=run_id, profile=c.profile, allow_insecure=c.allow_insecure,
                    accept_unflooded=c.accept_unflooded_decryption,
                    statistical_security=c.statistical_security, num_holders=c.key_holders,
                    threshold=c.threshold, min_clients=fed.min_clients,
                    max_contributors=max_contributors, rounds=fed.rounds,
-                   num_values=num_values, noise_batches=noise_batches)
+                   num_values=num_values, noise_batches=noise_batches,
+                   evaluation=evaluation)
 
     def ciphertexts_per_round(self, context: Any) -> int:
         return -(-self.num_values // context.values_per_ciphertext)
 
     def budget(self, context: Any) -> int:
-        """tau: the ciphertexts this holder will partially decrypt over the run."""
-        return decryption_budget(self.rounds, self.ciphertexts_per_round(context),
-                                 self.num_holders, self.threshold)
+        """tau: the ciphertexts this holder will partially decrypt over the run (every
+        round's sum, and every evaluation's)."""
+        return run_budget(self.rounds, self.ciphertexts_per_round(context), self.num_holders,
+                          self.threshold, self.evaluation, context)
+
+    @property
+    def most_summed(self) -> int:
+        """The most contributions one decrypted sum may have: a round's cap, or every
+        hospital in an evaluation."""
+        return max(self.max_contributors,
+                   self.evaluation.contributors if self.evaluation is not None else 0)
 
     def check_context(self, context: Any) -> None:
         """Raise `CryptoError` naming the problem unless ``context`` is one this holder
@@ -91,11 +115,11 @@ class HolderPolicy:
                                   "shares; set crypto.accept_unflooded_decryption: true to "
                                   "accept that")
             return
-        if context.max_contributors < self.max_contributors or \
+        if context.max_contributors < self.most_summed or \
                 context.max_key_holders < self.num_holders:
             raise CryptoError(f"context sized for {context.max_contributors} contributors "
                               f"and {context.max_key_holders} holders, the run has "
-                              f"{self.max_contributors} and {self.num_holders}")
+                              f"{self.most_summed} and {self.num_holders}")
         if context.max_decryptions < self.budget(context):
             raise CryptoError(f"context floods for {context.max_decryptions} decryptions, "
                               f"the run needs {self.budget(context)}")
@@ -103,7 +127,7 @@ class HolderPolicy:
             raise CryptoError(f"context floods for {context.statistical_security}-bit "
                               f"statistical security, the run asks "
                               f"{self.statistical_security}")
-        own = statistics.median(estimate_noise(context.profile, self.max_contributors,
+        own = statistics.median(estimate_noise(context.profile, self.most_summed,
                                                self.num_holders)
                                 for _ in range(OWN_ESTIMATES))
         if context.measured_noise is None or \

@@ -9,6 +9,7 @@ counts in the round's ``evaluate`` phase), `WriteRounds` rewrites rounds.parquet
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from fedsim.learning.evaluation import CentralEvaluator
+    from fedsim.protocol.evaluation import FederatedEvaluator
     from fedsim.protocol.federation import Federation
     from fedsim.run.progress import RoundProgress
     from fedsim.run.results import RunWriter
@@ -29,21 +31,27 @@ if TYPE_CHECKING:
 class Evaluate(Callback):
     """Score the global model every ``every`` rounds and after the last (0: last only)."""
 
-    def __init__(self, evaluator: CentralEvaluator, *, every: int, rounds: int) -> None:
+    def __init__(self, evaluator: CentralEvaluator | FederatedEvaluator, *, every: int,
+                 rounds: int) -> None:
         self.evaluator = evaluator
         self.every = every
         self.rounds = rounds
 
     def due(self, round_idx: int) -> bool:
-        last = round_idx == self.rounds - 1
-        return last or (self.every > 0 and (round_idx + 1) % self.every == 0)
+        from fedsim.protocol.evaluation import evaluation_rounds
+
+        return round_idx in evaluation_rounds(self.rounds, self.every)
 
     def after_round(self, federation: Federation, record: RoundRecord) -> RoundRecord | None:
         if not self.due(record.round):
             return None
         t0 = time.perf_counter()
-        metrics = self.evaluator.score(federation.params)
-        return record.evaluated(metrics, time.perf_counter() - t0)
+        scored = self.evaluator.score_round(federation, record.round)
+        if scored is None:  # a federated evaluation that could not hold every hospital
+            return None
+        metrics, extra = scored
+        record = record.evaluated(metrics, time.perf_counter() - t0)
+        return replace(record, extra={**record.extra, **extra}) if extra else record
 
 
 class WriteRounds(Callback):

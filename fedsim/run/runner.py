@@ -203,9 +203,9 @@ def _execute(
             console.print(f"[yellow]warning:[/] {caveat}")
         writer.update_manifest(caveats=federation.scheme.caveats())
         start = parties.setup(resume)
-        from fedsim.learning.evaluation import CentralEvaluator
+        from fedsim.protocol.evaluation import evaluator_for
 
-        evaluator = CentralEvaluator(federation.model, dataset)
+        evaluator = evaluator_for(federation, dataset)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
         rounds = cfg.federation.rounds
         with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:
@@ -222,7 +222,7 @@ def _execute(
                 except RoundFailed as err:  # a lost party, a short round
                     start = parties.restart(err)
         federation = parties.federation
-        report = evaluator.report(federation.params)
+        report = evaluator.final_report(federation)
         report["title"] = f"{run_id}: test ROC, final global model"
         writer.params(federation.params)
         writer.metrics(report)
@@ -287,8 +287,13 @@ class _Parties:
         warn = lambda m: self.console.print(f"[yellow]warning:[/] {m}")  # noqa: E731
         self.backend = make_backend(self.kind, self.run_id, self.cfg, warn=warn)
         warnings = self.federation.warnings if self.federation is not None else []
-        self.federation = Federation(self.cfg, self.dataset, self.backend,
-                                     run_id=self.run_id)
+        # In federated evaluation the coordinator gets no row of any hospital: the
+        # launcher, standing in for each hospital's data steward, starts its party with
+        # its own rows.
+        federated = self.cfg.evaluation.federated_in(self.cfg.federation)
+        self.federation = Federation(
+            self.cfg, self.dataset.withheld() if federated else self.dataset, self.backend,
+            run_id=self.run_id, hospital_data=self.dataset if federated else None)
         self.federation.warnings[:0] = warnings  # one list of events for the whole run
         return self.federation
 

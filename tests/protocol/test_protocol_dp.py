@@ -50,9 +50,10 @@ def test_noise_on_the_average_has_stddev_clip_times_multiplier_over_m(placement,
     noise = step - clean
     expected = 0.05 * 2.0 / 3 * np.sqrt(variance_factor)  # clip * z / m (3 of 2 shares)
     assert noise.size > 4000
-    # std of n normal draws: relative standard error about 1/sqrt(2n) ~ 1.1%
-    assert np.std(noise) == pytest.approx(expected, rel=0.06)
-    assert abs(np.mean(noise)) < 4 * expected / np.sqrt(noise.size)
+    # std of n normal draws: relative standard error about 1/sqrt(2n) ~ 1.1% (7 of them;
+    # the wrong variance factor is 22% off); the mean within 6 standard errors.
+    assert np.std(noise) == pytest.approx(expected, rel=0.08)
+    assert abs(np.mean(noise)) < 6 * expected / np.sqrt(noise.size)
 
 
 def test_reported_epsilon_equals_dp_accountings_own_computation():

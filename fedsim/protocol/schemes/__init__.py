@@ -204,12 +204,15 @@ class Scheme(abc.ABC):
 
 
 def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str],
-               max_contributors: int) -> Scheme:
+               max_contributors: int, evaluation: Any = None) -> Scheme:
     """The scheme ``federation.mode`` names, sized for ``max_contributors`` per round
-    (`fedsim.protocol.sampling.max_contributors`)."""
+    (`fedsim.protocol.sampling.max_contributors`) and, in he, for the evaluations of
+    ``evaluation`` (a `fedsim.protocol.evaluation.EvaluationPlan`, or None)."""
     from fedsim.protocol.schemes.plaintext import Plaintext
     from fedsim.protocol.schemes.threshold import ThresholdCKKS
 
-    kinds = {"plaintext": Plaintext, "he": ThresholdCKKS}
-    return kinds[cfg.federation.mode].create(cfg, num_params=num_params, slots=slots,
-                                             max_contributors=max_contributors)
+    if cfg.federation.mode == "he":
+        return ThresholdCKKS.create(cfg, num_params=num_params, slots=slots,
+                                    max_contributors=max_contributors, evaluation=evaluation)
+    return Plaintext.create(cfg, num_params=num_params, slots=slots,
+                            max_contributors=max_contributors)

@@ -23,6 +23,7 @@ from fedsim.aggregate.steps import Update
 from fedsim.crypto.batch import is_blob
 from fedsim.errors import CryptoError, FedSimError, PartyLost, ProtocolError
 from fedsim.protocol.backend import Backend, PartySpec
+from fedsim.protocol.evaluation import EvaluationPlan
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.records import PhaseTimer
 from fedsim.protocol.schemes import AGGREGATOR, Encoder, Encoding, RoundSum, Scheme, Summation
@@ -43,11 +44,27 @@ class SealedEncoder(Encoder):
 
         self.slots = tuple(slots)
         self._sealer = UpdateSealer(encoding.context_bytes, encoding.public_key,
-                                    update_bound=encoding.update_bound, scale=encoding.scale)
+                                    update_bound=encoding.update_bound, scale=encoding.scale,
+                                    contributors=encoding.round_cap)
 
     def encode(self, update: Update, *, client: str) -> tuple[bytes, dict[str, float]]:
         reserved = [update.slots.get(name, 0.0) for name in self.slots] + [update.weight]
         return self._sealer.seal(update.vector, reserved, weight=update.weight, client=client)
+
+    @property
+    def context(self) -> Any:
+        return self._sealer.context
+
+    def seal_values(self, values: np.ndarray, *, contributors: int) -> bytes:
+        """Encrypt slot values as they are (no scale: an evaluation's codec sized them
+        so that the sum of ``contributors`` of them decrypts correctly)."""
+        from fedsim.crypto import Packer
+        from fedsim.crypto.packing import check_range
+
+        packer = Packer(values.size - 1, self.context.values_per_ciphertext, reserved=1)
+        packed = packer.pack(values[:-1], float(values[-1]))
+        check_range(packed, contributors, self.context.value_bound)
+        return self._sealer.encryptor.encrypt_timed(packed)[0]
 
 
 @final
@@ -93,6 +110,7 @@ class SealedEncoding(Encoding):
     public_key: bytes
     update_bound: float
     scale: float
+    round_cap: int | None = None  # most contributions of a round's sum (None: context's)
 
     def encoder(self, slots: Sequence[str]) -> SealedEncoder:
         return SealedEncoder(self, slots)
@@ -109,39 +127,59 @@ class ThresholdCKKS(Scheme):
 
     endorsed = True
 
-    def __init__(self, cfg: Any, context: Any, num_params: int, slots: Sequence[str]) -> None:
+    def __init__(self, cfg: Any, context: Any, num_params: int, slots: Sequence[str],
+                 evaluation: EvaluationPlan | None = None,
+                 round_cap: int | None = None) -> None:
         from fedsim.crypto import Opener
 
         self.crypto = cfg.crypto
         self.context = context
         self.num_values = num_params + len(slots) + 1
         self.opener = Opener(context, num_params, reserved=len(slots) + 1)
+        self.evaluation = evaluation
+        self.round_cap = context.max_contributors if round_cap is None else round_cap
+        # An evaluation sum: its values, the last one in the "reserved" slot, unscaled.
+        self.eval_opener = None if evaluation is None else \
+            Opener(context, evaluation.num_values(context) - 1, reserved=1)
         self.scale = 1.0  # set by `setup`: see `fedsim.crypto.slot_scale`
         self.missing: set[int] = set()
 
     @classmethod
     def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str],
-               max_contributors: int) -> ThresholdCKKS:
+               max_contributors: int, evaluation: EvaluationPlan | None = None
+               ) -> ThresholdCKKS:
         """Build the run's context, sized for the round's contributors and key holders.
 
         Flooding noise is sized for every ciphertext the joint key will ever decrypt
-        (rounds x ciphertexts per round): more decryptions need more noise per share.
+        (rounds x ciphertexts per round, and the evaluations' ciphertexts): more
+        decryptions need more noise per share. An evaluation's size depends on that
+        noise (its count codec), so the budget is found as a fixed point (contexts are
+        cheap to make; it takes two or three).
         """
         from fedsim.crypto import CKKSContext, Packer
-        from fedsim.protocol.policy import decryption_budget
+        from fedsim.protocol.policy import run_budget
 
         c, fed = cfg.crypto, cfg.federation
-        probe = CKKSContext.create(c.profile, allow_insecure=c.allow_insecure,
-                                   max_contributors=1, max_key_holders=2, max_decryptions=1)
-        per_round = Packer(num_params, probe.values_per_ciphertext,
+        round_cap = max_contributors
+        if evaluation is not None:  # every hospital is in an evaluation sum
+            max_contributors = max(max_contributors, evaluation.contributors)
+
+        def make(decryptions: int) -> Any:
+            return CKKSContext.create(
+                c.profile, allow_insecure=c.allow_insecure,
+                max_contributors=max_contributors, max_key_holders=max(c.key_holders, 2),
+                max_decryptions=decryptions, statistical_security=c.statistical_security)
+
+        context = make(1)
+        per_round = Packer(num_params, context.values_per_ciphertext,
                            reserved=len(slots) + 1).num_ciphertexts
-        context = CKKSContext.create(
-            c.profile, allow_insecure=c.allow_insecure,
-            max_contributors=max_contributors, max_key_holders=max(c.key_holders, 2),
-            max_decryptions=decryption_budget(fed.rounds, per_round, c.key_holders, c.threshold),
-            statistical_security=c.statistical_security,
-        )
-        return cls(cfg, context, num_params, slots)
+        for _ in range(8):
+            needed = run_budget(fed.rounds, per_round, c.key_holders, c.threshold,
+                                evaluation, context)
+            if context.max_decryptions >= needed:
+                return cls(cfg, context, num_params, slots, evaluation, round_cap)
+            context = make(needed)
+        raise CryptoError(f"no decryption budget found for {evaluation}")  # not reached
 
     @property
     def num_ciphertexts(self) -> int:
@@ -166,7 +204,8 @@ class ThresholdCKKS(Scheme):
 
         policy = HolderPolicy.from_config(cfg, run_id=run_id, num_values=self.num_values,
                                           noise_batches=noise_batches,
-                                          max_contributors=self.context.max_contributors)
+                                          max_contributors=self.round_cap,
+                                          evaluation=self.evaluation)
         blob = self.context.to_bytes()
         return [PartySpec(holder_role(i), KeyHolder, (policy, blob), {"index": i},
                           resources=cfg.resources.keyholder, kind="keyholder")
@@ -203,7 +242,8 @@ class ThresholdCKKS(Scheme):
                              for j, blob in sealed.items()])
         backend.get([backend.call(holder_role(i), "use_public_key", key) for i in range(n)])
         self.scale = slot_scale(self.context, update_bound, parts=noise_parts)
-        return SealedEncoding(self.context.to_bytes(), key, update_bound, self.scale)
+        return SealedEncoding(self.context.to_bytes(), key, update_bound, self.scale,
+                              self.round_cap)
 
     def open(self, backend: Backend, manifest: Manifest, aggregate: Any, timer: PhaseTimer,
              *, noise: Any, bundles: Sequence[Any], endorsements: Mapping[str, bytes],
@@ -224,6 +264,23 @@ class ThresholdCKKS(Scheme):
         released()
         flat, seconds = self.opener.open([partials[i] for i in sorted(partials)],
                                          scale=self.scale)
+        timer.add("fuse", seconds)
+        return flat
+
+    def open_evaluation(self, backend: Backend, manifest: Manifest, timer: PhaseTimer, *,
+                        bundles: Sequence[Any], endorsements: Mapping[str, bytes]
+                        ) -> np.ndarray:
+        """An evaluation sum's slot values (`fedsim.protocol.evaluation`), opened as a
+        round's: every holder checks and re-adds the signed batches itself."""
+        if self.eval_opener is None:
+            raise ProtocolError("this run has no federated evaluation")
+        t0 = time.perf_counter()
+        partials, checked = self._partials(backend, manifest, None, bundles, endorsements)
+        verify = max(checked.values())
+        timer.add("verify", verify)
+        timer.add("partial_decrypt", time.perf_counter() - t0 - verify)
+        flat, seconds = self.eval_opener.open([partials[i] for i in sorted(partials)],
+                                              scale=1.0)
         timer.add("fuse", seconds)
         return flat
 

@@ -1,0 +1,321 @@
+"""Federated evaluation: pooled metrics from the hospitals' summed score histograms.
+
+In he mode the coordinator holds no hospital's validation or test rows. After a round
+it asks every hospital to score its own validation and test split with the new global
+model and to send, as one ciphertext batch signed for (run, ``evaluate``, round,
+client), the two histograms `fedsim.learning.histograms.histogram` makes of them:
+negatives and positives per public score bin, the summed log-loss and n. The aggregator
+sums the batches; every hospital endorses the sum; the key holders check it as they
+check a training sum (signatures, endorsements, re-added bytes, their budget) and, for
+an evaluation, that it is the sum of *every* registered hospital: never a subset, so no
+difference of two evaluations isolates one hospital. Only that sum is decrypted.
+
+Counts must come back exact from an approximate (flooded) CKKS decryption, so each is
+sent as digits (`fedsim.crypto.integers.CountCodec`); the log-loss sums are sent as
+integers of `LOSS_UNIT`. The codec is derived by every party from public facts: the
+context, the number of hospitals and ``evaluation.max_rows`` (the most rows one
+hospital's split may have). The decision threshold is the Youden edge of the summed
+validation histogram; thresholded metrics are exact at it, ROC AUC within the stated
+``auc_bound`` (`fedsim.learning.histograms`).
+
+What each party learns: the coordinator and the aggregator, the pooled histograms (so
+the pooled metrics, the pooled n and prevalence of each split) and nothing of one
+hospital (a hospital's own metrics are computed by that hospital and leave it only
+when ``evaluation.disclose_hospitals`` is set); the key holders, nothing but the
+ciphertexts and manifest they check.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedsim.crypto.integers import CountCodec
+from fedsim.errors import PartyLost, ProtocolError
+from fedsim.learning.histograms import ScoreBins, histogram, pooled_metrics, youden_threshold
+from fedsim.learning.metrics import PROB_CLIP, BinaryMetrics
+
+LOSS_UNIT = 2.0**-10  # a hospital's summed log-loss is sent rounded to this (exact sum)
+_MAX_ROW_LOSS = -math.log(PROB_CLIP)  # the log-loss of one row is at most this
+
+
+def evaluation_rounds(rounds: int, every: int) -> tuple[int, ...]:
+    """The rounds after which the global model is scored: every ``every`` and the last."""
+    return tuple(r for r in range(rounds)
+                 if r == rounds - 1 or (every > 0 and (r + 1) % every == 0))
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """Public facts every party derives the evaluation's encoding from."""
+
+    kind: ClassVar[str] = "evaluate"  # the manifests and statements of its sums
+
+    bins: ScoreBins
+    contributors: int  # every registered hospital contributes to every evaluation
+    max_rows: int  # the most rows of one hospital's validation or test split
+    evaluations: int  # evaluation sums decrypted over the run
+
+    @classmethod
+    def from_config(cls, cfg: Any, num_clients: int) -> EvaluationPlan | None:
+        """The run's plan, or None when the coordinator evaluates (plaintext, cohorts)."""
+        e = cfg.evaluation
+        if not e.federated_in(cfg.federation):
+            return None
+        return cls(ScoreBins(e.bins), num_clients, e.max_rows,
+                   len(evaluation_rounds(cfg.federation.rounds, e.every)))
+
+    @property
+    def num_counts(self) -> int:
+        """Integers per contribution: both splits' per-bin counts and n."""
+        return 2 * (2 * self.bins.count + 1)
+
+    def codecs(self, context: Any) -> tuple[CountCodec, CountCodec]:
+        """The codecs of the counts and of the log-loss sums under ``context``."""
+        counts = CountCodec.for_context(context, contributors=self.contributors,
+                                        max_value=self.max_rows)
+        losses = CountCodec.for_context(
+            context, contributors=self.contributors,
+            max_value=math.ceil(self.max_rows * _MAX_ROW_LOSS / LOSS_UNIT))
+        return counts, losses
+
+    def num_values(self, context: Any) -> int:
+        counts, losses = self.codecs(context)
+        return counts.size(self.num_counts) + losses.size(2)
+
+    def ciphertexts(self, context: Any) -> int:
+        """Ciphertexts of one evaluation batch (and of its sum)."""
+        return -(-self.num_values(context) // context.values_per_ciphertext)
+
+    def encode(self, context: Any, val: np.ndarray, test: np.ndarray) -> np.ndarray:
+        """The slot values of one hospital's two histograms (``histogram``'s layout)."""
+        c = self.bins.count
+        for h in (val, test):
+            if h[-1] > self.max_rows:
+                # No number in the text: a hospital's split size is its own.
+                raise ProtocolError("a split has more rows than evaluation.max_rows; raise it")
+        ints = np.concatenate([val[: 2 * c], val[-1:], test[: 2 * c], test[-1:]])
+        loss = np.rint(np.array([val[-2], test[-2]]) / LOSS_UNIT)
+        counts, losses = self.codecs(context)
+        return np.concatenate([counts.encode(ints), losses.encode(loss)])
+
+    def decode(self, context: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The summed validation and test histograms from a decrypted sum's values."""
+        counts, losses = self.codecs(context)
+        cut = counts.size(self.num_counts)
+        ints = counts.decode(values[:cut]).astype(np.float64)
+        loss = losses.decode(values[cut: cut + losses.size(2)]) * LOSS_UNIT
+        c = self.bins.count
+        out = []
+        for k, part in enumerate((ints[: 2 * c + 1], ints[2 * c + 1:])):
+            out.append(np.concatenate([part[: 2 * c], [loss[k]], part[-1:]]))
+        return out[0], out[1]
+
+
+def own_histograms(labels_probs: dict[str, tuple[np.ndarray, np.ndarray]],
+                   bins: ScoreBins) -> dict[str, np.ndarray]:
+    """A hospital's histogram of each of its splits (``{"val": (labels, probs), ...}``)."""
+    return {split: histogram(labels, probs, bins)
+            for split, (labels, probs) in labels_probs.items()}
+
+
+@dataclass(frozen=True)
+class PooledEvaluation:
+    """What one federated evaluation yields: metrics on the pooled test histogram at the
+    pooled-validation Youden edge, the AUC bound, and the two summed histograms."""
+
+    metrics: BinaryMetrics
+    auc_bound: float
+    val: np.ndarray
+    test: np.ndarray
+    seconds: dict[str, float]
+
+    def roc(self, bins: ScoreBins, *, max_points: int = 200) -> dict[str, list[float]]:
+        """ROC points of the pooled test histogram, one per bin edge (``roc_points``'s
+        layout)."""
+        c = bins.count
+        neg, pos = self.test[:c], self.test[c: 2 * c]
+        if not neg.sum() or not pos.sum():
+            return {"fpr": [], "tpr": []}
+        tpr = np.concatenate([[0.0], np.cumsum(pos[::-1]) / pos.sum()])
+        fpr = np.concatenate([[0.0], np.cumsum(neg[::-1]) / neg.sum()])
+        keep = np.concatenate([[True], np.diff(fpr) + np.diff(tpr) > 0])
+        fpr, tpr = fpr[keep], tpr[keep]
+        if len(fpr) > max_points:  # thinned as `fedsim.learning.metrics.roc_points`
+            idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+            fpr, tpr = fpr[idx], tpr[idx]
+        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def pooled(val: np.ndarray, test: np.ndarray, bins: ScoreBins,
+           seconds: dict[str, float]) -> PooledEvaluation:
+    """Metrics of the summed histograms (thresholded at the validation Youden edge; 0.5
+    without validation rows, as the central evaluator)."""
+    threshold = youden_threshold(val, bins) if val[-1] > 0 else 0.5
+    result = pooled_metrics(test, bins, threshold=threshold)
+    return PooledEvaluation(result.metrics, result.auc_bound, val, test, seconds)
+
+
+class Evaluations:
+    """A training party's side of the sums other than training (an evaluation of the
+    model after a round, or a prediction on a query: ``kind``): its clients' signed
+    batches and endorsements, with the signing keys of its `Contributions`.
+
+    As for training, what a client agrees to it agrees to once: one batch of a kind per
+    round, rounds strictly increasing, and one endorsement per kind and round, of a sum
+    that holds its own batch.
+    """
+
+    def __init__(self, run_id: str, keys: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self._keys = keys
+        # (kind, client) -> (round, batch hex digest) / (round, sum digest)
+        self._sent: dict[tuple[str, str], tuple[int, str]] = {}
+        self._endorsed: dict[tuple[str, str], tuple[int, bytes]] = {}
+
+    def bundle(self, name: str, round_idx: int, payload: bytes, model: bytes, *,
+               kind: str = "evaluate") -> Any:
+        """``name``'s sealed batch of ``kind`` for ``round_idx``, signed for (run, kind,
+        round, client, batch digest, model digest)."""
+        from fedsim.crypto.identity import digest, statement
+        from fedsim.protocol.schemes import Bundle
+
+        last = self._sent.get((kind, name), (-1, ""))[0]
+        if last >= round_idx:
+            raise ProtocolError(f"client {name} refuses to {kind} round {round_idx}: it "
+                                f"signed a batch to {kind} round {last} already")
+        batch = digest(payload)
+        signature = self._keys[name].sign(statement(self.run_id, round_idx, name, batch,
+                                                    model, b"", kind=kind))
+        self._sent[(kind, name)] = (round_idx, batch.hex())
+        return Bundle(((name,),), (payload,), (signature,), model)
+
+    def endorse(self, round_idx: int, batches: dict[str, str], *, kind: str = "evaluate"
+                ) -> dict[str, bytes]:
+        """Each of this party's clients in ``batches`` signs that the ``kind`` sum of
+        ``round_idx`` is exactly these batches (refusing another sum of that round)."""
+        from fedsim.crypto.identity import endorsement, sum_digest
+
+        summed = sum_digest(batches)
+        mine = sorted(set(batches).intersection(self._keys))
+        for client in mine:
+            sent_round, sent = self._sent.get((kind, client), (-1, ""))
+            if sent_round != round_idx or batches[client] != sent:
+                raise ProtocolError(f"client {client} refuses to endorse the {kind} sum of "
+                                    f"round {round_idx}: the sum does not hold its batch")
+            endorsed_round, endorsed = self._endorsed.get((kind, client), (-1, summed))
+            if endorsed_round == round_idx and endorsed != summed:
+                raise ProtocolError(f"client {client} refuses to endorse the {kind} sum of "
+                                    f"round {round_idx} as another sum")
+        out = {}
+        for client in mine:
+            self._endorsed[(kind, client)] = (round_idx, summed)
+            out[client] = self._keys[client].sign(
+                endorsement(self.run_id, round_idx, client, summed, b"", kind=kind))
+        return out
+
+
+class FederatedEvaluator:
+    """The coordinator's side: ask every hospital for its sealed histograms, have the
+    aggregator sum them and the key holders open the sum, read the pooled metrics.
+
+    ``holdout``: a public test set no hospital holds (a benchmark's), scored here with
+    ``model`` instead of the hospitals' test splits; the threshold still comes from the
+    hospitals' summed validation histograms."""
+
+    def __init__(self, plan: EvaluationPlan, *, model: Any = None, holdout: Any = None
+                 ) -> None:
+        self.plan = plan
+        self.model = model
+        self.holdout = holdout
+        self.last: PooledEvaluation | None = None
+        self.disclosed: dict[str, dict] = {}  # hospital -> its own metrics, if it told
+
+    def score_round(self, federation: Any, round_idx: int
+                    ) -> tuple[BinaryMetrics, dict[str, float]] | None:
+        """The pooled metrics of the model after ``round_idx`` and their extra columns
+        (``auc_bound``, the evaluation's phases), or None when a hospital is lost (an
+        evaluation holds every hospital or none: it is skipped, with a warning)."""
+        from fedsim.protocol.records import PhaseTimer
+        from fedsim.protocol.schemes import AGGREGATOR
+
+        if federation.lost:
+            federation.warnings.append(f"round {round_idx}: evaluation skipped: "
+                                       f"{', '.join(federation.lost)} gone")
+            return None
+        b, timer = federation.backend, PhaseTimer()
+        ref = b.put(federation.state.params)
+        roles = federation.population.party_roles
+        calls = {role: b.call(role, "evaluate", round_idx, ref, self.plan, num_returns=2)
+                 for role in roles}
+        bundles = [calls[role][0] for role in roles]
+        manifest_h, aggregate_h, seconds_h = b.call(AGGREGATOR, "sum_evaluation",
+                                                    round_idx, *bundles, num_returns=3)
+        try:
+            said = {role: b.get(calls[role][1]) for role in roles}
+            manifest, aggregated = b.get([manifest_h, seconds_h])
+            batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
+            endorsements: dict[str, bytes] = {}
+            for h in [b.call(role, "endorse_evaluation", round_idx, batches)
+                      for role in roles]:
+                endorsements.update(b.get(h))
+            values = federation.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
+                                                       endorsements=endorsements)
+        except PartyLost as err:
+            federation.warnings.append(f"round {round_idx}: evaluation skipped: {err}")
+            return None
+        del aggregate_h
+        val, test = self.plan.decode(federation.scheme.context, values)
+        timer.add("aggregate", aggregated)
+        timer.add("score", max(s["score"] for s in said.values()))
+        timer.add("encrypt", max(s["encrypt"] for s in said.values()))
+        self.disclosed = {role.split(":", 1)[1]: s["metrics"] for role, s in said.items()
+                          if "metrics" in s}
+        result = pooled(val, test, self.plan.bins, dict(timer.phases))
+        metrics = result.metrics
+        if self.holdout is not None:
+            from fedsim.learning.metrics import evaluate
+            from fedsim.learning.train import predict
+
+            probs = predict(self.model, federation.params, self.holdout)
+            metrics = evaluate(self.holdout.labels, probs, threshold=metrics.threshold)
+        self.last = result
+        extra = {"auc_bound": result.auc_bound if self.holdout is None else 0.0,
+                 **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
+        return metrics, extra
+
+    def final_report(self, federation: Any) -> dict:
+        """metrics.json's content: pooled test metrics with ROC points from the summed
+        histogram, and each hospital's own metrics only as far as it disclosed them."""
+        if self.last is None:
+            raise ProtocolError("no federated evaluation of the final model (a hospital "
+                                "was lost in the last round)")
+        r = self.last
+        if self.holdout is not None:
+            from fedsim.learning.metrics import evaluate, roc_points
+            from fedsim.learning.train import predict
+
+            probs = predict(self.model, federation.params, self.holdout)
+            pooled_part = {**evaluate(self.holdout.labels, probs,
+                                      threshold=r.metrics.threshold).as_dict(),
+                           "roc": roc_points(self.holdout.labels, probs)}
+        else:
+            pooled_part = {**r.metrics.as_dict(), "roc": r.roc(self.plan.bins),
+                           "auc_bound": r.auc_bound}
+        return {"threshold": r.metrics.threshold, "evaluation": "federated",
+                "hospitals": {name: dict(m) for name, m in self.disclosed.items()},
+                "pooled": pooled_part}
+
+
+def evaluator_for(federation: Any, dataset: Any) -> Any:
+    """Federated evaluation when the run's plan has it (the coordinator then holds no
+    hospital's rows), else the coordinator's scoring of pooled copies."""
+    if federation.evaluation is not None:
+        return FederatedEvaluator(federation.evaluation, model=federation.model,
+                                  holdout=dataset.holdout)
+    from fedsim.learning.evaluation import CentralEvaluator
+
+    return CentralEvaluator(federation.model, dataset)

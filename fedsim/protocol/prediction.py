@@ -1,0 +1,149 @@
+"""Secure prediction aggregation (the seed paper's steps 11 and 12): ``fedsim predict``.
+
+A querier has patients to score. Every hospital of a finished run scores them with the
+run's final global model (with ``fine_tune``, with its own copy trained one more local
+round on its own training rows), each putting the query's numeric features on its own
+training scale. The scores are encrypted under a joint key made for this query by a
+fresh set of key holders, summed by the aggregator, endorsed by every hospital, and
+checked and opened by the key holders like every sum: it must hold every hospital
+(never a subset, so no difference of two openings is one hospital's scores), once. The
+querier (the coordinator) learns each row's ensemble score, the mean over hospitals,
+never one hospital's; a hospital learns the query rows (it scores them) and nothing of
+another hospital; a key holder learns ciphertexts.
+
+Each hospital sends ``score * scale`` per row and ``scale`` in the last slot, with
+``scale = 0.9 value_bound / hospitals`` so that the sum decrypts correctly; the opened
+last slot must count the hospitals. Its precision is the context's ``error_bound``
+over ``scale`` per summed score (`PredictionPlan.error_bound`), divided by the number
+of hospitals for the mean.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedsim.errors import ConfigError, CryptoError
+
+
+@dataclass(frozen=True)
+class QueryRows:
+    """The querier's patients: codes int32 [n, L] padded with -1, raw (unstandardised)
+    numeric features float64 [n, F]."""
+
+    codes: np.ndarray
+    numeric: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def digest(self) -> bytes:
+        from fedsim.crypto.identity import digest
+
+        return digest(np.ascontiguousarray(self.codes).tobytes()
+                      + np.ascontiguousarray(self.numeric).tobytes())
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """Public facts of one query: its rows and the hospitals that score it."""
+
+    kind: ClassVar[str] = "predict"
+    rows: int
+    contributors: int
+    evaluations: int = 1  # sums opened under this key: one
+
+    def scale(self, context: Any) -> float:
+        return 0.9 * context.value_bound / self.contributors
+
+    def num_values(self, context: Any) -> int:
+        return self.rows + 1  # every row's score, and the count of hospitals
+
+    def ciphertexts(self, context: Any) -> int:
+        return -(-self.num_values(context) // context.values_per_ciphertext)
+
+    def error_bound(self, context: Any) -> float:
+        """Largest error of one row's ensemble (mean) score."""
+        return context.error_bound / self.scale(context) / self.contributors
+
+    def encode(self, context: Any, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, np.float64).ravel()
+        if scores.size != self.rows or not np.all((scores >= 0) & (scores <= 1)):
+            raise CryptoError(f"a prediction of {self.rows} scores in [0, 1] expected")
+        return np.concatenate([scores, [1.0]]) * self.scale(context)
+
+    def decode(self, context: Any, values: np.ndarray) -> np.ndarray:
+        """Each row's mean score over the hospitals, from the opened sum's values."""
+        sums = np.asarray(values, np.float64)[: self.rows + 1] / self.scale(context)
+        if abs(sums[-1] - self.contributors) > 0.25:
+            raise CryptoError(f"the opened prediction sum counts {sums[-1]:.3f} hospitals, "
+                              f"not {self.contributors}")
+        return sums[:-1] / self.contributors
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ensemble scores of a query, their precision and the seconds per phase."""
+
+    scores: np.ndarray
+    error_bound: float
+    hospitals: tuple[str, ...]
+    seconds: dict[str, float]
+
+
+def prediction_config(cfg: Any) -> Any:
+    """The run's config as one query needs it: he mode (a plaintext run's hospitals are
+    queried under encryption too), one planned round, no evaluation sums."""
+    from fedsim.config import replace
+
+    fed = cfg.federation
+    if fed.clients != "hospital":
+        raise ConfigError("fedsim predict: the run's clients are cohorts; a query is scored "
+                          "by hospitals (federation.clients: hospital)")
+    return replace(cfg, ["federation.mode=he", "federation.rounds=1",
+                         "evaluation.federated=false",
+                         f"federation.min_clients={max(2, fed.min_clients)}"])
+
+
+def predict_ensemble(cfg: Any, dataset: Any, params: np.ndarray, query: QueryRows, *,
+                     backend: Any, run_id: str, fine_tune: bool = False) -> Prediction:
+    """Score ``query`` with every hospital of ``dataset`` (each party started with its
+    own rows; the coordinator's view holds none) and open only the ensemble."""
+    from fedsim.protocol.federation import Federation
+    from fedsim.protocol.records import PhaseTimer
+    from fedsim.protocol.schemes import AGGREGATOR
+
+    pcfg = prediction_config(cfg)
+    plan = PredictionPlan(len(query), len(dataset.clients))
+    timer = PhaseTimer()
+    t0 = time.perf_counter()
+    fed = Federation(pcfg, dataset.withheld(), backend, run_id=run_id,
+                     hospital_data=dataset, evaluation=plan)
+    fed.setup()
+    timer.add("setup", time.perf_counter() - t0)
+    b = fed.backend
+    ref, asked = b.put(np.asarray(params)), b.put(query)
+    roles = fed.population.party_roles
+    calls = {role: b.call(role, "predict", ref, asked, plan, fine_tune, num_returns=2)
+             for role in roles}
+    bundles = [calls[role][0] for role in roles]
+    manifest_h, _, summed_h = b.call(AGGREGATOR, "sum_evaluation", 0, *bundles,
+                                     kind="predict", num_returns=3)
+    said = [b.get(calls[role][1]) for role in roles]
+    manifest, summed = b.get([manifest_h, summed_h])
+    batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
+    endorsements: dict[str, bytes] = {}
+    for h in [b.call(role, "endorse_evaluation", 0, batches, kind="predict")
+              for role in roles]:
+        endorsements.update(b.get(h))
+    values = fed.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
+                                        endorsements=endorsements)
+    timer.add("aggregate", summed)
+    for part in ("train", "score", "encrypt"):
+        timer.add(part, max(s.get(part, 0.0) for s in said))
+    context = fed.scheme.context
+    return Prediction(plan.decode(context, values), plan.error_bound(context),
+                      tuple(manifest.contributors), dict(timer.phases))

@@ -1,4 +1,4 @@
-"""``fedsim`` command line: run | resume | sweep | data synth | report | bench.
+"""``fedsim`` command line: run | resume | sweep | predict | data synth | report | bench.
 
 A user mistake (any `FedSimError`) prints one line, ``fedsim: error: ...``, and exits
 with code 2; a traceback means a bug in fedsim.
@@ -65,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address (as for run)")
     sweep.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
 
+    predict = sub.add_parser("predict", help="score query patients with a finished run's "
+                             "hospitals; only the encrypted ensemble is opened")
+    predict.add_argument("run_dir", help="a completed run's results directory")
+    predict.add_argument("--query", required=True,
+                         help="Parquet or CSV table with the run's feature columns")
+    predict.add_argument("--out", required=True, help="scores file (.parquet)")
+    predict.add_argument("--fine-tune", action="store_true",
+                         help="each hospital scores with its own copy of the model, trained "
+                         "one more local round on its own rows")
+    predict.add_argument("--address", help="Ray cluster address (as for run)")
+    predict.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
+    predict.add_argument("--overwrite", action="store_true", help="replace --out")
+
     report = sub.add_parser("report", help="summarise a finished run directory")
     report.add_argument("run_dir")
     return p
@@ -114,6 +127,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
     table = generate_ehr(spec, with_split=args.with_split)
     path = write_table(table, args.out)
     print(f"wrote {table.num_rows} patients from {args.hospitals} hospitals to {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedsim.run.predict import predict_run
+
+    predict_run(args.run_dir, args.query, args.out, backend=args.backend,
+                address=args.address, fine_tune=args.fine_tune, overwrite=args.overwrite,
+                console=Console(stderr=True))
     return 0
 
 
@@ -180,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("fedsim run needs a config file, e.g. fedsim run configs/quick.yaml "
                      "(KEY=VALUE overrides are optional)")
     handlers = {"run": _cmd_run, "resume": _cmd_resume, "data": _cmd_data,
-                "report": _cmd_report, "bench": _cmd_bench, "sweep": _cmd_sweep}
+                "report": _cmd_report, "bench": _cmd_bench, "sweep": _cmd_sweep,
+                "predict": _cmd_predict}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+
 from fedsim.config import RunConfig, from_dict
 from fedsim.protocol.backend import InProcessBackend
 from fedsim.protocol.federation import Federation
@@ -91,3 +95,38 @@ def hospitals_of(labels, probs, parts: int = 4):
     cuts = np.sort(np.random.default_rng(7).choice(np.arange(1, labels.size), parts - 1,
                                                    replace=False))
     return list(zip(np.split(labels, cuts), np.split(probs, cuts), strict=True))
+
+
+class RecordingBackend(InProcessBackend):
+    """The coordinator's view: everything `get` hands the driver."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def get(self, handle):
+        value = super().get(handle)
+        self.seen.append(value)
+        return value
+
+
+def numbers_in(value, out: list[float], depth: int = 0) -> None:
+    """Append every float or integer inside ``value`` (arrays, containers, dataclasses)."""
+    if depth > 8:
+        return
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        out.append(float(value))
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            out.extend(value.ravel().tolist())
+    elif isinstance(value, dict):
+        for v in value.values():
+            numbers_in(v, out, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            numbers_in(v, out, depth + 1)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            numbers_in(getattr(value, f.name), out, depth + 1)

@@ -33,6 +33,8 @@ __all__ = [
     "DataWarning",
     "load_table",
     "partition",
+    "query_rows",
+    "synthetic_columns",
     "synthetic_dataset",
 ]
 
@@ -214,6 +216,35 @@ def _client(
     return ClientData(name, *(make(p) for p in parts), scaler=(mean, std))
 
 
+def query_rows(table: pa.Table, columns: ColumnSpec, *, vocab_size: int,
+               num_numeric: int) -> tuple[np.ndarray, np.ndarray]:
+    """A query's features (codes int32 [n, L] padded with -1, raw numeric float64
+    [n, F]) from the feature columns ``columns`` names; hospital, label and split
+    columns are not needed and not read. Checked as `partition` checks a table."""
+    used = ([columns.codes] if columns.codes is not None else []) + list(columns.numeric)
+    missing = [c for c in dict.fromkeys(used) if c not in table.column_names]
+    if missing:
+        raise DataError(f"the query lacks the run's feature column"
+                        f"{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
+                        f"it has: {', '.join(table.column_names[:30])}")
+    if table.num_rows == 0:
+        raise DataError("the query has no rows")
+    if len(columns.numeric) != num_numeric:
+        raise DataError(f"the run's model takes {num_numeric} numeric features, the query "
+                        f"columns give {len(columns.numeric)}")
+    for name in used:
+        _columns._no_nulls(table, name)
+    numeric = _columns.numeric(table, columns.numeric)
+    codes, _ = _columns.codes(table, columns.codes, vocab_size)
+    return codes, numeric
+
+
+def synthetic_columns(spec: SynthSpec) -> ColumnSpec:
+    """The columns `generate_ehr` writes for ``spec``."""
+    numeric = ("age", *(f"lab_{j}" for j in range(NUM_LABS))) if spec.numeric_features else ()
+    return ColumnSpec(numeric=numeric)
+
+
 def synthetic_dataset(
     spec: SynthSpec,
     *,
@@ -222,10 +253,9 @@ def synthetic_dataset(
 ) -> FederatedDataset:
     """Generate ``spec`` in memory and `partition` it with the default columns."""
     table = generate_ehr(spec)
-    numeric = ("age", *(f"lab_{j}" for j in range(NUM_LABS))) if spec.numeric_features else ()
     return partition(
         table,
-        ColumnSpec(numeric=numeric),
+        synthetic_columns(spec),
         vocab_size=spec.vocab_size,
         fractions=fractions,
         seed=seed,

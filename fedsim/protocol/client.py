@@ -323,6 +323,10 @@ class Hospital:
         if encoder is None or not hasattr(encoder, "seal_values"):
             raise ProtocolError(f"hospital {self.name} refuses to evaluate: federated "
                                 "evaluation runs only under the run's he encoding")
+        own = self.cfg.evaluation
+        if (plan.bins.count, plan.max_rows) != (own.bins, own.max_rows):
+            raise ProtocolError(f"hospital {self.name} refuses an evaluation plan outside "
+                                "its config (evaluation.bins, evaluation.max_rows)")
         t0 = time.perf_counter()
         start = np.asarray(global_flat, np.float32)
         params = self._unravel(start)
@@ -333,8 +337,8 @@ class Hospital:
         t1 = time.perf_counter()
         values = plan.encode(encoder.context, hist["val"], hist["test"])
         payload = encoder.seal_values(values, contributors=plan.contributors)
-        bundle = self.contributions.evaluations.bundle(self.name, round_idx, payload,
-                                                       model_digest(start, {}))
+        bundle = self.contributions.evaluations.bundle(
+            self.name, round_idx, payload, plan.bind(model_digest(start, {})))
         said: dict[str, Any] = {"score": t1 - t0, "encrypt": time.perf_counter() - t1}
         if self.cfg.evaluation.disclose_hospitals and len(self.data.test):
             (val_y, val_p), (y, p) = scored["val"], scored["test"]
@@ -376,12 +380,9 @@ class Hospital:
         t2 = time.perf_counter()
         payload = encoder.seal_values(plan.encode(encoder.context, scores),
                                       contributors=plan.contributors)
-        from fedsim.crypto.identity import digest
-
-        # Bound to the global model and the query: every hospital scored the same.
-        model = digest(model_digest(start, {}) + query.digest())
+        model = plan.bind(model_digest(start, {}), query, fine_tune)
         bundle = self.contributions.evaluations.bundle(self.name, 0, payload, model,
                                                        kind="predict")
-        return bundle, {"train": t1 - t0, "score": t2 - t1,
+        return bundle, {"train": t1 - t0 if fine_tune else 0.0, "score": t2 - t1,
                         "encrypt": time.perf_counter() - t2}
 

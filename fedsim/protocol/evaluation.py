@@ -42,6 +42,12 @@ LOSS_UNIT = 2.0**-10  # a hospital's summed log-loss is sent rounded to this (ex
 _MAX_ROW_LOSS = -math.log(PROB_CLIP)  # the log-loss of one row is at most this
 
 
+def _bound(model: bytes, *facts: Any) -> bytes:
+    from fedsim.crypto.identity import digest
+
+    return digest(model + b"|".join(repr(f).encode() for f in facts))
+
+
 def evaluation_rounds(rounds: int, every: int) -> tuple[int, ...]:
     """The rounds after which the global model is scored: every ``every`` and the last."""
     return tuple(r for r in range(rounds)
@@ -67,6 +73,13 @@ class EvaluationPlan:
             return None
         return cls(ScoreBins(e.bins), num_clients, e.max_rows,
                    len(evaluation_rounds(cfg.federation.rounds, e.every)))
+
+    def bind(self, model: bytes) -> bytes:
+        """Digest of ``model`` (a 32-byte `fedsim.crypto.identity.model_digest`) and
+        this plan, which every batch of one sum signs: the key holders open only a sum
+        whose batches name the same, so all hospitals encode alike and no hospital's
+        values sit in slots of their own."""
+        return _bound(model, self)
 
     @property
     def num_counts(self) -> int:

@@ -24,6 +24,13 @@ coordinator's word:
   budget tau allows it. It then adds the ciphertexts itself (in their bytes) and
   decrypts only its own sum, after checking that the aggregator's sum is the same bytes.
 
+Sums other than a round's (``Manifest.kind``: an evaluation of the model after a
+round, `fedsim.protocol.evaluation`, or a query's scores, `fedsim.protocol.prediction`)
+are checked the same way, their statements signed for their kind, with the replay
+guards kept per kind, and only when the holder's policy plans them; such a sum must
+hold every registered client (never a subset: two sums differing by one client would
+give that client's values) and carries no DP-noise batch.
+
 A refusal raises `ProtocolError` naming the holder and the reason, and is kept in
 `refusals`.
 """

@@ -56,6 +56,13 @@ class PredictionPlan:
     contributors: int
     evaluations: int = 1  # sums opened under this key: one
 
+    def bind(self, model: bytes, query: QueryRows, fine_tune: bool) -> bytes:
+        """Digest of the model, this plan, the query and whether hospitals fine-tune,
+        which every batch signs (as `EvaluationPlan.bind`): all scored alike."""
+        from fedsim.protocol.evaluation import _bound
+
+        return _bound(model, self, query.digest(), bool(fine_tune))
+
     def scale(self, context: Any) -> float:
         return 0.9 * context.value_bound / self.contributors
 

@@ -65,7 +65,7 @@ def test_a_coordinator_without_any_row_gets_the_pooled_metrics_within_the_bound(
     fed, data = withheld()
     for split in ("val", "test"):
         with pytest.raises(DataError, match="holds no rows"):
-            fed.dataset.clients[0].split(split).labels
+            _ = fed.dataset.clients[0].split(split).labels
     with pytest.raises(DataError, match="does not know the size"):
         len(fed.dataset.clients[0].test)
     evaluator = FederatedEvaluator(fed.evaluation)
@@ -186,3 +186,27 @@ def test_the_key_holders_budget_covers_every_evaluation():
     counts, _ = plan.codecs(context)
     assert counts.unit > 2 * context.error_bound
     assert np.all(counts.decode(counts.encode(np.array([0, 1, 300])) * 3) == [0, 3, 900])
+
+
+def test_a_plan_of_its_own_for_one_hospital_is_refused_by_hospital_or_holders():
+    """The coordinator hands the plan: a layout of its own for one hospital would put
+    that hospital's values in slots no other hospital fills."""
+    fed, _ = withheld()
+    fed.run_round(0)
+    b, roles = fed.backend, fed.population.party_roles
+    ref = b.put(fed.state.params)
+    wider = replace(fed.evaluation, bins=replace(fed.evaluation.bins, count=8192))
+    with pytest.raises(ProtocolError, match="plan outside its config"):
+        b.get(b.call(roles[0], "evaluate", 0, ref, wider, num_returns=2)[0])
+    other = replace(fed.evaluation, contributors=1)  # within the config, another encoding
+    bundles = [b.get(b.call(role, "evaluate", 0, ref,
+                            other if role == roles[0] else fed.evaluation,
+                            num_returns=2)[0]) for role in roles]
+    manifest = b.get(b.call("aggregator", "sum_evaluation", 0, *bundles, num_returns=3)[0])
+    batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
+    endorsed = {}
+    for role in roles:
+        endorsed.update(b.get(b.call(role, "endorse_evaluation", 0, batches)))
+    with pytest.raises(Refusal, match="2 different models or round parameters"):
+        holders(fed)[0].partial_decrypt(
+            DecryptionRequest(manifest, (0, 1, 2), True, endorsed), None, bundles)

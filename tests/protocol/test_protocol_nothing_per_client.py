@@ -9,49 +9,13 @@ round's weighted mean loss may (it is what the summed slots give).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
-from builders import federation, tiny_config
+from builders import RecordingBackend, federation, numbers_in, tiny_config
 
 from fedsim.protocol import client as client_module
-from fedsim.protocol.backend import InProcessBackend
 from fedsim.protocol.loop import run_rounds
-
-
-class RecordingBackend(InProcessBackend):
-    """The coordinator's view: everything `get` hands the driver."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list = []
-
-    def get(self, handle):
-        value = super().get(handle)
-        self.seen.append(value)
-        return value
-
-
-def _numbers(value, out: list[float], depth: int = 0) -> None:
-    if depth > 8:
-        return
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, (int, float, np.floating, np.integer)):
-        out.append(float(value))
-    elif isinstance(value, np.ndarray):
-        if value.dtype.kind == "f":
-            out.extend(value.ravel().tolist())
-    elif isinstance(value, dict):
-        for v in value.values():
-            _numbers(v, out, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _numbers(v, out, depth + 1)
-    elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            _numbers(getattr(value, f.name), out, depth + 1)
 
 
 def _spy_on_clients(monkeypatch) -> list[tuple[int, float, float]]:
@@ -90,9 +54,9 @@ def test_an_he_run_sends_the_coordinator_no_per_client_value(monkeypatch):
     assert len(secrets) == 2 * 2 * 3 + 3  # 2 rounds x 3 clients x (loss, norm), 3 weights
 
     seen: list[float] = []
-    _numbers(backend.seen, seen)
+    numbers_in(backend.seen, seen)
     for record in records:
-        _numbers(record.row(), seen)
+        numbers_in(record.row(), seen)
     _assert_none_of(secrets, seen, at_least=1000)  # the opened aggregates are in there
     # What it does get: the weighted mean loss from the summed slots, per round.
     assert all(0.0 < r.loss < 1.5 and 0.0 < r.extra["update_norm"] for r in records)
@@ -128,7 +92,7 @@ def test_an_he_runs_written_files_hold_no_per_client_training_value(monkeypatch,
     assert len(secrets) == 2 * 3 * 2 and outcome.records
 
     seen: list[float] = []
-    _numbers(pq.read_table(tmp_path / "run" / "rounds.parquet").to_pydict(), seen)
+    numbers_in(pq.read_table(tmp_path / "run" / "rounds.parquet").to_pydict(), seen)
     for name in ("manifest.json", "metrics.json"):
-        _numbers(json.loads((tmp_path / "run" / name).read_text()), seen)
+        numbers_in(json.loads((tmp_path / "run" / name).read_text()), seen)
     _assert_none_of(secrets, seen, at_least=50)

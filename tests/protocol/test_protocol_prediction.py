@@ -19,7 +19,6 @@ from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import predict
 from fedsim.protocol import client as client_module
 from fedsim.protocol.backend import InProcessBackend
-from fedsim.protocol.keyholder import DecryptionRequest
 from fedsim.protocol.prediction import PredictionPlan, QueryRows, predict_ensemble
 from fedsim.run.runner import load_dataset
 from fedsim.seeding import client_key

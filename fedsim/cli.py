@@ -1,4 +1,5 @@
-"""``fedsim`` command line: run | resume | sweep | predict | data synth | report | bench.
+"""``fedsim`` command line: run | resume | sweep | predict | verify | data synth | report |
+bench.
 
 A user mistake (any `FedSimError`) prints one line, ``fedsim: error: ...``, and exits
 with code 2; a traceback means a bug in fedsim.
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
     predict.add_argument("--overwrite", action="store_true", help="replace --out")
 
+    check = sub.add_parser("verify", help="check that a model file is the one a run's "
+                           "hospitals evaluated last, as its key holders attest")
+    check.add_argument("run_dir", help="a completed he run's results directory")
+    check.add_argument("--params", help="the parameters to check (default: the run's "
+                       "params.npz)")
+
     report = sub.add_parser("report", help="summarise a finished run directory")
     report.add_argument("run_dir")
     return p
@@ -138,6 +145,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predict_run(args.run_dir, args.query, args.out, backend=args.backend,
                 address=args.address, fine_tune=args.fine_tune, overwrite=args.overwrite,
                 console=Console(stderr=True))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from fedsim.run.verify import VerificationFailed, verify_run
+
+    try:
+        print(f"fedsim verify: OK: {verify_run(args.run_dir, args.params)}")
+    except VerificationFailed as err:
+        print(f"fedsim verify: FAILED: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -205,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "(KEY=VALUE overrides are optional)")
     handlers = {"run": _cmd_run, "resume": _cmd_resume, "data": _cmd_data,
                 "report": _cmd_report, "bench": _cmd_bench, "sweep": _cmd_sweep,
-                "predict": _cmd_predict}
+                "predict": _cmd_predict, "verify": _cmd_verify}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

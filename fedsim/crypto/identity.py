@@ -45,6 +45,7 @@ _BATCH_TAG = b"fedsim/batch/v3"
 _NOISE_TAG = b"fedsim/noise/v3"
 _SET_TAG = b"fedsim/set/v3"
 _CHANNEL_TAG = b"fedsim/channel/v3"
+_DEPLOY_TAG = b"fedsim/deploy/v3"
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -126,6 +127,12 @@ def statement(run_id: str, round_idx: int, client: str, batch_digest: bytes,
 def noise_statement(run_id: str, round_idx: int, noise_digest: bytes) -> bytes:
     """What the aggregator signs for its DP-noise batch of round ``round_idx``."""
     return _fields(_NOISE_TAG, run_id.encode(), struct.pack("<Q", round_idx), noise_digest)
+
+
+def deployment_statement(run_id: str, round_idx: int, model: bytes) -> bytes:
+    """What a key holder signs for the model every hospital evaluated after round
+    ``round_idx`` (``model``: that model's digest bound to the evaluation plan)."""
+    return _fields(_DEPLOY_TAG, run_id.encode(), struct.pack("<Q", round_idx), model)
 
 
 def sum_digest(batches: Mapping[str, str]) -> bytes:

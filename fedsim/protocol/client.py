@@ -28,6 +28,7 @@ from fedsim.crypto.identity import model_digest
 from fedsim.crypto.memory import release_memory
 from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
+from fedsim.learning.histograms import ScoreBins
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import LocalTrainer, local_steps
 from fedsim.privacy.randomness import NoiseSource
@@ -324,7 +325,8 @@ class Hospital:
             raise ProtocolError(f"hospital {self.name} refuses to evaluate: federated "
                                 "evaluation runs only under the run's he encoding")
         own = self.cfg.evaluation
-        if (plan.bins.count, plan.max_rows) != (own.bins, own.max_rows):
+        if type(plan) is not EvaluationPlan or type(plan.bins) is not ScoreBins or \
+                (plan.bins, plan.max_rows) != (ScoreBins(own.bins), own.max_rows):
             raise ProtocolError(f"hospital {self.name} refuses an evaluation plan outside "
                                 "its config (evaluation.bins, evaluation.max_rows)")
         t0 = time.perf_counter()
@@ -338,7 +340,7 @@ class Hospital:
         values = plan.encode(encoder.context, hist["val"], hist["test"])
         payload = encoder.seal_values(values, contributors=plan.contributors)
         bundle = self.contributions.evaluations.bundle(
-            self.name, round_idx, payload, plan.bind(model_digest(start, {})))
+            self.name, round_idx, payload, plan.bind(model_digest(start, {})), plan=plan)
         said: dict[str, Any] = {"score": t1 - t0, "encrypt": time.perf_counter() - t1}
         if self.cfg.evaluation.disclose_hospitals and len(self.data.test):
             (val_y, val_p), (y, p) = scored["val"], scored["test"]
@@ -358,7 +360,12 @@ class Hospital:
         batch signed for (run, predict, 0, hospital), and the seconds it took."""
         from fedsim.data import Split
         from fedsim.learning.train import predict
+        from fedsim.protocol.prediction import PredictionPlan, QueryRows
 
+        query = QueryRows(query.codes, query.numeric)  # canonical: what is scored is hashed
+        if type(plan) is not PredictionPlan or plan.rows != len(query):
+            raise ProtocolError(f"hospital {self.name} refuses a prediction plan that is not "
+                                f"one of {len(query)} query rows")
         encoder = self.contributions.encoder
         if encoder is None or not hasattr(encoder, "seal_values"):
             raise ProtocolError(f"hospital {self.name} refuses to score a query outside "
@@ -367,11 +374,11 @@ class Hospital:
         start = np.asarray(global_flat, np.float32)
         params = self._unravel(start)
         if fine_tune:
-            after = self.cfg.federation.rounds  # one round past the run's last
+            # A stream of its own, apart from every training round's.
             inputs = self.trainer.inputs(
-                stream(self.cfg.seed, "batches", after, self.index), self.data.train,
-                self.steps, seed=self.cfg.seed, round_idx=after, index=self.index,
-                secret=self.randomness.draw("dp-sgd", after, self.index))
+                stream(self.cfg.seed, "fine-tune", self.index), self.data.train,
+                self.steps, seed=self.cfg.seed, round_idx=0, index=self.index,
+                secret=self.randomness.draw("dp-sgd-fine-tune", 0, self.index))
             params, _ = self.trainer.train(params, inputs)
         t1 = time.perf_counter()
         rows = Split(query.codes, self.data.standardise(query.numeric),
@@ -382,7 +389,7 @@ class Hospital:
                                       contributors=plan.contributors)
         model = plan.bind(model_digest(start, {}), query, fine_tune)
         bundle = self.contributions.evaluations.bundle(self.name, 0, payload, model,
-                                                       kind="predict")
+                                                       kind="predict", plan=plan)
         return bundle, {"train": t1 - t0 if fine_tune else 0.0, "score": t2 - t1,
                         "encrypt": time.perf_counter() - t2}
 

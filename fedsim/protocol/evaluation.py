@@ -42,6 +42,13 @@ LOSS_UNIT = 2.0**-10  # a hospital's summed log-loss is sent rounded to this (ex
 _MAX_ROW_LOSS = -math.log(PROB_CLIP)  # the log-loss of one row is at most this
 
 
+def plan_digest(plan: Any) -> bytes:
+    """A plan's digest (its type and fields), signed with every batch made by it."""
+    from fedsim.crypto.identity import digest
+
+    return digest(f"{type(plan).__module__}.{type(plan).__qualname__}|{plan!r}".encode())
+
+
 def _bound(model: bytes, *facts: Any) -> bytes:
     from fedsim.crypto.identity import digest
 
@@ -188,11 +195,14 @@ class Evaluations:
         # (kind, client) -> (round, batch hex digest) / (round, sum digest)
         self._sent: dict[tuple[str, str], tuple[int, str]] = {}
         self._endorsed: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._plans: dict[tuple[str, str], bytes] = {}  # the plan digest it last signed
 
     def bundle(self, name: str, round_idx: int, payload: bytes, model: bytes, *,
-               kind: str = "evaluate") -> Any:
+               kind: str = "evaluate", plan: Any = None) -> Any:
         """``name``'s sealed batch of ``kind`` for ``round_idx``, signed for (run, kind,
-        round, client, batch digest, model digest)."""
+        round, client, batch digest, model digest, plan digest): the plan digest sits
+        where a training batch signs the noise commitment, and each key holder checks
+        it against its own policy's plan."""
         from fedsim.crypto.identity import digest, statement
         from fedsim.protocol.schemes import Bundle
 
@@ -201,9 +211,11 @@ class Evaluations:
             raise ProtocolError(f"client {name} refuses to {kind} round {round_idx}: it "
                                 f"signed a batch to {kind} round {last} already")
         batch = digest(payload)
+        planned = plan_digest(plan)
         signature = self._keys[name].sign(statement(self.run_id, round_idx, name, batch,
-                                                    model, b"", kind=kind))
+                                                    model, planned, kind=kind))
         self._sent[(kind, name)] = (round_idx, batch.hex())
+        self._plans[(kind, name)] = planned
         return Bundle(((name,),), (payload,), (signature,), model)
 
     def endorse(self, round_idx: int, batches: dict[str, str], *, kind: str = "evaluate"
@@ -227,7 +239,8 @@ class Evaluations:
         for client in mine:
             self._endorsed[(kind, client)] = (round_idx, summed)
             out[client] = self._keys[client].sign(
-                endorsement(self.run_id, round_idx, client, summed, b"", kind=kind))
+                endorsement(self.run_id, round_idx, client, summed,
+                            self._plans[(kind, client)], kind=kind))
         return out
 
 
@@ -245,6 +258,7 @@ class FederatedEvaluator:
         self.model = model
         self.holdout = holdout
         self.last: PooledEvaluation | None = None
+        self.last_round = -1
         self.disclosed: dict[str, dict] = {}  # hospital -> its own metrics, if it told
 
     def score_round(self, federation: Any, round_idx: int
@@ -295,7 +309,7 @@ class FederatedEvaluator:
 
             probs = predict(self.model, federation.params, self.holdout)
             metrics = evaluate(self.holdout.labels, probs, threshold=metrics.threshold)
-        self.last = result
+        self.last, self.last_round = result, round_idx
         extra = {"auc_bound": result.auc_bound if self.holdout is None else 0.0,
                  **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
         return metrics, extra
@@ -318,9 +332,15 @@ class FederatedEvaluator:
         else:
             pooled_part = {**r.metrics.as_dict(), "roc": r.roc(self.plan.bins),
                            "auc_bound": r.auc_bound}
+        # The key holders' word on the model every hospital evaluated (`fedsim verify`).
+        deployment = {**federation.scheme.receipts(federation.backend, self.last_round),
+                      "plan": repr(self.plan), "run_id": federation.run_id}
+        # The round whose model was scored: the last, unless a hospital was lost then
+        # (its evaluation skipped, with a warning) and an earlier model's stands.
         return {"threshold": r.metrics.threshold, "evaluation": "federated",
+                "evaluated_after_round": self.last_round + 1,
                 "hospitals": {name: dict(m) for name, m in self.disclosed.items()},
-                "pooled": pooled_part}
+                "pooled": pooled_part, "deployment": deployment}
 
 
 def evaluator_for(federation: Any, dataset: Any) -> Any:

@@ -24,15 +24,11 @@ coordinator's word:
   budget tau allows it. It then adds the ciphertexts itself (in their bytes) and
   decrypts only its own sum, after checking that the aggregator's sum is the same bytes.
 
-Sums other than a round's (``Manifest.kind``: an evaluation of the model after a
-round, `fedsim.protocol.evaluation`, or a query's scores, `fedsim.protocol.prediction`)
-are checked the same way, their statements signed for their kind, with the replay
-guards kept per kind, and only when the holder's policy plans them; such a sum must
-hold every registered client (never a subset: two sums differing by one client would
-give that client's values) and carries no DP-noise batch.
-
-A refusal raises `ProtocolError` naming the holder and the reason, and is kept in
-`refusals`.
+Other sums (``Manifest.kind``: an evaluation, `fedsim.protocol.evaluation`, or a query's
+scores, `fedsim.protocol.prediction`) are checked the same way, only when the policy
+plans them, with statements signed for their kind and this policy's plan, replay guards
+per kind, no DP-noise batch, and every registered client in them (never a subset).
+A refusal raises `ProtocolError` naming the holder and the reason (kept in `refusals`).
 """
 
 from __future__ import annotations
@@ -46,6 +42,7 @@ from fedsim.crypto.batch import is_blob
 from fedsim.crypto.identity import (
     ChannelKey,
     SigningKey,
+    deployment_statement,
     digest,
     endorsement,
     noise_statement,
@@ -56,6 +53,7 @@ from fedsim.crypto.identity import (
 from fedsim.crypto.memory import release_memory
 from fedsim.errors import CryptoError, Refusal
 from fedsim.protocol.backend import Deferred
+from fedsim.protocol.evaluation import plan_digest
 from fedsim.protocol.manifest import Manifest
 from fedsim.protocol.policy import HolderPolicy
 from fedsim.protocol.schemes import Bundle, NoiseBatch
@@ -110,6 +108,8 @@ class KeyHolder:
         # (kind, round) -> digest of the one sum of that kind and round decrypted
         self._decrypted: dict[tuple[str, int], str] = {}
         self._attempts: set[tuple[str, int, tuple[int, ...]]] = set()
+        self._opened: dict[tuple[str, int], bytes] = {}  # -> the model its batches signed
+        self._model = b""
         self._used = 0  # ciphertexts partially decrypted so far (against tau)
         self._budget = policy.budget(context)
 
@@ -198,6 +198,7 @@ class KeyHolder:
         checked_s = time.perf_counter() - t0
         m = request.manifest
         self._decrypted[(m.kind, m.round)] = m.aggregate_digest
+        self._opened[(m.kind, m.round)] = self._model  # what every batch was made from
         self._attempts.add((m.kind, m.round, request.participants))
         self._used += count
         share = self._share.partial_decrypt(total.items(), lead=request.lead,
@@ -206,6 +207,18 @@ class KeyHolder:
         del total
         release_memory(handled)  # idle between rounds, a holder should not sit on its peak
         return share, checked_s
+
+    def receipt(self, round_idx: int) -> tuple[bytes, bytes]:
+        """The model (bound to its plan) that every registered hospital signed its
+        evaluation batch of ``round_idx`` with, and this holder's signature of it
+        (`fedsim.crypto.identity.deployment_statement`; checked by ``fedsim verify``):
+        only for an evaluation this holder opened itself."""
+        model = self._opened.get(("evaluate", round_idx))
+        if model is None:
+            raise self._refuse(f"a deployment receipt of round {round_idx}: it opened no "
+                               "evaluation of that round")
+        return model, self._signing.sign(
+            deployment_statement(self.policy.run_id, round_idx, model))
 
     def check(self, request: DecryptionRequest, noise: NoiseBatch | None,
               bundles: Sequence[Bundle | Deferred]) -> tuple[Any, int]:
@@ -230,7 +243,12 @@ class KeyHolder:
         newest = max((r for k, r in self._decrypted if k == m.kind), default=-1)
         if m.round < newest:
             raise self._refuse(f"round {m.round}: older than round {newest}")
+        if m.kind == "train" and plan is not None and plan.kind == "predict":
+            raise self._refuse(f"round {m.round}: a training sum under a key made for a "
+                               "query's scores")
         commitment = self._signed_noise(m, noise)
+        if m.kind != "train":  # what the batches must have been made by: this policy's plan
+            commitment = plan_digest(plan)
         self._check_contributors(m)
         if self._new_sum is None:
             raise self._refuse("to decrypt before the joint public key is known")
@@ -359,7 +377,8 @@ class KeyHolder:
                                      kind=m.kind)
                     if not verify(self._clients[client], signature, said):
                         raise self._refuse(f"round {m.round}: {client}'s batch is not signed "
-                                           f"by {client} for this run, round, model and noise")
+                                           f"by {client} for this run, round, model and "
+                                           f"{'noise' if m.kind == 'train' else 'plan'}")
 
                 try:
                     batch_digest = total_sum.add(payload, contributor=client,
@@ -372,6 +391,7 @@ class KeyHolder:
         missing = [c for c in m.contributors if c not in digests]
         if missing:
             raise self._refuse(f"round {m.round}: no signed batch from {missing[0]}")
+        self._model = next(iter(models), b"")
         if len(models) > 1:
             # A client trained from a model or round parameters of its own could be told
             # apart from the others in the sum (e.g. a zero learning rate for all but one).

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedsim.errors import ConfigError, CryptoError
+from fedsim.errors import ConfigError, CryptoError, DataError
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,23 @@ class QueryRows:
     codes: np.ndarray
     numeric: np.ndarray
 
+    def __post_init__(self) -> None:
+        codes = np.ascontiguousarray(self.codes, dtype=np.int32)
+        numeric = np.ascontiguousarray(self.numeric, dtype=np.float64)
+        if codes.ndim != 2 or numeric.ndim != 2 or len(codes) != len(numeric):
+            raise DataError(f"query rows need codes [n, L] and numeric [n, F], got "
+                            f"{codes.shape} and {numeric.shape}")
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "numeric", numeric)
+
     def __len__(self) -> int:
         return int(self.codes.shape[0])
 
     def digest(self) -> bytes:
-        from fedsim.crypto.identity import digest
+        """Both arrays with their dtypes and shapes (`model_digest` frames them)."""
+        from fedsim.crypto.identity import model_digest
 
-        return digest(np.ascontiguousarray(self.codes).tobytes()
-                      + np.ascontiguousarray(self.numeric).tobytes())
+        return model_digest(self.codes, {}) + model_digest(self.numeric, {})
 
 
 @dataclass(frozen=True)

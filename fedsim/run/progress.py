@@ -116,4 +116,9 @@ def summary_table(report: dict, *, title: str) -> Table:
     for name, m in sorted(report["hospitals"].items()):
         add(name, m)
     add("pooled", report["pooled"], style="bold")
+    if report.get("evaluation") == "federated":
+        bound = report["pooled"].get("auc_bound")
+        table.caption = ("pooled from the hospitals' encrypted score histograms"
+                         + (f" (ROC AUC within {bound:.1e})" if bound is not None else "")
+                         + "; a hospital's own metrics stay with it unless it discloses them")
     return table

@@ -5,6 +5,7 @@ endorsement, the aggregator) are refused by the key holders or the hospitals."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -207,6 +208,44 @@ def test_a_plan_of_its_own_for_one_hospital_is_refused_by_hospital_or_holders():
     endorsed = {}
     for role in roles:
         endorsed.update(b.get(b.call(role, "endorse_evaluation", 0, batches)))
-    with pytest.raises(Refusal, match="2 different models or round parameters"):
+    with pytest.raises(Refusal, match="batch is not signed by .* model and plan"):
         holders(fed)[0].partial_decrypt(
             DecryptionRequest(manifest, (0, 1, 2), True, endorsed), None, bundles)
+
+
+def test_fedsim_verify_accepts_the_evaluated_model_and_nothing_else(tmp_path):
+    from fedsim.run.results import flatten_params, write_json
+    from fedsim.run.verify import VerificationFailed, verify_run
+
+    fed, _ = withheld(federation={"rounds": 2})
+    evaluator = FederatedEvaluator(fed.evaluation)
+    for r in range(2):
+        fed.run_round(r)
+        evaluator.score_round(fed, r)
+    with pytest.raises(Refusal, match="opened no evaluation of that round"):
+        holders(fed)[0].receipt(5)
+    report = evaluator.final_report(fed)
+    block = report["deployment"]
+    assert block["round"] == 1 and sorted(block["holders"]) == ["0", "1", "2"]
+    write_json(tmp_path / "metrics.json", report)
+
+    def save(params, name="params.npz"):
+        np.savez(tmp_path / name, **flatten_params(params))
+        return tmp_path / name
+
+    save(fed.params)
+    assert "attested by key holders 0, 1, 2" in verify_run(tmp_path)
+    # A hospital's copy changed in one weight, or the model of an earlier round.
+    import jax
+
+    nudged = jax.tree_util.tree_map(lambda a: np.asarray(a).copy(), fed.params)
+    leaf = jax.tree_util.tree_leaves(nudged)[0]
+    leaf.flat[0] += 1e-3
+    with pytest.raises(VerificationFailed, match="not the model the key holders attested"):
+        verify_run(tmp_path, save(nudged, "mine.npz"))
+    # n-of-n: one signature that does not verify is one too few.
+    forged = json.loads((tmp_path / "metrics.json").read_text())
+    forged["deployment"]["holders"]["2"]["signature"] = "00" * 64
+    (tmp_path / "metrics.json").write_text(json.dumps(forged))
+    with pytest.raises(VerificationFailed, match="2 of the 3 signatures needed"):
+        verify_run(tmp_path)

@@ -14,7 +14,7 @@ import pytest
 from builders import RecordingBackend, numbers_in, tiny_config
 
 from fedsim.data import Split
-from fedsim.errors import Refusal
+from fedsim.errors import ProtocolError, Refusal
 from fedsim.learning.model import build_model, init_params
 from fedsim.learning.train import predict
 from fedsim.protocol import client as client_module
@@ -170,3 +170,46 @@ def test_fedsim_predict_writes_the_scores_of_a_finished_run(tmp_path):
                    "--backend", "inprocess")
     assert wrong.returncode == 2 and "lacks the run's feature column" in wrong.stderr
     assert not (tmp_path / "b.parquet").exists()
+
+
+def test_a_query_or_plan_of_its_own_for_some_hospitals_is_refused():
+    """The coordinator hands the query and the plan: the same bytes as another dtype (so
+    that the other hospitals' scores saturate to 0 or 1) or a plan of another class
+    would leave one hospital's scores readable in the ensemble."""
+    cfg, data, _, _, flat, query = setting()
+    swapped = QueryRows.__new__(QueryRows)  # the same bytes, read as integers
+    object.__setattr__(swapped, "codes", query.codes)
+    object.__setattr__(swapped, "numeric", query.numeric.view(np.int64))
+
+    class Swapping(InProcessBackend):
+        def call(self, role, method, *args, **kwargs):
+            if method == "predict" and not role.endswith("hospital-0"):
+                args = (args[0], swapped, *args[2:])
+            return super().call(role, method, *args, **kwargs)
+
+    with pytest.raises(Refusal, match="different models"):
+        predict_ensemble(cfg, data, flat, query, backend=Swapping(), run_id="q")
+
+    class Other(PredictionPlan):
+        pass
+
+    class Replanning(InProcessBackend):
+        def call(self, role, method, *args, **kwargs):
+            if method == "predict":
+                args = (*args[:2], Other(len(query), 3), *args[3:])
+            return super().call(role, method, *args, **kwargs)
+
+    with pytest.raises(ProtocolError, match="refuses a prediction plan"):
+        predict_ensemble(cfg, data, flat, query, backend=Replanning(), run_id="q")
+
+
+def test_a_key_made_for_a_query_opens_no_training_sum():
+    from fedsim.protocol.federation import Federation
+    from fedsim.protocol.prediction import prediction_config
+
+    cfg, data, _, _, _, query = setting()
+    fed = Federation(prediction_config(cfg), data.withheld(), InProcessBackend(), run_id="q",
+                     hospital_data=data, evaluation=PredictionPlan(len(query), 3))
+    fed.setup()
+    with pytest.raises(Refusal, match="training sum under a key made for a query"):
+        fed.run_round(0)

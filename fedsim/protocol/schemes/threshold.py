@@ -142,6 +142,7 @@ class ThresholdCKKS(Scheme):
         self.eval_opener = None if evaluation is None else \
             Opener(context, evaluation.num_values(context) - 1, reserved=1)
         self.scale = 1.0  # set by `setup`: see `fedsim.crypto.slot_scale`
+        self.cards: dict[int, Any] = {}  # the holders' public identities, from set-up
         self.missing: set[int] = set()
 
     @classmethod
@@ -226,6 +227,7 @@ class ThresholdCKKS(Scheme):
         n = self.crypto.key_holders
         cards = dict(enumerate(backend.get([backend.call(holder_role(i), "card")
                                             for i in range(n)])))
+        self.cards = cards
         clients: dict[str, bytes] = {}
         for found in backend.get([backend.call(role, "identities") for role in training]):
             clients.update(found)
@@ -283,6 +285,29 @@ class ThresholdCKKS(Scheme):
                                               scale=1.0)
         timer.add("fuse", seconds)
         return flat
+
+    def receipts(self, backend: Backend, round_idx: int) -> dict[str, Any]:
+        """The live key holders' signatures of the model every hospital evaluated after
+        ``round_idx`` (`KeyHolder.receipt`), with their set-up identities: what
+        ``fedsim verify`` checks a deployed model against."""
+        signed: dict[str, Any] = {}
+        models = set()
+        for i in range(self.crypto.key_holders):
+            if i in self.missing:
+                continue
+            try:
+                model, signature = backend.get(backend.call(holder_role(i), "receipt",
+                                                            round_idx))
+            except PartyLost:
+                continue
+            models.add(model)
+            signed[str(i)] = {"identity": self.cards[i].identity.hex(),
+                              "signature": signature.hex()}
+        if len(models) != 1:
+            raise ProtocolError(f"the key holders' receipts of round {round_idx} name "
+                                f"{len(models)} models")
+        return {"round": round_idx, "model": models.pop().hex(), "holders": signed,
+                "needed": self.crypto.threshold or self.crypto.key_holders}
 
     def _partials(self, backend: Backend, manifest: Manifest, noise: Any,
                   bundles: Sequence[Any], endorsements: Mapping[str, bytes]

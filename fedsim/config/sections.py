@@ -182,6 +182,8 @@ class FederationConfig:
     # restarted (retry, at most max_restarts times), release nothing (skip), or stop.
     on_short_round: Literal["retry", "skip", "fail"] = "retry"
 
+    hospital_parties = property(lambda self: self.clients == "hospital")  # not cohorts
+
     @property
     def encrypted(self) -> bool:
         """Updates are encrypted (he mode): only key holders together open a sum."""
@@ -202,15 +204,10 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """How often the global model is scored (``every: 0``: only at the end), and where.
-
-    ``federated`` (default: on in he mode with hospital clients): every hospital scores
-    its own validation and test rows and only the encrypted sum of their score
-    histograms (``bins`` logit bins) is decrypted (`fedsim.protocol.evaluation`); the
-    coordinator holds no hospital's rows. Off, the coordinator scores pooled copies.
-    ``max_rows``: the most rows of one hospital's split (public: it sizes the encoding).
-    ``disclose_hospitals``: each hospital also reports its own metrics, in plaintext.
-    """
+    """How often the model is scored (``every: 0``: at the end) and where: ``federated``
+    (default on in he mode with hospital clients), only the encrypted sum of the
+    hospitals' score histograms (``bins``; ``max_rows``: most rows of a split) is opened
+    (`fedsim.protocol.evaluation`), else the coordinator scores pooled copies."""
 
     every: int = 1
     federated: bool | None = None
@@ -221,10 +218,10 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError(f"evaluation.every: must be >= 0, got {self.every}")
-        if self.bins < 2:
-            raise ConfigError(f"evaluation.bins: must be >= 2, got {self.bins}")
-        if self.max_rows < 1:
-            raise ConfigError(f"evaluation.max_rows: must be >= 1, got {self.max_rows}")
+        for name, low in (("bins", 2), ("max_rows", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"evaluation.{name}: must be >= {low}, got "
+                                  f"{getattr(self, name)}")
 
     def federated_in(self, federation: FederationConfig) -> bool:
         """Whether this run evaluates federated (resolving the default)."""

@@ -55,12 +55,10 @@ class Federation:
         extra_steps: Sequence[Step] = (), hospital_data: FederatedDataset | None = None,
         evaluation: Any = None,
     ) -> None:
-        """``extra_steps`` run first on every client (so last on the server), before the
-        run's privacy and weighting steps. ``hospital_data``: what each hospital's party
-        is started with, when the coordinator's own ``dataset`` holds no rows
-        (`FederatedDataset.withheld`, as in federated evaluation); default ``dataset``.
-        ``evaluation``: the plan of the sums opened besides the rounds' (default: the
-        config's federated evaluation; a `fedsim.protocol.prediction.PredictionPlan`)."""
+        """``extra_steps`` run first on every client (last on the server), before the
+        privacy and weighting steps. ``hospital_data``: the hospitals' parties' rows when
+        ``dataset`` (the coordinator's) holds none (`FederatedDataset.withheld`).
+        ``evaluation``: the plan of the other sums opened (default: the config's)."""
         fed = cfg.federation
         self.cfg = cfg
         self.dataset = dataset
@@ -68,10 +66,8 @@ class Federation:
         self.run_id = run_id
         self.names = [c.name for c in dataset.clients]
         if fed.clients_per_round > len(self.names):
-            raise ProtocolError(
-                f"federation.clients_per_round is {fed.clients_per_round} but the "
-                f"data has only {len(self.names)} hospitals"
-            )
+            raise ProtocolError(f"federation.clients_per_round is {fed.clients_per_round} "
+                                f"but the data has only {len(self.names)} hospitals")
         self.shape = ModelShape(dataset.vocab_size, dataset.num_numeric, dataset.max_codes)
         self.model = build_model(cfg.model, vocab_size=self.shape.vocab_size,
                                  num_numeric=self.shape.num_numeric)
@@ -86,8 +82,7 @@ class Federation:
         # Public normaliser: keeps every weight <= 1/m, so weighted sums stay bounded.
         self.weight_norm = float(fed.clients_per_round * max(sizes))
         self.privacy = plan_privacy(cfg, len(self.names), sizes)
-        # Without DP the round's mean loss and update norm are summed in reserved slots
-        # (never one client's in the clear); a DP run reports neither (outside its noise).
+        # Without DP, mean loss and update norm travel in reserved slots (never in clear).
         self.pipeline = Pipeline((*extra_steps, *(
             self.privacy.steps(self.weight_norm) if self.privacy
             else (SampleWeighting(self.weight_norm), TrainingStatistics()))))
@@ -98,11 +93,9 @@ class Federation:
         self.max_contributors = max_contributors(cfg, len(self.names))
         self.evaluation = evaluation or EvaluationPlan.from_config(cfg, len(self.names))
         self.scheme = scheme_for(cfg, num_params=self.num_params, slots=self.pipeline.slots,
-                                 max_contributors=self.max_contributors,
-                                 evaluation=self.evaluation)
+                                 max_contributors=self.max_contributors, evaluation=self.evaluation)
         self.warnings: list[str] = []
-        # (round, contributors) as a round releases them (he: its partials are all in;
-        # plaintext: updates reach the aggregator): a lost release is charged on resume.
+        # (round, contributors) as a round releases them: charged on resume if lost.
         self.on_open: Callable[[int, tuple[str, ...]], None] | None = None
         self.handed: list[str] = []  # this round's clients whose updates were released
         self.late: list[str] = []  # this round's clients dropped at the round deadline

@@ -116,7 +116,7 @@ def prediction_config(cfg: Any) -> Any:
     from fedsim.config import replace
 
     fed = cfg.federation
-    if fed.clients != "hospital":
+    if not fed.hospital_parties:
         raise ConfigError("fedsim predict: the run's clients are cohorts; a query is scored "
                           "by hospitals (federation.clients: hospital)")
     return replace(cfg, ["federation.mode=he", "federation.rounds=1",

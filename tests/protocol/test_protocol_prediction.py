@@ -129,7 +129,7 @@ def test_a_prediction_plan_checks_what_it_opens():
 
 
 @pytest.mark.slow
-def test_fedsim_predict_writes_the_scores_of_a_finished_run(tmp_path):
+def test_fedsim_predict_and_verify_on_a_finished_run(tmp_path):
     env_run = [sys.executable, "-m", "fedsim.cli"]
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
@@ -170,6 +170,15 @@ def test_fedsim_predict_writes_the_scores_of_a_finished_run(tmp_path):
                    "--backend", "inprocess")
     assert wrong.returncode == 2 and "lacks the run's feature column" in wrong.stderr
     assert not (tmp_path / "b.parquet").exists()
+    # fedsim verify: the run's own params pass; another model fails (exit 1, one line).
+    ok = fedsim("verify", str(run))
+    assert ok.returncode == 0 and "fedsim verify: OK" in ok.stdout, ok.stderr[-2000:]
+    with np.load(run / "params.npz") as loaded:
+        other = {k: loaded[k] * 1.001 for k in loaded.files}
+    np.savez(tmp_path / "other.npz", **other)
+    failed = fedsim("verify", str(run), "--params", str(tmp_path / "other.npz"))
+    assert failed.returncode == 1 and failed.stderr.startswith("fedsim verify: FAILED")
+    assert failed.stderr.count("\n") == 1
 
 
 def test_a_query_or_plan_of_its_own_for_some_hospitals_is_refused():

@@ -211,7 +211,7 @@ def scheme_for(cfg: RunConfig, *, num_params: int, slots: Sequence[str],
     from fedsim.protocol.schemes.plaintext import Plaintext
     from fedsim.protocol.schemes.threshold import ThresholdCKKS
 
-    if cfg.federation.mode == "he":
+    if cfg.federation.encrypted:
         return ThresholdCKKS.create(cfg, num_params=num_params, slots=slots,
                                     max_contributors=max_contributors, evaluation=evaluation)
     return Plaintext.create(cfg, num_params=num_params, slots=slots,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.config import RunConfig, replace
-from fedsim.protocol.evaluation import evaluator_for
+from fedsim.protocol.evaluator import evaluator_for
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import Callback, run_rounds
 from fedsim.protocol.records import PHASES, RoundRecord

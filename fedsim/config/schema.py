@@ -60,6 +60,9 @@ class RunConfig:
             if fed.clients == "cohort":
                 raise ConfigError("privacy.level: record-level DP-SGD runs one client per "
                                   "actor; use federation.clients: hospital")
+        if self.evaluation.noise_stddev is not None and not self.evaluation.federated_in(fed):
+            raise ConfigError("evaluation.noise_stddev: DP on the evaluation histograms needs "
+                              "federated evaluation (federation.mode: he, hospital clients)")
         if self.evaluation.federated and not (fed.encrypted and fed.clients == "hospital"):
             raise ConfigError(
                 "evaluation.federated: federated evaluation sums the hospitals' encrypted "

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fedsim.config.evaluation import EvaluationConfig  # noqa: F401 (re-exported)
 from fedsim.config.resources import ResourcesConfig, ResourceSpec  # noqa: F401 (re-exported)
 from fedsim.data.loader import ColumnSpec
 from fedsim.errors import ConfigError
@@ -200,34 +201,6 @@ class FederationConfig:
                 f"federation.min_clients: must be >= 2 in he mode, got {self.min_clients}: "
                 "the key holders would decrypt a sum of one update, that hospital's own "
                 "update in plaintext")
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """How often the model is scored (``every: 0``: at the end) and where: ``federated``
-    (default on in he mode with hospital clients), only the encrypted sum of the
-    hospitals' score histograms (``bins``; ``max_rows``: most rows of a split) is opened
-    (`fedsim.protocol.evaluation`), else the coordinator scores pooled copies."""
-
-    every: int = 1
-    federated: bool | None = None
-    bins: int = 4096
-    max_rows: int = 1_000_000
-    disclose_hospitals: bool = False
-
-    def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ConfigError(f"evaluation.every: must be >= 0, got {self.every}")
-        for name, low in (("bins", 2), ("max_rows", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"evaluation.{name}: must be >= {low}, got "
-                                  f"{getattr(self, name)}")
-
-    def federated_in(self, federation: FederationConfig) -> bool:
-        """Whether this run evaluates federated (resolving the default)."""
-        if self.federated is None:
-            return federation.encrypted and federation.clients == "hospital"
-        return self.federated
 
 
 @dataclass(frozen=True)

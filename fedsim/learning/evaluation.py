@@ -39,7 +39,7 @@ class CentralEvaluator:
     def score_round(self, federation: Any, round_idx: int
                     ) -> tuple[BinaryMetrics, dict[str, float]]:
         """`score` of the federation's model (the interface of
-        `fedsim.protocol.evaluation.FederatedEvaluator`)."""
+        `fedsim.protocol.evaluator.FederatedEvaluator`)."""
         return self.score(federation.params), {}
 
     def final_report(self, federation: Any) -> dict:

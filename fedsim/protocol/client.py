@@ -326,9 +326,11 @@ class Hospital:
                                 "evaluation runs only under the run's he encoding")
         own = self.cfg.evaluation
         if type(plan) is not EvaluationPlan or type(plan.bins) is not ScoreBins or \
-                (plan.bins, plan.max_rows) != (ScoreBins(own.bins), own.max_rows):
+                (plan.bins, plan.max_rows, plan.noise_stddev) != \
+                (ScoreBins(own.bins), own.max_rows, own.noise_stddev) or \
+                plan.min_clients != self.cfg.federation.min_clients:
             raise ProtocolError(f"hospital {self.name} refuses an evaluation plan outside "
-                                "its config (evaluation.bins, evaluation.max_rows)")
+                                "its config (evaluation.bins, max_rows, noise_stddev)")
         t0 = time.perf_counter()
         start = np.asarray(global_flat, np.float32)
         params = self._unravel(start)
@@ -337,7 +339,8 @@ class Hospital:
                   for split in ("val", "test")}
         hist = own_histograms(scored, plan.bins)
         t1 = time.perf_counter()
-        values = plan.encode(encoder.context, hist["val"], hist["test"])
+        values = plan.encode(encoder.context, hist["val"], hist["test"],
+                             noise=self.randomness.draw("eval-noise", round_idx, self.index))
         payload = encoder.seal_values(values, contributors=plan.contributors)
         bundle = self.contributions.evaluations.bundle(
             self.name, round_idx, payload, plan.bind(model_digest(start, {})), plan=plan)

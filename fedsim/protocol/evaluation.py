@@ -34,9 +34,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedsim.crypto.integers import CountCodec
-from fedsim.errors import PartyLost, ProtocolError
-from fedsim.learning.histograms import ScoreBins, histogram, pooled_metrics, youden_threshold
-from fedsim.learning.metrics import PROB_CLIP, BinaryMetrics
+from fedsim.errors import ProtocolError
+from fedsim.learning.histograms import ScoreBins, histogram
+from fedsim.learning.metrics import PROB_CLIP
 
 LOSS_UNIT = 2.0**-10  # a hospital's summed log-loss is sent rounded to this (exact sum)
 _MAX_ROW_LOSS = -math.log(PROB_CLIP)  # the log-loss of one row is at most this
@@ -71,6 +71,10 @@ class EvaluationPlan:
     contributors: int  # every registered hospital contributes to every evaluation
     max_rows: int  # the most rows of one hospital's validation or test split
     evaluations: int  # evaluation sums decrypted over the run
+    # Record-level DP: the stddev of each pooled count's noise, and the hospitals whose
+    # shares make it whole (each draws noise_stddev / sqrt(min_clients)); None: no noise.
+    noise_stddev: float | None = None
+    min_clients: int = 2
 
     @classmethod
     def from_config(cls, cfg: Any, num_clients: int) -> EvaluationPlan | None:
@@ -79,7 +83,31 @@ class EvaluationPlan:
         if not e.federated_in(cfg.federation):
             return None
         return cls(ScoreBins(e.bins), num_clients, e.max_rows,
-                   len(evaluation_rounds(cfg.federation.rounds, e.every)))
+                   len(evaluation_rounds(cfg.federation.rounds, e.every)), e.noise_stddev,
+                   cfg.federation.min_clients)
+
+    @property
+    def share_stddev(self) -> float:
+        """The stddev of one hospital's noise share on each count."""
+        return (self.noise_stddev or 0.0) / math.sqrt(self.min_clients)
+
+    @property
+    def offset(self) -> int:
+        """Public offset on every noised count, so that it stays non-negative (a share
+        below -offset, 14 share stddevs, has probability below 1e-44; it is clipped)."""
+        return math.ceil(14 * self.share_stddev) if self.noise_stddev else 0
+
+    def epsilon(self, evaluations: int, delta: float) -> float:
+        """Epsilon at ``delta`` of ``evaluations`` noised histograms against whoever reads
+        them: one patient moves one count by 1 (l2 sensitivity 1; n and the log-loss are
+        not released under DP), Gaussian noise of stddev ``noise_stddev`` while at least
+        ``min_clients`` hospitals' shares are honest (RDP, dp-accounting; the sum of
+        discrete Gaussian shares is treated as Gaussian, as for the training noise)."""
+        import dp_accounting
+
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(self.noise_stddev), evaluations)
+        return float(accountant.get_epsilon(delta))
 
     def bind(self, model: bytes) -> bytes:
         """Digest of ``model`` (a 32-byte `fedsim.crypto.identity.model_digest`) and
@@ -96,7 +124,7 @@ class EvaluationPlan:
     def codecs(self, context: Any) -> tuple[CountCodec, CountCodec]:
         """The codecs of the counts and of the log-loss sums under ``context``."""
         counts = CountCodec.for_context(context, contributors=self.contributors,
-                                        max_value=self.max_rows)
+                                        max_value=self.max_rows + 2 * self.offset)
         losses = CountCodec.for_context(
             context, contributors=self.contributors,
             max_value=math.ceil(self.max_rows * _MAX_ROW_LOSS / LOSS_UNIT))
@@ -110,8 +138,11 @@ class EvaluationPlan:
         """Ciphertexts of one evaluation batch (and of its sum)."""
         return -(-self.num_values(context) // context.values_per_ciphertext)
 
-    def encode(self, context: Any, val: np.ndarray, test: np.ndarray) -> np.ndarray:
-        """The slot values of one hospital's two histograms (``histogram``'s layout)."""
+    def encode(self, context: Any, val: np.ndarray, test: np.ndarray,
+               noise: Any = None) -> np.ndarray:
+        """The slot values of one hospital's two histograms (``histogram``'s layout);
+        with DP, its noise share (``noise``: the hospital's secret source) on every
+        count, n and the log-loss left out."""
         c = self.bins.count
         for h in (val, test):
             if h[-1] > self.max_rows:
@@ -119,6 +150,15 @@ class EvaluationPlan:
                 raise ProtocolError("a split has more rows than evaluation.max_rows; raise it")
         ints = np.concatenate([val[: 2 * c], val[-1:], test[: 2 * c], test[-1:]])
         loss = np.rint(np.array([val[-2], test[-2]]) / LOSS_UNIT)
+        if self.noise_stddev:
+            from fedsim.privacy.mechanisms.discrete import discrete_gaussian
+
+            if noise is None:
+                raise ProtocolError("a noised evaluation needs the hospital's noise source")
+            shares = discrete_gaussian(noise, self.share_stddev, ints.size)
+            ints = np.clip(ints + shares + self.offset, 0, self.max_rows + 2 * self.offset)
+            ints[[2 * c, 4 * c + 1]] = self.offset  # n: not released under DP
+            loss = np.zeros(2)
         counts, losses = self.codecs(context)
         return np.concatenate([counts.encode(ints), losses.encode(loss)])
 
@@ -129,6 +169,11 @@ class EvaluationPlan:
         ints = counts.decode(values[:cut]).astype(np.float64)
         loss = losses.decode(values[cut: cut + losses.size(2)]) * LOSS_UNIT
         c = self.bins.count
+        if self.noise_stddev:  # noised counts, n their sum, no log-loss
+            ints = np.maximum(ints - self.contributors * self.offset, 0)
+            ints[2 * c] = ints[: 2 * c].sum()
+            ints[4 * c + 1] = ints[2 * c + 1: 4 * c + 1].sum()
+            loss = np.full(2, np.nan)
         out = []
         for k, part in enumerate((ints[: 2 * c + 1], ints[2 * c + 1:])):
             out.append(np.concatenate([part[: 2 * c], [loss[k]], part[-1:]]))
@@ -140,43 +185,6 @@ def own_histograms(labels_probs: dict[str, tuple[np.ndarray, np.ndarray]],
     """A hospital's histogram of each of its splits (``{"val": (labels, probs), ...}``)."""
     return {split: histogram(labels, probs, bins)
             for split, (labels, probs) in labels_probs.items()}
-
-
-@dataclass(frozen=True)
-class PooledEvaluation:
-    """What one federated evaluation yields: metrics on the pooled test histogram at the
-    pooled-validation Youden edge, the AUC bound, and the two summed histograms."""
-
-    metrics: BinaryMetrics
-    auc_bound: float
-    val: np.ndarray
-    test: np.ndarray
-    seconds: dict[str, float]
-
-    def roc(self, bins: ScoreBins, *, max_points: int = 200) -> dict[str, list[float]]:
-        """ROC points of the pooled test histogram, one per bin edge (``roc_points``'s
-        layout)."""
-        c = bins.count
-        neg, pos = self.test[:c], self.test[c: 2 * c]
-        if not neg.sum() or not pos.sum():
-            return {"fpr": [], "tpr": []}
-        tpr = np.concatenate([[0.0], np.cumsum(pos[::-1]) / pos.sum()])
-        fpr = np.concatenate([[0.0], np.cumsum(neg[::-1]) / neg.sum()])
-        keep = np.concatenate([[True], np.diff(fpr) + np.diff(tpr) > 0])
-        fpr, tpr = fpr[keep], tpr[keep]
-        if len(fpr) > max_points:  # thinned as `fedsim.learning.metrics.roc_points`
-            idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
-            fpr, tpr = fpr[idx], tpr[idx]
-        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-
-
-def pooled(val: np.ndarray, test: np.ndarray, bins: ScoreBins,
-           seconds: dict[str, float]) -> PooledEvaluation:
-    """Metrics of the summed histograms (thresholded at the validation Youden edge; 0.5
-    without validation rows, as the central evaluator)."""
-    threshold = youden_threshold(val, bins) if val[-1] > 0 else 0.5
-    result = pooled_metrics(test, bins, threshold=threshold)
-    return PooledEvaluation(result.metrics, result.auc_bound, val, test, seconds)
 
 
 class Evaluations:
@@ -242,113 +250,3 @@ class Evaluations:
                 endorsement(self.run_id, round_idx, client, summed,
                             self._plans[(kind, client)], kind=kind))
         return out
-
-
-class FederatedEvaluator:
-    """The coordinator's side: ask every hospital for its sealed histograms, have the
-    aggregator sum them and the key holders open the sum, read the pooled metrics.
-
-    ``holdout``: a public test set no hospital holds (a benchmark's), scored here with
-    ``model`` instead of the hospitals' test splits; the threshold still comes from the
-    hospitals' summed validation histograms."""
-
-    def __init__(self, plan: EvaluationPlan, *, model: Any = None, holdout: Any = None
-                 ) -> None:
-        self.plan = plan
-        self.model = model
-        self.holdout = holdout
-        self.last: PooledEvaluation | None = None
-        self.last_round = -1
-        self.disclosed: dict[str, dict] = {}  # hospital -> its own metrics, if it told
-
-    def score_round(self, federation: Any, round_idx: int
-                    ) -> tuple[BinaryMetrics, dict[str, float]] | None:
-        """The pooled metrics of the model after ``round_idx`` and their extra columns
-        (``auc_bound``, the evaluation's phases), or None when a hospital is lost (an
-        evaluation holds every hospital or none: it is skipped, with a warning)."""
-        from fedsim.protocol.records import PhaseTimer
-        from fedsim.protocol.schemes import AGGREGATOR
-
-        if federation.lost:
-            federation.warnings.append(f"round {round_idx}: evaluation skipped: "
-                                       f"{', '.join(federation.lost)} gone")
-            return None
-        b, timer = federation.backend, PhaseTimer()
-        ref = b.put(federation.state.params)
-        roles = federation.population.party_roles
-        calls = {role: b.call(role, "evaluate", round_idx, ref, self.plan, num_returns=2)
-                 for role in roles}
-        bundles = [calls[role][0] for role in roles]
-        manifest_h, aggregate_h, seconds_h = b.call(AGGREGATOR, "sum_evaluation",
-                                                    round_idx, *bundles, num_returns=3)
-        try:
-            said = {role: b.get(calls[role][1]) for role in roles}
-            manifest, aggregated = b.get([manifest_h, seconds_h])
-            batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
-            endorsements: dict[str, bytes] = {}
-            for h in [b.call(role, "endorse_evaluation", round_idx, batches)
-                      for role in roles]:
-                endorsements.update(b.get(h))
-            values = federation.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
-                                                       endorsements=endorsements)
-        except PartyLost as err:
-            federation.warnings.append(f"round {round_idx}: evaluation skipped: {err}")
-            return None
-        del aggregate_h
-        val, test = self.plan.decode(federation.scheme.context, values)
-        timer.add("aggregate", aggregated)
-        timer.add("score", max(s["score"] for s in said.values()))
-        timer.add("encrypt", max(s["encrypt"] for s in said.values()))
-        self.disclosed = {role.split(":", 1)[1]: s["metrics"] for role, s in said.items()
-                          if "metrics" in s}
-        result = pooled(val, test, self.plan.bins, dict(timer.phases))
-        metrics = result.metrics
-        if self.holdout is not None:
-            from fedsim.learning.metrics import evaluate
-            from fedsim.learning.train import predict
-
-            probs = predict(self.model, federation.params, self.holdout)
-            metrics = evaluate(self.holdout.labels, probs, threshold=metrics.threshold)
-        self.last, self.last_round = result, round_idx
-        extra = {"auc_bound": result.auc_bound if self.holdout is None else 0.0,
-                 **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
-        return metrics, extra
-
-    def final_report(self, federation: Any) -> dict:
-        """metrics.json's content: pooled test metrics with ROC points from the summed
-        histogram, and each hospital's own metrics only as far as it disclosed them."""
-        if self.last is None:
-            raise ProtocolError("no federated evaluation of the final model (a hospital "
-                                "was lost in the last round)")
-        r = self.last
-        if self.holdout is not None:
-            from fedsim.learning.metrics import evaluate, roc_points
-            from fedsim.learning.train import predict
-
-            probs = predict(self.model, federation.params, self.holdout)
-            pooled_part = {**evaluate(self.holdout.labels, probs,
-                                      threshold=r.metrics.threshold).as_dict(),
-                           "roc": roc_points(self.holdout.labels, probs)}
-        else:
-            pooled_part = {**r.metrics.as_dict(), "roc": r.roc(self.plan.bins),
-                           "auc_bound": r.auc_bound}
-        # The key holders' word on the model every hospital evaluated (`fedsim verify`).
-        deployment = {**federation.scheme.receipts(federation.backend, self.last_round),
-                      "plan": repr(self.plan), "run_id": federation.run_id}
-        # The round whose model was scored: the last, unless a hospital was lost then
-        # (its evaluation skipped, with a warning) and an earlier model's stands.
-        return {"threshold": r.metrics.threshold, "evaluation": "federated",
-                "evaluated_after_round": self.last_round + 1,
-                "hospitals": {name: dict(m) for name, m in self.disclosed.items()},
-                "pooled": pooled_part, "deployment": deployment}
-
-
-def evaluator_for(federation: Any, dataset: Any) -> Any:
-    """Federated evaluation when the run's plan has it (the coordinator then holds no
-    hospital's rows), else the coordinator's scoring of pooled copies."""
-    if federation.evaluation is not None:
-        return FederatedEvaluator(federation.evaluation, model=federation.model,
-                                  holdout=dataset.holdout)
-    from fedsim.learning.evaluation import CentralEvaluator
-
-    return CentralEvaluator(federation.model, dataset)

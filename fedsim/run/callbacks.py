@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from fedsim.learning.evaluation import CentralEvaluator
-    from fedsim.protocol.evaluation import FederatedEvaluator
+    from fedsim.protocol.evaluator import FederatedEvaluator
     from fedsim.protocol.federation import Federation
     from fedsim.run.progress import RoundProgress
     from fedsim.run.results import RunWriter

@@ -203,7 +203,7 @@ def _execute(
             console.print(f"[yellow]warning:[/] {caveat}")
         writer.update_manifest(caveats=federation.scheme.caveats())
         start = parties.setup(resume)
-        from fedsim.protocol.evaluation import evaluator_for
+        from fedsim.protocol.evaluator import evaluator_for
 
         evaluator = evaluator_for(federation, dataset)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)

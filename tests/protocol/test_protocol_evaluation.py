@@ -17,7 +17,8 @@ from fedsim.learning.histograms import histogram, youden_threshold
 from fedsim.learning.metrics import evaluate
 from fedsim.learning.train import predict
 from fedsim.protocol.backend import InProcessBackend
-from fedsim.protocol.evaluation import LOSS_UNIT, FederatedEvaluator, evaluation_rounds
+from fedsim.protocol.evaluation import LOSS_UNIT, evaluation_rounds
+from fedsim.protocol.evaluator import FederatedEvaluator
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.keyholder import DecryptionRequest
 from fedsim.run.runner import load_dataset
@@ -249,3 +250,48 @@ def test_fedsim_verify_accepts_the_evaluated_model_and_nothing_else(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(forged))
     with pytest.raises(VerificationFailed, match="2 of the 3 signatures needed"):
         verify_run(tmp_path)
+
+
+def test_dp_noise_shares_make_the_stated_stddev_on_every_pooled_count():
+    from fedsim.learning.histograms import ScoreBins
+    from fedsim.privacy.randomness import SecretRandom
+    from fedsim.protocol.evaluation import EvaluationPlan
+
+    class Context:  # exact arithmetic: the codec's digits and the noise alone
+        value_bound, error_bound, values_per_ciphertext = 0.5, 1e-9, 4096
+
+    plan = EvaluationPlan(ScoreBins(1024), contributors=3, max_rows=10**6, evaluations=1,
+                          noise_stddev=3.0, min_clients=2)
+    hist = np.concatenate([np.full(2 * 1024, 100.0), [7.5, 2048 * 100.0]])
+    summed = sum(plan.encode(Context, hist, hist, noise=SecretRandom()) for _ in range(3))
+    val, test = plan.decode(Context, summed)
+    noise = np.concatenate([val[:2048], test[:2048]]) - 300
+    # 3 shares of stddev 3/sqrt(2): 3 sqrt(3/2) in all; 4096 counts give a relative
+    # standard error of 1.1% on the stddev: 6 of them.
+    assert np.std(noise) == pytest.approx(3.0 * np.sqrt(1.5), rel=0.066)
+    assert abs(np.mean(noise)) < 6 * 3.0 * np.sqrt(1.5) / np.sqrt(noise.size)
+    # n is the noised counts' sum and the log-loss is not released under DP.
+    assert val[-1] == val[:2048].sum() and np.isnan(val[-2]) and np.isnan(test[-2])
+
+
+def test_noised_evaluation_reports_its_epsilon_and_hospitals_refuse_less_noise():
+    import dp_accounting
+
+    fed, data = withheld(federation={"rounds": 2}, evaluation={"noise_stddev": 4.0})
+    evaluator = FederatedEvaluator(fed.evaluation)
+    for r in range(2):
+        fed.run_round(r)
+        metrics, extra = evaluator.score_round(fed, r)
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(4.0), 2)
+    assert extra["evaluation_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5))
+    y, p = scored(fed, data, "test")
+    exact = evaluate(y, p, threshold=metrics.threshold)
+    assert np.isnan(metrics.loss) and abs(metrics.auc - exact.auc) < 0.1
+    report = evaluator.final_report(fed)
+    assert report["pooled"]["dp"]["epsilon"] == extra["evaluation_epsilon"]
+    b, role = fed.backend, fed.population.party_roles[0]
+    quieter = replace(fed.evaluation, noise_stddev=1.0)
+    with pytest.raises(ProtocolError, match="plan outside its config"):
+        b.get(b.call(role, "evaluate", 5, b.put(fed.state.params), quieter,
+                     num_returns=2)[0])

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedsim.aggregate.steps import Update
 from fedsim.crypto.batch import is_blob
-from fedsim.errors import CryptoError, FedSimError, PartyLost, ProtocolError
+from fedsim.errors import CryptoError, FedSimError, PartyLost, ProtocolError, Refusal
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.evaluation import EvaluationPlan
 from fedsim.protocol.manifest import Manifest
@@ -298,7 +298,7 @@ class ThresholdCKKS(Scheme):
             try:
                 model, signature = backend.get(backend.call(holder_role(i), "receipt",
                                                             round_idx))
-            except PartyLost:
+            except (PartyLost, Refusal):  # gone, or not among the holders that opened it
                 continue
             models.add(model)
             signed[str(i)] = {"identity": self.cards[i].identity.hex(),

@@ -1,0 +1,48 @@
+"""The ``evaluation`` section: how often the global model is scored, and where."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedsim.config.sections import FederationConfig
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How often the model is scored (``every: 0``: at the end) and where: ``federated``
+    (default on in he mode with hospital clients), only the encrypted sum of the
+    hospitals' score histograms (``bins``; ``max_rows``: most rows of a split) is opened
+    (`fedsim.protocol.evaluation`), else the coordinator scores pooled copies.
+    ``noise_stddev``: record-level DP on those histograms (the Gaussian stddev of the
+    noise on each pooled count, drawn by the hospitals in shares); ``disclose_hospitals``:
+    each hospital also reports its own metrics."""
+
+    every: int = 1
+    federated: bool | None = None
+    bins: int = 4096
+    max_rows: int = 1_000_000
+    disclose_hospitals: bool = False
+    noise_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"evaluation.every: must be >= 0, got {self.every}")
+        for name, low in (("bins", 2), ("max_rows", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"evaluation.{name}: must be >= {low}, got "
+                                  f"{getattr(self, name)}")
+        if self.noise_stddev is not None and not (math.isfinite(self.noise_stddev)
+                                                  and self.noise_stddev >= 1):
+            raise ConfigError(f"evaluation.noise_stddev: must be a number >= 1 (counts), "
+                              f"got {self.noise_stddev}")
+
+    def federated_in(self, federation: FederationConfig) -> bool:
+        """Whether this run evaluates federated (resolving the default)."""
+        if self.federated is None:
+            return federation.encrypted and federation.clients == "hospital"
+        return self.federated

@@ -1,0 +1,174 @@
+"""The coordinator's side of federated evaluation (`fedsim.protocol.evaluation`): ask
+every hospital for its sealed histograms, have the aggregator sum them and the key
+holders open the sum, read the pooled metrics (and, with DP, their epsilon)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsim.errors import PartyLost, ProtocolError
+from fedsim.learning.histograms import ScoreBins, pooled_metrics, youden_threshold
+from fedsim.learning.metrics import BinaryMetrics
+from fedsim.protocol.evaluation import EvaluationPlan, evaluation_rounds
+
+
+@dataclass(frozen=True)
+class PooledEvaluation:
+    """What one federated evaluation yields: metrics on the pooled test histogram at the
+    pooled-validation Youden edge, the AUC bound, and the two summed histograms."""
+
+    metrics: BinaryMetrics
+    auc_bound: float
+    val: np.ndarray
+    test: np.ndarray
+    seconds: dict[str, float]
+
+    def roc(self, bins: ScoreBins, *, max_points: int = 200) -> dict[str, list[float]]:
+        """ROC points of the pooled test histogram, one per bin edge (``roc_points``'s
+        layout)."""
+        c = bins.count
+        neg, pos = self.test[:c], self.test[c: 2 * c]
+        if not neg.sum() or not pos.sum():
+            return {"fpr": [], "tpr": []}
+        tpr = np.concatenate([[0.0], np.cumsum(pos[::-1]) / pos.sum()])
+        fpr = np.concatenate([[0.0], np.cumsum(neg[::-1]) / neg.sum()])
+        keep = np.concatenate([[True], np.diff(fpr) + np.diff(tpr) > 0])
+        fpr, tpr = fpr[keep], tpr[keep]
+        if len(fpr) > max_points:  # thinned as `fedsim.learning.metrics.roc_points`
+            idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+            fpr, tpr = fpr[idx], tpr[idx]
+        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def pooled(val: np.ndarray, test: np.ndarray, bins: ScoreBins,
+           seconds: dict[str, float]) -> PooledEvaluation:
+    """Metrics of the summed histograms (thresholded at the validation Youden edge; 0.5
+    without validation rows, as the central evaluator)."""
+    threshold = youden_threshold(val, bins) if val[-1] > 0 else 0.5
+    result = pooled_metrics(test, bins, threshold=threshold)
+    return PooledEvaluation(result.metrics, result.auc_bound, val, test, seconds)
+
+
+class FederatedEvaluator:
+    """The coordinator's side: ask every hospital for its sealed histograms, have the
+    aggregator sum them and the key holders open the sum, read the pooled metrics.
+
+    ``holdout``: a public test set no hospital holds (a benchmark's), scored here with
+    ``model`` instead of the hospitals' test splits; the threshold still comes from the
+    hospitals' summed validation histograms."""
+
+    def __init__(self, plan: EvaluationPlan, *, model: Any = None, holdout: Any = None
+                 ) -> None:
+        self.plan = plan
+        self.model = model
+        self.holdout = holdout
+        self.last: PooledEvaluation | None = None
+        self.last_round = -1
+        self.epsilon: float | None = None  # of the noised histograms released so far
+        self.disclosed: dict[str, dict] = {}  # hospital -> its own metrics, if it told
+
+    def score_round(self, federation: Any, round_idx: int
+                    ) -> tuple[BinaryMetrics, dict[str, float]] | None:
+        """The pooled metrics of the model after ``round_idx`` and their extra columns
+        (``auc_bound``, the evaluation's phases), or None when a hospital is lost (an
+        evaluation holds every hospital or none: it is skipped, with a warning)."""
+        from fedsim.protocol.records import PhaseTimer
+        from fedsim.protocol.schemes import AGGREGATOR
+
+        if federation.lost:
+            federation.warnings.append(f"round {round_idx}: evaluation skipped: "
+                                       f"{', '.join(federation.lost)} gone")
+            return None
+        b, timer = federation.backend, PhaseTimer()
+        ref = b.put(federation.state.params)
+        roles = federation.population.party_roles
+        calls = {role: b.call(role, "evaluate", round_idx, ref, self.plan, num_returns=2)
+                 for role in roles}
+        bundles = [calls[role][0] for role in roles]
+        manifest_h, aggregate_h, seconds_h = b.call(AGGREGATOR, "sum_evaluation",
+                                                    round_idx, *bundles, num_returns=3)
+        try:
+            said = {role: b.get(calls[role][1]) for role in roles}
+            manifest, aggregated = b.get([manifest_h, seconds_h])
+            batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
+            endorsements: dict[str, bytes] = {}
+            for h in [b.call(role, "endorse_evaluation", round_idx, batches)
+                      for role in roles]:
+                endorsements.update(b.get(h))
+            values = federation.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
+                                                       endorsements=endorsements)
+        except PartyLost as err:
+            federation.warnings.append(f"round {round_idx}: evaluation skipped: {err}")
+            return None
+        del aggregate_h
+        val, test = self.plan.decode(federation.scheme.context, values)
+        timer.add("aggregate", aggregated)
+        timer.add("score", max(s["score"] for s in said.values()))
+        timer.add("encrypt", max(s["encrypt"] for s in said.values()))
+        self.disclosed = {role.split(":", 1)[1]: s["metrics"] for role, s in said.items()
+                          if "metrics" in s}
+        result = pooled(val, test, self.plan.bins, dict(timer.phases))
+        metrics = result.metrics
+        if self.holdout is not None:
+            from fedsim.learning.metrics import evaluate
+            from fedsim.learning.train import predict
+
+            probs = predict(self.model, federation.params, self.holdout)
+            metrics = evaluate(self.holdout.labels, probs, threshold=metrics.threshold)
+        self.last, self.last_round = result, round_idx
+        extra = {"auc_bound": result.auc_bound if self.holdout is None else 0.0,
+                 **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
+        if self.plan.noise_stddev:  # record-level DP on the histograms, composed so far
+            cfg = federation.cfg
+            done = evaluation_rounds(cfg.federation.rounds, cfg.evaluation.every)
+            self.epsilon = self.plan.epsilon(done.index(round_idx) + 1, cfg.privacy.delta)
+            extra["evaluation_epsilon"] = self.epsilon
+        return metrics, extra
+
+    def final_report(self, federation: Any) -> dict:
+        """metrics.json's content: pooled test metrics with ROC points from the summed
+        histogram, and each hospital's own metrics only as far as it disclosed them."""
+        if self.last is None:
+            raise ProtocolError("no federated evaluation of the final model (a hospital "
+                                "was lost in the last round)")
+        r = self.last
+        if self.holdout is not None:
+            from fedsim.learning.metrics import evaluate, roc_points
+            from fedsim.learning.train import predict
+
+            probs = predict(self.model, federation.params, self.holdout)
+            pooled_part = {**evaluate(self.holdout.labels, probs,
+                                      threshold=r.metrics.threshold).as_dict(),
+                           "roc": roc_points(self.holdout.labels, probs)}
+        else:
+            pooled_part = {**r.metrics.as_dict(), "roc": r.roc(self.plan.bins),
+                           "auc_bound": r.auc_bound}
+        # The key holders' word on the model every hospital evaluated (`fedsim verify`).
+        deployment = {**federation.scheme.receipts(federation.backend, self.last_round),
+                      "plan": repr(self.plan), "run_id": federation.run_id}
+        # The round whose model was scored: the last, unless a hospital was lost then
+        # (its evaluation skipped, with a warning) and an earlier model's stands.
+        if self.plan.noise_stddev:
+            pooled_part["dp"] = {"noise_stddev": self.plan.noise_stddev,
+                                 "epsilon": self.epsilon,
+                                 "delta": federation.cfg.privacy.delta,
+                                 "against": "whoever reads the pooled histograms or metrics",
+                                 "unit": "one patient of a validation or test split"}
+        return {"threshold": r.metrics.threshold, "evaluation": "federated",
+                "evaluated_after_round": self.last_round + 1,
+                "hospitals": {name: dict(m) for name, m in self.disclosed.items()},
+                "pooled": pooled_part, "deployment": deployment}
+
+
+def evaluator_for(federation: Any, dataset: Any) -> Any:
+    """Federated evaluation when the run's plan has it (the coordinator then holds no
+    hospital's rows), else the coordinator's scoring of pooled copies."""
+    if federation.evaluation is not None:
+        return FederatedEvaluator(federation.evaluation, model=federation.model,
+                                  holdout=dataset.holdout)
+    from fedsim.learning.evaluation import CentralEvaluator
+
+    return CentralEvaluator(federation.model, dataset)

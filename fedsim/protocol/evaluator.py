@@ -52,6 +52,32 @@ def pooled(val: np.ndarray, test: np.ndarray, bins: ScoreBins,
     return PooledEvaluation(result.metrics, result.auc_bound, val, test, seconds)
 
 
+def open_hospital_sum(federation: Any, round_idx: int, method: str, args: tuple,
+                      timer: Any, *, kind: str = "evaluate") -> tuple[np.ndarray, dict, Any]:
+    """Every hospital's sealed batch (its ``method`` called with ``args``), summed by the
+    aggregator, endorsed by every hospital and opened by the key holders: the opened
+    values, what each hospital said in plaintext (by role) and the sum's manifest."""
+    from fedsim.protocol.schemes import AGGREGATOR
+
+    b = federation.backend
+    roles = federation.population.party_roles
+    calls = {role: b.call(role, method, *args, num_returns=2) for role in roles}
+    bundles = [calls[role][0] for role in roles]
+    manifest_h, _, seconds_h = b.call(AGGREGATOR, "sum_evaluation", round_idx, *bundles,
+                                      kind=kind, num_returns=3)
+    said = {role: b.get(calls[role][1]) for role in roles}
+    manifest, aggregated = b.get([manifest_h, seconds_h])
+    batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
+    endorsements: dict[str, bytes] = {}
+    for h in [b.call(role, "endorse_evaluation", round_idx, batches, kind=kind)
+              for role in roles]:
+        endorsements.update(b.get(h))
+    values = federation.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
+                                               endorsements=endorsements)
+    timer.add("aggregate", aggregated)
+    return values, said, manifest
+
+
 class FederatedEvaluator:
     """The coordinator's side: ask every hospital for its sealed histograms, have the
     aggregator sum them and the key holders open the sum, read the pooled metrics.
@@ -76,36 +102,20 @@ class FederatedEvaluator:
         (``auc_bound``, the evaluation's phases), or None when a hospital is lost (an
         evaluation holds every hospital or none: it is skipped, with a warning)."""
         from fedsim.protocol.records import PhaseTimer
-        from fedsim.protocol.schemes import AGGREGATOR
 
         if federation.lost:
             federation.warnings.append(f"round {round_idx}: evaluation skipped: "
                                        f"{', '.join(federation.lost)} gone")
             return None
-        b, timer = federation.backend, PhaseTimer()
-        ref = b.put(federation.state.params)
-        roles = federation.population.party_roles
-        calls = {role: b.call(role, "evaluate", round_idx, ref, self.plan, num_returns=2)
-                 for role in roles}
-        bundles = [calls[role][0] for role in roles]
-        manifest_h, aggregate_h, seconds_h = b.call(AGGREGATOR, "sum_evaluation",
-                                                    round_idx, *bundles, num_returns=3)
+        timer = PhaseTimer()
+        ref = federation.backend.put(federation.state.params)
         try:
-            said = {role: b.get(calls[role][1]) for role in roles}
-            manifest, aggregated = b.get([manifest_h, seconds_h])
-            batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
-            endorsements: dict[str, bytes] = {}
-            for h in [b.call(role, "endorse_evaluation", round_idx, batches)
-                      for role in roles]:
-                endorsements.update(b.get(h))
-            values = federation.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
-                                                       endorsements=endorsements)
+            values, said, _ = open_hospital_sum(federation, round_idx, "evaluate",
+                                                (round_idx, ref, self.plan), timer)
         except PartyLost as err:
             federation.warnings.append(f"round {round_idx}: evaluation skipped: {err}")
             return None
-        del aggregate_h
         val, test = self.plan.decode(federation.scheme.context, values)
-        timer.add("aggregate", aggregated)
         timer.add("score", max(s["score"] for s in said.values()))
         timer.add("encrypt", max(s["encrypt"] for s in said.values()))
         self.disclosed = {role.split(":", 1)[1]: s["metrics"] for role, s in said.items()
@@ -149,14 +159,14 @@ class FederatedEvaluator:
         # The key holders' word on the model every hospital evaluated (`fedsim verify`).
         deployment = {**federation.scheme.receipts(federation.backend, self.last_round),
                       "plan": repr(self.plan), "run_id": federation.run_id}
-        # The round whose model was scored: the last, unless a hospital was lost then
-        # (its evaluation skipped, with a warning) and an earlier model's stands.
         if self.plan.noise_stddev:
             pooled_part["dp"] = {"noise_stddev": self.plan.noise_stddev,
                                  "epsilon": self.epsilon,
                                  "delta": federation.cfg.privacy.delta,
                                  "against": "whoever reads the pooled histograms or metrics",
                                  "unit": "one patient of a validation or test split"}
+        # The round whose model was scored: the last, unless a hospital was lost then
+        # (its evaluation skipped, with a warning) and an earlier model's stands.
         return {"threshold": r.metrics.threshold, "evaluation": "federated",
                 "evaluated_after_round": self.last_round + 1,
                 "hospitals": {name: dict(m) for name, m in self.disclosed.items()},

@@ -128,9 +128,9 @@ def predict_ensemble(cfg: Any, dataset: Any, params: np.ndarray, query: QueryRow
                      backend: Any, run_id: str, fine_tune: bool = False) -> Prediction:
     """Score ``query`` with every hospital of ``dataset`` (each party started with its
     own rows; the coordinator's view holds none) and open only the ensemble."""
+    from fedsim.protocol.evaluator import open_hospital_sum
     from fedsim.protocol.federation import Federation
     from fedsim.protocol.records import PhaseTimer
-    from fedsim.protocol.schemes import AGGREGATOR
 
     pcfg = prediction_config(cfg)
     plan = PredictionPlan(len(query), len(dataset.clients))
@@ -140,26 +140,12 @@ def predict_ensemble(cfg: Any, dataset: Any, params: np.ndarray, query: QueryRow
                      hospital_data=dataset, evaluation=plan)
     fed.setup()
     timer.add("setup", time.perf_counter() - t0)
-    b = fed.backend
-    ref, asked = b.put(np.asarray(params)), b.put(query)
-    roles = fed.population.party_roles
-    calls = {role: b.call(role, "predict", ref, asked, plan, fine_tune, num_returns=2)
-             for role in roles}
-    bundles = [calls[role][0] for role in roles]
-    manifest_h, _, summed_h = b.call(AGGREGATOR, "sum_evaluation", 0, *bundles,
-                                     kind="predict", num_returns=3)
-    said = [b.get(calls[role][1]) for role in roles]
-    manifest, summed = b.get([manifest_h, summed_h])
-    batches = dict(zip(manifest.contributors, manifest.digests, strict=True))
-    endorsements: dict[str, bytes] = {}
-    for h in [b.call(role, "endorse_evaluation", 0, batches, kind="predict")
-              for role in roles]:
-        endorsements.update(b.get(h))
-    values = fed.scheme.open_evaluation(b, manifest, timer, bundles=bundles,
-                                        endorsements=endorsements)
-    timer.add("aggregate", summed)
+    ref, asked = fed.backend.put(np.asarray(params)), fed.backend.put(query)
+    values, said, manifest = open_hospital_sum(fed, 0, "predict",
+                                               (ref, asked, plan, fine_tune), timer,
+                                               kind="predict")
     for part in ("train", "score", "encrypt"):
-        timer.add(part, max(s.get(part, 0.0) for s in said))
+        timer.add(part, max(s.get(part, 0.0) for s in said.values()))
     context = fed.scheme.context
     return Prediction(plan.decode(context, values), plan.error_bound(context),
                       tuple(manifest.contributors), dict(timer.phases))

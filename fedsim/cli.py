@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="results directory (default runs/<sweep name>-<timestamp>)")
     sweep.add_argument("--address", help="Ray cluster address (as for run)")
     sweep.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
+    sweep.add_argument("--seeds", type=int, help="runs per point, seeds seed..seed+N-1 "
+                       "(default: the sweep file's seeds, else 1)")
 
     predict = sub.add_parser("predict", help="score query patients with a finished run's "
                              "hospitals; only the encrypted ensemble is opened")
@@ -110,13 +112,20 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import time
+    from dataclasses import replace
     from pathlib import Path
 
+    from fedsim.errors import ConfigError
     from fedsim.run.sweep import load_sweep, run_sweep, sweep_config
 
     spec = load_sweep(args.sweep_file)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+        spec = replace(spec, seeds=args.seeds)
     for eps in spec.target_epsilons:
-        sweep_config(spec, eps, tuple(args.overrides))
+        for replicate in range(spec.seeds):
+            sweep_config(spec, eps, tuple(args.overrides), replicate)
     out = Path(args.out or f"runs/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     table = run_sweep(spec, out, extra=tuple(args.overrides), backend=args.backend,
                       address=args.address)

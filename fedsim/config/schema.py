@@ -43,6 +43,9 @@ class RunConfig:
                 f"federation.clients_per_round ({fed.clients_per_round})"
             )
         p = self.privacy
+        if p.enabled and p.sparse is not None and self.model.bag != "sum":
+            raise ConfigError("privacy.sparse: sparse DP-SGD needs model.bag 'sum' (a mean "
+                              "bag divides frozen and trained rows by different counts)")
         if p.client_level and not fed.encrypted \
                 and p.target_epsilon is not None and p.epsilon_against == "participants":
             raise ConfigError(

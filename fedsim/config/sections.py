@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fedsim.config.evaluation import EvaluationConfig  # noqa: F401 (re-exported)
+from fedsim.config.privacy import (  # noqa: F401 (re-exported)
+    AdaptiveClippingConfig,
+    PrivacyConfig,
+    SparseConfig,
+)
 from fedsim.config.resources import ResourcesConfig, ResourceSpec  # noqa: F401 (re-exported)
 from fedsim.data.loader import ColumnSpec
 from fedsim.errors import ConfigError
@@ -250,104 +255,6 @@ class CryptoConfig:
         if self.statistical_security < 30:
             raise ConfigError(f"crypto.statistical_security: must be >= 30 (OpenFHE's "
                               f"minimum), got {self.statistical_security}")
-
-
-@dataclass(frozen=True)
-class AdaptiveClippingConfig:
-    """Adaptive client-level clipping (Andrew et al. 2021): the clip bound follows the
-    ``target_quantile`` of update norms. ``indicator_noise_stddev`` defaults to the
-    paper's clients per round / 20; ``max_clip`` caps the bound (it sizes the
-    encryption's value range)."""
-
-    target_quantile: float = 0.5
-    learning_rate: float = 0.2
-    indicator_noise_stddev: float | None = None
-    max_clip: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.target_quantile < 1:
-            raise ConfigError(f"privacy.adaptive_clipping.target_quantile: must be in (0, 1), "
-                              f"got {self.target_quantile}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"privacy.adaptive_clipping.learning_rate: must be > 0, got "
-                              f"{self.learning_rate}")
-        if self.indicator_noise_stddev is not None and not self.indicator_noise_stddev > 0:
-            raise ConfigError("privacy.adaptive_clipping.indicator_noise_stddev: must be > 0 "
-                              f"(an un-noised count is not private), got "
-                              f"{self.indicator_noise_stddev}")
-        if not self.max_clip > 0:
-            raise ConfigError(f"privacy.adaptive_clipping.max_clip: must be > 0, got "
-                              f"{self.max_clip}")
-
-
-@dataclass(frozen=True)
-class PrivacyConfig:
-    """Differential privacy (client level and record level)."""
-
-    enabled: bool = False
-    level: Literal["client", "record"] = "client"
-    mechanism: str = "gaussian"
-    placement: Literal["aggregator", "distributed"] = "aggregator"
-    clip: float | None = 1.0
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    delta: float = 1e-5
-    accountant: Literal["rdp", "pld"] = "rdp"
-    record_sampling_rate: float | None = None
-    adaptive_clipping: AdaptiveClippingConfig | None = None
-    # Which adversary privacy.target_epsilon is met against: "participants" (the
-    # coordinator and aggregator, who see who took part: no amplification by sampling)
-    # or "observer" (sees only the released models: amplified by the secret sampling).
-    epsilon_against: Literal["participants", "observer"] = "participants"
-    # INSECURE, for tests only: draw DP noise and DP sampling from the run seed (anyone
-    # with the config regenerates them). Marked in the manifest and the progress line.
-    insecure_seeded_noise: bool = False
-
-    @property
-    def client_level(self) -> bool:
-        """Client-level DP is on (its accounting relies on the client sampling)."""
-        return self.enabled and self.level == "client"
-
-    @property
-    def noise_in_shares(self) -> bool:
-        """The clients add the noise in shares (distributed placement)."""
-        return self.placement == "distributed"
-
-    def __post_init__(self) -> None:
-        from fedsim.privacy.mechanisms import mechanism_names
-
-        _registered(self.mechanism, mechanism_names(), "privacy.mechanism")
-        if not self.enabled:
-            return
-        if self.clip is None or not self.clip > 0:
-            raise ConfigError("privacy.clip: noise without clipping has no stated guarantee; "
-                              "set privacy.clip > 0")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"privacy.delta: must be in (0, 1), got {self.delta}")
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ConfigError("privacy: set exactly one of privacy.noise_multiplier and "
-                              "privacy.target_epsilon")
-        if self.target_epsilon is not None and not self.target_epsilon > 0:
-            raise ConfigError(f"privacy.target_epsilon: must be > 0, got {self.target_epsilon}")
-        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-            raise ConfigError(
-                f"privacy.noise_multiplier: must be > 0, got {self.noise_multiplier}")
-        if self.record_sampling_rate is not None and not 0 < self.record_sampling_rate <= 1:
-            raise ConfigError(f"privacy.record_sampling_rate: must be in (0, 1], got "
-                              f"{self.record_sampling_rate}")
-        if self.level == "record" and self.mechanism != "gaussian":
-            raise ConfigError("privacy.mechanism: record-level DP-SGD uses 'gaussian'")
-        if self.adaptive_clipping is not None:
-            if self.level == "record":
-                raise ConfigError("privacy.adaptive_clipping: adaptive clipping is client "
-                                  "level; record-level DP-SGD clips at privacy.clip")
-            if self.mechanism != "gaussian":
-                raise ConfigError("privacy.adaptive_clipping: its accounting (Andrew et al. "
-                                  "2021, Thm. 1) needs mechanism 'gaussian'")
-            if self.clip > self.adaptive_clipping.max_clip:
-                raise ConfigError(f"privacy.clip: the initial bound {self.clip:g} exceeds "
-                                  f"privacy.adaptive_clipping.max_clip "
-                                  f"{self.adaptive_clipping.max_clip:g}")
 
 
 def _registered(name: str, names: tuple[str, ...], key: str) -> None:

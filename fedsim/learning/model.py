@@ -63,9 +63,15 @@ class EHRMLP(nn.Module):
     bag: str = "sum"
 
     @nn.compact
-    def __call__(self, codes: jax.Array, numeric: jax.Array) -> jax.Array:
+    def __call__(self, codes: jax.Array, numeric: jax.Array,
+                 offset: jax.Array | None = None) -> jax.Array:
+        """Logits; ``offset`` [batch, width], if given, is added to the first layer's
+        pre-activation: sparse DP-SGD passes the sum of a record's frozen code rows
+        there and trains a table of the selected rows only (`fedsim.learning.sparse`)."""
         act = _ACTIVATIONS[self.activation]
         h = jnp.zeros((codes.shape[0], self.width), jnp.float32)
+        if offset is not None:
+            h = h + offset
         if self.vocab_size > 0 and codes.shape[-1] > 0:
             h = h + EmbeddingBag(self.vocab_size, self.width, self.bag, name="codes")(codes)
         if self.num_numeric > 0:

@@ -176,22 +176,41 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
+def poisson_inputs(secret: Any, split: Any, steps: int, rate: float, max_batch: int
+                   ) -> tuple[Batches, np.ndarray, jax.Array]:
+    """``steps`` Poisson-sampled batches of ``split`` padded to ``max_batch``, their masks
+    and one noise key per step, all from ``secret`` (a `fedsim.privacy.randomness`
+    source; the OS CSPRNG when None): the sample and the noise are the hospital's
+    secrets, and the public batch stream is not used."""
+    from fedsim.privacy import poisson_batch_indices
+    from fedsim.privacy.randomness import SecretRandom
+
+    secret = secret if secret is not None else SecretRandom()
+    idx, masks = zip(*(poisson_batch_indices(secret, len(split), rate, max_batch)
+                       for _ in range(steps)))
+    plan, mask = np.stack(idx), np.stack(masks).astype(np.float32)
+    return gather(split, plan), mask, jax.random.split(secret.jax_key(), mask.shape[0])
+
+
 class DPSGDTrainer:
     """Record-level DP local training: Poisson-sampled batches, DP-SGD steps in one scan.
 
-    Each step samples every training record with probability ``rate`` (padded to a
-    fixed ``max_batch`` with a mask, so one compiled function serves all steps), clips
-    per-example gradients and adds Gaussian noise (`fedsim.privacy.make_dpsgd_step`).
-    Memory grows with ``max_batch x parameters`` (per-example gradients): fine for the
-    quick model, not for the paper's 17.5M-parameter MLP on a small machine.
+    Each step samples every training record with the hospital's rate (padded to a fixed
+    ``max_batch`` with a mask, so one compiled function serves all steps), clips
+    per-example gradients to ``clip`` and adds Gaussian noise
+    (`fedsim.privacy.make_dpsgd_step`). Memory grows with ``max_batch x parameters``
+    (per-example gradients over the whole code table); `fedsim.learning.sparse` trains
+    only selected rows.
     """
 
-    def __init__(self, model: EHRMLP, cfg: TrainConfig, plan: Any, num_examples: int) -> None:
-        """``plan`` is a `fedsim.privacy.RecordLevelPlan`."""
+    def __init__(self, model: EHRMLP, cfg: TrainConfig, clip: float, spec: Any,
+                 num_examples: int) -> None:
+        """``spec`` is the hospital's `fedsim.privacy.RecordLevelSpec`."""
         from fedsim.privacy import make_dpsgd_step, poisson_max_batch
 
         self.model = model
-        self.rate = float(plan.accounting.sampling_rate)
+        self.rate = float(spec.sampling_rate)
+        self.spec = spec  # the hospital's own, from its config and row count
         self.max_batch = poisson_max_batch(num_examples, self.rate)
         optimizer = make_optimizer(cfg)
 
@@ -199,8 +218,8 @@ class DPSGDTrainer:
             logit = model.apply({"params": params}, ex["codes"][None], ex["numeric"][None])[0]
             return optax.sigmoid_binary_cross_entropy(logit, ex["label"])
 
-        step = make_dpsgd_step(example_loss, optimizer, l2_clip=plan.clip,
-                               noise_multiplier=plan.noise_multiplier,
+        step = make_dpsgd_step(example_loss, optimizer, l2_clip=clip,
+                               noise_multiplier=spec.noise_multiplier,
                                expected_batch_size=self.rate * num_examples)
 
         @jax.jit
@@ -219,20 +238,9 @@ class DPSGDTrainer:
 
     def inputs(self, rng: np.random.Generator, split: Any, steps: int, *, seed: int,
                round_idx: int, index: int, secret: Any = None) -> tuple:
-        """Poisson-sampled, padded batches for ``steps`` steps, their masks and noise keys.
-
-        Both the record sampling and the noise key are secret randomness of this
-        hospital (``secret``: a `fedsim.privacy.randomness` source, the OS CSPRNG unless
-        the run is marked insecure); the public stream ``rng`` is not used.
-        """
-        from fedsim.privacy import poisson_batch_indices
-        from fedsim.privacy.randomness import SecretRandom
-
-        secret = secret if secret is not None else SecretRandom()
-        idx, masks = zip(*(poisson_batch_indices(secret, len(split), self.rate, self.max_batch)
-                           for _ in range(steps)))
-        plan, mask = np.stack(idx), np.stack(masks).astype(np.float32)
-        return gather(split, plan), mask, jax.random.split(secret.jax_key(), mask.shape[0])
+        """Poisson-sampled, padded batches for ``steps`` steps, their masks and noise keys
+        (`poisson_inputs`, from the hospital's ``secret``; ``rng`` is not used)."""
+        return poisson_inputs(secret, split, steps, self.rate, self.max_batch)
 
     def train(self, params: Params, inputs: tuple) -> tuple[Params, float]:
         data, mask, keys = inputs

@@ -31,6 +31,7 @@ from fedsim.privacy.events import (
     Sampling,
     _check_rounds,
     _composed,
+    selection_event,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "calibrate_noise_multiplier",
     "epsilon",
     "make_library_accountant",
+    "selection_epsilon",
 ]
 
 Spec = AccountingSpec | RecordLevelSpec
@@ -102,8 +104,18 @@ class Accountant:
             unit = rdp.RdpAccountant(neighboring_relation=spec.neighboring_relation)
             unit.compose(spec.unit_event())
             self._orders, self._unit_rdp = unit.orders, unit.rdp
+            self._once_rdp = 0.0
+            once = selection_event(spec)
+            if once is not None:
+                single = rdp.RdpAccountant(neighboring_relation=spec.neighboring_relation)
+                single.compose(once)
+                self._once_rdp = single.rdp
         else:
             self._unit_pld = _unit_pld(spec)
+            z = getattr(spec, "selection_noise_multiplier", None)
+            self._once_pld = None if z is None else pld_lib.from_gaussian_mechanism(
+                standard_deviation=z, value_discretization_interval=spec.pld_discretization,
+                neighboring_relation=spec.neighboring_relation)
 
     def epsilon_after(self, rounds: int) -> float:
         """Epsilon at ``spec.delta`` after ``rounds`` rounds (0.0 for zero rounds)."""
@@ -117,9 +129,15 @@ class Accountant:
             return 0.0
         if self.spec.accountant == "rdp":
             # Same arithmetic as RdpAccountant.compose(SelfComposedDpEvent(e, count)).
-            eps, _ = rdp.compute_epsilon(self._orders, count * self._unit_rdp, self.spec.delta)
+            # Same arithmetic as RdpAccountant.compose(SelfComposedDpEvent(e, count)), plus
+            # the one-off selection's RDP (composition adds RDP order by order).
+            eps, _ = rdp.compute_epsilon(self._orders, count * self._unit_rdp + self._once_rdp,
+                                         self.spec.delta)
             return float(eps)
-        return float(self._unit_pld.self_compose(count).get_epsilon_for_delta(self.spec.delta))
+        composed = self._unit_pld.self_compose(count)
+        if self._once_pld is not None:
+            composed = composed.compose(self._once_pld)
+        return float(composed.get_epsilon_for_delta(self.spec.delta))
 
 
 def _calibrate(
@@ -225,11 +243,21 @@ def calibrate_dpsgd_noise_multiplier(
     accountant: AccountantKind = "rdp",
     pld_discretization: float = 1e-4,
     tol: float = 1e-4,
+    selection_noise_multiplier: float | None = None,
 ) -> float:
     """Smallest DP-SGD multiplier whose record-level epsilon after ``rounds`` is <= target.
 
-    ``rounds`` is the number of rounds the client takes part in (at most the run's).
+    ``rounds`` is the number of rounds the client takes part in (at most the run's). With
+    ``selection_noise_multiplier`` the target covers sparse DP-SGD's selection too; a
+    selection that alone spends the target raises PrivacyError.
     """
+    if selection_noise_multiplier is not None:
+        alone = selection_epsilon(selection_noise_multiplier, delta, accountant=accountant,
+                                  pld_discretization=pld_discretization)
+        if alone >= target_epsilon:
+            raise PrivacyError(
+                f"the embedding-row selection alone spends epsilon {alone:.3g} of the target "
+                f"{target_epsilon:g}; raise privacy.sparse.selection_noise_multiplier")
 
     def make_spec(z: float) -> RecordLevelSpec:
         return RecordLevelSpec(
@@ -239,6 +267,18 @@ def calibrate_dpsgd_noise_multiplier(
             delta=delta,
             accountant=accountant,
             pld_discretization=pld_discretization,
+            selection_noise_multiplier=selection_noise_multiplier,
         )
 
     return _calibrate(make_spec, target_epsilon, rounds, tol)
+
+
+def selection_epsilon(noise_multiplier: float, delta: float, *,
+                      accountant: AccountantKind = "rdp", pld_discretization: float = 1e-4
+                      ) -> float:
+    """Epsilon at ``delta`` of the Gaussian selection alone (one Gaussian mechanism of
+    ``noise_multiplier``, add/remove-one), from a fresh dp-accounting accountant."""
+    spec = RecordLevelSpec(1.0, 1.0, 1, delta, accountant, pld_discretization)
+    library = make_library_accountant(spec)
+    library.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
+    return float(library.get_epsilon(delta))

@@ -198,6 +198,10 @@ class RecordLevelSpec:
         delta: target delta in (0, 1).
         accountant: ``"rdp"`` or ``"pld"``.
         pld_discretization: PLD value discretization interval.
+        selection_noise_multiplier: the multiplier of the Gaussian partition selection
+            of embedding rows that sparse DP-SGD runs once before training
+            (`fedsim.privacy.sparse`), or None without it. It composes once with the
+            steps of the rounds the client took part in.
     """
 
     noise_multiplier: float
@@ -206,6 +210,7 @@ class RecordLevelSpec:
     delta: float
     accountant: AccountantKind = "rdp"
     pld_discretization: float = 1e-4
+    selection_noise_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         _check_common(self.noise_multiplier, self.delta, self.accountant, self.pld_discretization)
@@ -218,6 +223,10 @@ class RecordLevelSpec:
             raise PrivacyError(
                 f"steps_per_round: must be an integer >= 1, got {self.steps_per_round!r}"
             )
+        z = self.selection_noise_multiplier
+        if z is not None and not (math.isfinite(z) and z > 0):
+            raise PrivacyError(f"selection_noise_multiplier: must be a finite number > 0, "
+                               f"got {z}")
 
     @property
     def neighboring_relation(self) -> NeighboringRelation:
@@ -242,11 +251,19 @@ def _check_rounds(rounds: int) -> int:
     return int(rounds)
 
 
+def selection_event(spec: AccountingSpec | RecordLevelSpec) -> dp_accounting.DpEvent | None:
+    """The one-off event composed with the steps: sparse DP-SGD's Gaussian selection."""
+    z = getattr(spec, "selection_noise_multiplier", None)
+    return None if z is None else dp_accounting.GaussianDpEvent(z)
+
+
 def _composed(spec: AccountingSpec | RecordLevelSpec, rounds: int) -> dp_accounting.DpEvent:
     count = _check_rounds(rounds) * spec.units_per_round
-    if count == 0:
+    if count == 0:  # a client that never took part released nothing, its selection neither
         return dp_accounting.NoOpDpEvent()
-    return dp_accounting.SelfComposedDpEvent(spec.unit_event(), count)
+    steps = dp_accounting.SelfComposedDpEvent(spec.unit_event(), count)
+    once = selection_event(spec)
+    return steps if once is None else dp_accounting.ComposedDpEvent([once, steps])
 
 
 def dp_event(spec: AccountingSpec, rounds: int) -> dp_accounting.DpEvent:
@@ -257,7 +274,8 @@ def dp_event(spec: AccountingSpec, rounds: int) -> dp_accounting.DpEvent:
 def dpsgd_event(spec: RecordLevelSpec, rounds_participated: int) -> dp_accounting.DpEvent:
     """Record-level event of a client that took part in ``rounds_participated`` rounds.
 
-    ``steps_per_round * rounds_participated`` Poisson-sampled Gaussian steps. Client
-    sampling would amplify this further; it is ignored (a valid upper bound).
+    ``steps_per_round * rounds_participated`` Poisson-sampled Gaussian steps, and the
+    selection of sparse DP-SGD once when the spec has one. Client sampling would
+    amplify this further; it is ignored (a valid upper bound).
     """
     return _composed(spec, rounds_participated)

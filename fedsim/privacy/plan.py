@@ -13,11 +13,15 @@ depend on who took part. With adaptive clipping (Andrew et al. 2021) the account
 sees the total multiplier ``z`` and the update noise uses ``z_u > z``.
 
 Record level (`RecordLevelPlan`; DP-SGD, Abadi et al. 2016): every client privatises its
-own training; epsilon is per client and the worst client is reported.
+own training at its own Poisson rate, with a multiplier calibrated to the target for its
+own row count; epsilon is per client (each is reported, and the worst as ``epsilon``).
+With ``privacy.sparse`` the clients train only the code rows they select privately
+(`fedsim.privacy.sparse`, `fedsim.learning.sparse`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from fedsim.privacy.adaptive_clipping import AdaptiveClipSpec, update_noise_mult
 from fedsim.privacy.events import AccountingSpec, RecordLevelSpec
 from fedsim.privacy.mechanisms import Mechanism, make_mechanism
 from fedsim.privacy.placement import AggregatorPlacement, DistributedPlacement
+from fedsim.privacy.sparse import RowSelection
 from fedsim.privacy.steps import ClientLevelAccounting, ClientLevelDP, RecordLevelAccounting
 
 # privacy.placement -> the placement, given min_clients
@@ -86,10 +91,10 @@ class ClientLevelPlan:
                                            view.delta, self.participants_bounded)
         return (dp, accounting, FixedDenominator(self.denominator, scale_vector=False))
 
-    def trainer(self, model: Any, train: Any, num_examples: int) -> Any:
+    def trainer(self, model: Any, cfg: RunConfig, split: Any, secret: Any) -> Any:
         from fedsim.learning.train import LocalTrainer
 
-        return LocalTrainer(model, train)
+        return LocalTrainer(model, cfg.train)
 
     def describe(self) -> str:
         how = "calibrated to the target" if self.calibrated else "as configured"
@@ -127,36 +132,72 @@ class ClientLevelPlan:
 @final
 @dataclass(frozen=True)
 class RecordLevelPlan:
-    """Record-level DP-SGD inside every client; see the module docstring."""
+    """Record-level DP-SGD inside every client; see the module docstring.
 
-    accounting: RecordLevelSpec
+    ``hospitals``: each hospital's `RecordLevelSpec` (its own Poisson rate and noise
+    multiplier, calibrated to the target from its own row count), as the coordinator
+    accounts for it. A hospital never takes its spec from here: it derives it from its
+    own config and rows (`hospital_spec`), so a coordinator cannot thin its noise.
+    ``selection``: sparse DP-SGD's row selection (`fedsim.privacy.sparse`), or None.
+    """
+
+    hospitals: tuple[tuple[str, RecordLevelSpec], ...]
     clip: float
-    noise_multiplier: float
     delta: float
     calibrated: bool
+    selection: RowSelection | None = None
     secret: bool = True
 
     update_bound = None  # DP-SGD bounds no single update: crypto.update_bound applies
 
+    @property
+    def noise_multiplier(self) -> float:
+        """The largest of the hospitals' multipliers (one number for tables)."""
+        return max(spec.noise_multiplier for _, spec in self.hospitals)
+
     def steps(self, weight_norm: float) -> tuple[Step, ...]:
-        return (RecordLevelAccounting(self.accounting), SampleWeighting(weight_norm))
+        return (RecordLevelAccounting(self.hospitals), SampleWeighting(weight_norm))
 
-    def trainer(self, model: Any, train: Any, num_examples: int) -> Any:
-        from fedsim.learning.train import DPSGDTrainer
+    def trainer(self, model: Any, cfg: RunConfig, split: Any, secret: Any) -> Any:
+        """The hospital's DP-SGD trainer, from its own ``cfg`` and training ``split``;
+        ``secret`` is its source for the row selection's noise."""
+        spec, clip, selection = hospital_spec(cfg, len(split)), float(cfg.privacy.clip), \
+            _selection(cfg)
+        if selection is None:
+            from fedsim.learning.train import DPSGDTrainer
 
-        return DPSGDTrainer(model, train, self, num_examples)
+            return DPSGDTrainer(model, cfg.train, clip, spec, len(split))
+        from fedsim.learning.sparse import SparseDPSGDTrainer
+
+        selected = selection.select(split.codes, model.vocab_size, secret)
+        return SparseDPSGDTrainer(model, cfg.train, clip=clip, spec=spec,
+                                  num_examples=len(split), selected=selected)
 
     def describe(self) -> str:
-        how = "calibrated to the target" if self.calibrated else "as configured"
+        how = "calibrated per hospital to the target" if self.calibrated else "as configured"
+        zs = [spec.noise_multiplier for _, spec in self.hospitals]
+        qs = [spec.sampling_rate for _, spec in self.hospitals]
+        sparse = "" if self.selection is None else (
+            f", sparse: rows selected with multiplier {self.selection.noise_multiplier:g} "
+            f"over at most {self.selection.max_codes} codes a record")
         return (f"record-level DP-SGD: clip {self.clip:g}, noise multiplier "
-                f"{self.noise_multiplier:.4g} ({how}), delta {self.delta:g}"
-                f"{_randomness(self.secret)}")
+                f"{min(zs):.4g}-{max(zs):.4g} at sampling rates {min(qs):.3g}-{max(qs):.3g} "
+                f"({how}), delta {self.delta:g}{sparse}{_randomness(self.secret)}")
 
     def manifest(self) -> Mapping[str, Any]:
-        return {"plan": self.describe(), "level": "record",
-                "noise_multiplier": self.noise_multiplier, "clip": self.clip,
-                "delta": self.delta, "calibrated": self.calibrated,
-                **_randomness_fields(self.secret)}
+        out = {"plan": self.describe(), "level": "record",
+               "noise_multiplier": self.noise_multiplier, "clip": self.clip,
+               "delta": self.delta, "calibrated": self.calibrated,
+               "hospitals": {name: {"sampling_rate": spec.sampling_rate,
+                                    "noise_multiplier": spec.noise_multiplier,
+                                    "steps_per_round": spec.steps_per_round}
+                             for name, spec in self.hospitals},
+               **_randomness_fields(self.secret)}
+        if self.selection is not None:
+            out["sparse"] = {"noise_multiplier": self.selection.noise_multiplier,
+                             "max_codes": self.selection.max_codes,
+                             "threshold": self.selection.threshold}
+        return out
 
 
 INSECURE = ("INSECURE: DP noise and sampling derived from the run seed "
@@ -176,33 +217,89 @@ def _randomness_fields(secret: bool) -> dict[str, Any]:
 PrivacyPlan = ClientLevelPlan | RecordLevelPlan
 
 
-def plan_privacy(cfg: RunConfig, num_clients: int, train_sizes: list[int]
-                 ) -> PrivacyPlan | None:
-    """The run's privacy plan, or None when DP is off."""
+def plan_privacy(cfg: RunConfig, num_clients: int, train_sizes: list[int],
+                 names: list[str] | None = None) -> PrivacyPlan | None:
+    """The run's privacy plan, or None when DP is off. ``names`` (default
+    ``client-<i>``) are the clients ``train_sizes`` belong to, in order."""
     p = cfg.privacy
     if not p.enabled:
         return None
-    return _PLANNERS[p.level](cfg, num_clients, train_sizes)
+    names = list(names) if names is not None else [f"client-{i}" for i in range(num_clients)]
+    return _PLANNERS[p.level](cfg, names, train_sizes)
 
 
-def _record_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> RecordLevelPlan:
+def hospital_spec(cfg: RunConfig, num_examples: int) -> RecordLevelSpec:
+    """One hospital's DP-SGD spec from its config and its training row count: Poisson
+    rate ``privacy.record_sampling_rate``, else its expected batch
+    (``privacy.record_batch_size``, default ``train.batch_size``) over its rows; the
+    multiplier as configured, else calibrated so that the hospital's epsilon after
+    taking part in every round (its selection included) meets the target."""
+    from fedsim.learning.train import local_steps
+
     p, fed = cfg.privacy, cfg.federation
-    rate = p.record_sampling_rate or min(1.0, cfg.train.batch_size / min(train_sizes))
-    steps = cfg.train.local_steps or 1
+    batch = p.record_batch_size or cfg.train.batch_size
+    rate = p.record_sampling_rate or min(1.0, batch / num_examples)
+    steps = local_steps(cfg.train, num_examples)
+    zs = selection_multiplier(cfg)
     z = p.noise_multiplier
     if z is None:
-        z = calibrate_dpsgd_noise_multiplier(p.target_epsilon, p.delta, fed.rounds,
-                                             sampling_rate=rate, steps_per_round=steps,
-                                             accountant=p.accountant)
-    spec = RecordLevelSpec(noise_multiplier=z, sampling_rate=rate, steps_per_round=steps,
-                           delta=p.delta, accountant=p.accountant)
-    return RecordLevelPlan(spec, float(p.clip), float(z), p.delta, p.noise_multiplier is None,
-                           secret=not p.insecure_seeded_noise)
+        z = _calibrated(p.target_epsilon, p.delta, fed.rounds, rate, steps, p.accountant, zs)
+    return RecordLevelSpec(noise_multiplier=float(z), sampling_rate=rate,
+                           steps_per_round=steps, delta=p.delta, accountant=p.accountant,
+                           selection_noise_multiplier=zs)
 
 
-def _client_level(cfg: RunConfig, num_clients: int, train_sizes: list[int]) -> ClientLevelPlan:
+@functools.lru_cache(maxsize=256)
+def _calibrated(target: float, delta: float, rounds: int, rate: float, steps: int,
+                accountant: str, selection: float | None) -> float:
+    return calibrate_dpsgd_noise_multiplier(target, delta, rounds, sampling_rate=rate,
+                                            steps_per_round=steps, accountant=accountant,
+                                            selection_noise_multiplier=selection)
+
+
+def _record_level(cfg: RunConfig, names: list[str], train_sizes: list[int]
+                  ) -> RecordLevelPlan:
+    p = cfg.privacy
+    hospitals = tuple((name, hospital_spec(cfg, size))
+                      for name, size in zip(names, train_sizes, strict=True))
+    return RecordLevelPlan(hospitals, float(p.clip), p.delta, p.noise_multiplier is None,
+                           _selection(cfg), secret=not p.insecure_seeded_noise)
+
+
+def _selection(cfg: RunConfig) -> RowSelection | None:
+    s = cfg.privacy.sparse
+    return (None if s is None else
+            RowSelection(selection_multiplier(cfg), s.max_codes, s.threshold))
+
+
+def selection_multiplier(cfg: RunConfig) -> float | None:
+    """The row selection's multiplier: as configured, else the one whose epsilon alone
+    is ``privacy.sparse.epsilon_share`` of the target; None without sparse DP-SGD."""
+    p = cfg.privacy
+    if p.sparse is None:
+        return None
+    if p.sparse.noise_multiplier is not None:
+        return float(p.sparse.noise_multiplier)
+    return _selection_calibrated(p.sparse.epsilon_share * p.target_epsilon, p.delta,
+                                 p.accountant)
+
+
+@functools.lru_cache(maxsize=64)
+def _selection_calibrated(epsilon: float, delta: float, accountant: str) -> float:
+    import dp_accounting
+
+    from fedsim.privacy.accountant import make_library_accountant
+
+    template = RecordLevelSpec(1.0, 1.0, 1, delta, accountant)
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: make_library_accountant(template), dp_accounting.GaussianDpEvent, epsilon,
+        delta, bracket_interval=dp_accounting.ExplicitBracketInterval(0.1, 1e4), tol=1e-4))
+
+
+def _client_level(cfg: RunConfig, names: list[str], train_sizes: list[int]
+                  ) -> ClientLevelPlan:
     p, fed = cfg.privacy, cfg.federation
-    m, n = fed.clients_per_round, num_clients
+    m, n = fed.clients_per_round, len(names)
     sampling = {"poisson": {"sampling": "poisson", "sampling_probability": m / n},
                 "fixed": {"sampling": "fixed", "population": n, "sample_size": m}}
     kwargs = dict(mechanism=p.mechanism, accountant=p.accountant, **sampling[fed.sampling])

@@ -182,32 +182,38 @@ class ClientLevelAccounting(Step):
 @final
 @dataclass(frozen=True)
 class RecordLevelAccounting(Step):
-    """Record-level epsilon: DP-SGD is per client, so the worst client (most rounds
-    taken part in) is reported. State: participations per client, immutable."""
+    """Record-level epsilon: DP-SGD is per client, each at its own rate and multiplier
+    (``hospitals``: name and `RecordLevelSpec`). Every client's epsilon after the rounds
+    it took part in is reported as ``epsilon[<name>]``, and the worst as ``epsilon``.
+    State: participations per client, immutable."""
 
-    spec: RecordLevelSpec
+    hospitals: tuple[tuple[str, RecordLevelSpec], ...]
 
     @functools.cached_property
-    def accountant(self) -> Accountant:
-        return Accountant(self.spec)
+    def accountants(self) -> dict[str, Accountant]:
+        return {name: Accountant(spec) for name, spec in self.hospitals}
 
     def init(self) -> Counts:
         return ()
 
-    def _metrics(self, worst: int) -> dict[str, float]:
+    def _metrics(self, state: Counts) -> dict[str, float]:
         # The record sampling and the noise are the hospital's secrets: both adversaries
         # see the same Poisson-sampled DP-SGD steps (client sampling is not credited).
-        epsilon = self.accountant.epsilon_after(worst) if worst else 0.0
+        counts = dict(state)
+        each = {name: accountant.epsilon_after(counts.get(name, 0))
+                for name, accountant in self.accountants.items()}
+        epsilon = max(each.values(), default=0.0)
         return {"epsilon": epsilon, "epsilon_observer": epsilon,
-                "epsilon_participants": epsilon}
+                "epsilon_participants": epsilon,
+                **{f"epsilon[{name}]": value for name, value in each.items()}}
 
     def server(self, aggregate: Aggregate, state: Counts, ctx: ServerContext
                ) -> tuple[Aggregate, Any]:
-        state, worst = _counted(state, ctx.contributors)
-        return aggregate.but(metrics=self._metrics(worst)), state
+        state, _ = _counted(state, ctx.contributors)
+        return aggregate.but(metrics=self._metrics(state)), state
 
     def skipped(self, state: Counts, ctx: ServerContext) -> tuple[dict[str, float], Counts]:
-        return self._metrics(_counted(state, ())[1]), state
+        return self._metrics(state), state
 
     def charged(self, state: Counts, ctx: ServerContext) -> Counts:
         return _counted(state, ctx.contributors)[0]

@@ -262,9 +262,10 @@ class Hospital:
         template = init_params(self.model, key=client_key(cfg.seed, 0), max_codes=shape.max_codes)
         _, self._unravel = ravel_pytree(template)
         self.steps = local_steps(cfg.train, len(data.train))
-        self.trainer = (privacy.trainer(self.model, cfg.train, len(data.train))
-                        if privacy is not None else LocalTrainer(self.model, cfg.train))
         self.randomness = NoiseSource.for_run(cfg)
+        self.trainer = (privacy.trainer(self.model, cfg, data.train,
+                                        self.randomness.draw("selection", index))
+                        if privacy is not None else LocalTrainer(self.model, cfg.train))
         self.contributions = Contributions(pipeline, self.randomness, run_id, [data.name],
                                            mode=cfg.federation.mode,
                                            private=cfg.privacy.client_level)

@@ -81,7 +81,7 @@ class Federation:
         sizes = [len(c.train) for c in dataset.clients]
         # Public normaliser: keeps every weight <= 1/m, so weighted sums stay bounded.
         self.weight_norm = float(fed.clients_per_round * max(sizes))
-        self.privacy = plan_privacy(cfg, len(self.names), sizes)
+        self.privacy = plan_privacy(cfg, len(self.names), sizes, list(self.names))
         # Without DP, mean loss and update norm travel in reserved slots (never in clear).
         self.pipeline = Pipeline((*extra_steps, *(
             self.privacy.steps(self.weight_norm) if self.privacy

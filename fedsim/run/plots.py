@@ -30,22 +30,47 @@ def plot_roc(report: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_sweep(rows: list[dict], path: str | Path, *, title: str) -> None:
-    """Final ROC AUC, balanced accuracy and precision against the privacy budget."""
+def plot_sweep(points: list[dict], path: str | Path, *, title: str) -> None:
+    """Final ROC AUC, balanced accuracy and precision against the privacy budget: the
+    mean over a point's seeds, with its min-max range when there are several."""
     labels = ["no DP" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}"
-              for r in rows]
-    x = list(range(len(rows)))
+              for r in points]
+    x = list(range(len(points)))
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, name in (("auc", "ROC AUC"), ("balanced_accuracy", "balanced accuracy"),
                       ("precision", "precision")):
-        ax.plot(x, [r[key] for r in rows], marker="o", label=name)
+        mean = [r[key] for r in points]
+        low = [r[key] - r.get(f"{key}_min", r[key]) for r in points]
+        high = [r.get(f"{key}_max", r[key]) - r[key] for r in points]
+        ax.errorbar(x, mean, yerr=[low, high], marker="o", capsize=3, label=name)
     ax.set_xticks(x, labels)
-    against = next((r.get("epsilon_against") for r in rows if r.get("epsilon_against")), None)
+    against = next((r.get("epsilon_against") for r in points if r.get("epsilon_against")),
+                   None)
+    seeds = max(r.get("seeds", 1) for r in points)
     ax.set_xlabel("target epsilon" + (f" against the {against}" if against else "")
                   + " (delta as configured)")
-    ax.set_ylabel("test score, final global model")
+    ax.set_ylabel("test score, final global model"
+                  + (f" (mean, min-max of {seeds} seeds)" if seeds > 1 else ""))
     ax.set_ylim(0, 1)
     ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep_roc(curves: dict, path: str | Path, *, title: str) -> None:
+    """One pooled test ROC curve per target epsilon (None: no DP)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for eps, roc in curves.items():
+        if roc and roc.get("fpr"):
+            ax.plot(roc["fpr"], roc["tpr"], lw=1.8,
+                    label="no DP" if eps is None else f"epsilon {eps:g}")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"{title}: pooled test ROC (run of median AUC)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -199,7 +199,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {"overhead": "overhead", "crypto": "crypto", "scaling": "scaling",
-              "many-clients": "many_clients", "many_clients": "many_clients"}
+              "many-clients": "many_clients", "many_clients": "many_clients",
+              "dp-clients": "dp_clients", "dp_clients": "dp_clients"}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ def plot_sweep_roc(curves: dict, path: str | Path, *, title: str) -> None:
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(f"{title}: pooled test ROC (run of median AUC)")
+    ax.set_title(f"{title}\npooled test ROC, the run of median AUC", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -117,6 +117,25 @@ def test_many_clients_quick_inprocess(tmp_path, capsys):
     assert abs(rows[0]["accuracy"] - rows[1]["accuracy"]) <= 0.01
 
 
+def test_dp_clients_quick(tmp_path, capsys):
+    from benchmarks import dp_clients
+
+    assert dp_clients.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert "of no DP" in _last_line(capsys)
+    rows = pq.read_table(tmp_path / "dp_clients.parquet").to_pylist()
+    assert [(r["per_round"], r["dp"]) for r in rows] == [(10, False), (10, True),
+                                                         (40, False), (40, True)]
+    for r in rows:
+        assert 0 <= r["auc"] <= 1
+        if r["dp"]:  # the epsilon spent is the target's, against the observer
+            assert 0 < r["epsilon"] <= 2.0 and r["noise_multiplier"] > 0
+            nodp = next(x for x in rows if x["per_round"] == r["per_round"] and not x["dp"])
+            assert r["gap_to_no_dp"] == pytest.approx(nodp["auc"] - r["auc"])
+    assert (tmp_path / "dp_clients.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Client-level DP against clients per round" in (
+        tmp_path / "dp_clients.md").read_text()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):

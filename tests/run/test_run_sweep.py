@@ -56,3 +56,42 @@ def test_a_sweep_runs_each_point_and_tabulates_it(tmp_path):
 def test_bad_sweeps_are_refused_before_any_run(tmp_path, fields, message):
     with pytest.raises(ConfigError, match=message):
         load_sweep(_sweep(tmp_path, **fields))
+
+
+def test_a_sweep_with_seeds_runs_each_point_per_seed_and_reports_min_and_max(tmp_path):
+    spec = load_sweep(_sweep(tmp_path, target_epsilons=[None], seeds=2,
+                             overrides=["federation.rounds=1"]))
+    assert spec.seeds == 2
+    configs = [sweep_config(spec, None, (), r) for r in range(2)]
+    assert [c.seed for c in configs] == [0, 1]
+    assert [c.name for c in configs] == ["eps-nodp-seed0", "eps-nodp-seed1"]
+    run_sweep(spec, tmp_path / "out", backend="inprocess")
+    rows = pq.read_table(tmp_path / "out" / "sweep.parquet").to_pylist()
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["auc"] != rows[1]["auc"]
+    text = (tmp_path / "out" / "sweep.md").read_text()
+    low, high = sorted(r["auc"] for r in rows)
+    assert f"{(low + high) / 2:.3f} [{low:.3f}, {high:.3f}]" in text
+    assert "2 runs (seeds)" in text
+    assert (tmp_path / "out" / "sweep_roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_summary_of_a_point_is_the_mean_min_and_max_over_its_seeds():
+    from fedsim.run.sweep import METRICS, summarise
+
+    def row(eps, seed, auc):
+        return {"target_epsilon": eps, "seed": seed, "epsilon_against": None,
+                "insecure_seeded_noise": False, "epsilon_participants": eps,
+                "epsilon_observer": eps, "noise_multiplier": None,
+                **{key: auc for key in METRICS}}
+
+    points = summarise([row(None, 0, 0.8), row(None, 1, 0.9), row(None, 2, 0.7),
+                        row(1.0, 0, 0.6)])
+    assert [p["target_epsilon"] for p in points] == [None, 1.0]
+    nodp = points[0]
+    assert nodp["auc"] == pytest.approx(0.8) and (nodp["auc_min"], nodp["auc_max"]) == (0.7, 0.9)
+    assert nodp["median_seed"] == 0 and nodp["seeds"] == 3 and points[1]["seeds"] == 1
+
+
+def test_seeds_must_be_a_positive_integer(tmp_path):
+    with pytest.raises(ConfigError, match="seeds: expected an integer >= 1"):
+        load_sweep(_sweep(tmp_path, seeds=0))

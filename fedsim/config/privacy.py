@@ -93,6 +93,19 @@ class PrivacyConfig:
     # with the config regenerates them). Marked in the manifest and the progress line.
     insecure_seeded_noise: bool = False
 
+    def check_resumable(self, where: object) -> None:
+        """Refuse to resume a sparse run: every hospital would select its rows again, a
+        cost its epsilon does not count."""
+        if self.enabled and self.sparse is not None:
+            raise ConfigError(f"{where}: a run with privacy.sparse cannot be resumed: every "
+                              "hospital would select its rows again, a cost its epsilon "
+                              "does not count; start a new run")
+
+    @property
+    def record_level(self) -> bool:
+        """Record-level DP-SGD is on in every hospital."""
+        return self.enabled and self.level == "record"
+
     @property
     def client_level(self) -> bool:
         """Client-level DP is on (its accounting relies on the client sampling)."""

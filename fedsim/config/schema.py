@@ -43,6 +43,11 @@ class RunConfig:
                 f"federation.clients_per_round ({fed.clients_per_round})"
             )
         p = self.privacy
+        if p.enabled and p.sparse is not None and fed.max_restarts != 0:
+            raise ConfigError(
+                "federation.max_restarts: a run with privacy.sparse cannot restart its "
+                "parties (each rebuilt hospital would select its rows again, a cost its "
+                "epsilon does not count); set federation.max_restarts: 0")
         if p.enabled and p.sparse is not None and self.model.bag != "sum":
             raise ConfigError("privacy.sparse: sparse DP-SGD needs model.bag 'sum' (a mean "
                               "bag divides frozen and trained rows by different counts)")

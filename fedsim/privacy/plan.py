@@ -13,10 +13,9 @@ depend on who took part. With adaptive clipping (Andrew et al. 2021) the account
 sees the total multiplier ``z`` and the update noise uses ``z_u > z``.
 
 Record level (`RecordLevelPlan`; DP-SGD, Abadi et al. 2016): every client privatises its
-own training at its own Poisson rate, with a multiplier calibrated to the target for its
-own row count; epsilon is per client (each is reported, and the worst as ``epsilon``).
-With ``privacy.sparse`` the clients train only the code rows they select privately
-(`fedsim.privacy.sparse`, `fedsim.learning.sparse`).
+own training at its own Poisson rate and multiplier (calibrated for its row count); each
+epsilon is reported, the worst as ``epsilon``. With ``privacy.sparse`` the clients train
+only rows they select privately (`fedsim.privacy.sparse`, `fedsim.learning.sparse`).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from typing import Any, final
 from fedsim.aggregate.steps import Step
 from fedsim.aggregate.weighting import FixedDenominator, SampleWeighting
 from fedsim.config import RunConfig
+from fedsim.errors import ProtocolError
 from fedsim.privacy.accountant import calibrate_dpsgd_noise_multiplier, calibrate_noise_multiplier
 from fedsim.privacy.adaptive_clipping import AdaptiveClipSpec, update_noise_multiplier
 from fedsim.privacy.events import AccountingSpec, RecordLevelSpec
@@ -198,6 +198,21 @@ class RecordLevelPlan:
                              "max_codes": self.selection.max_codes,
                              "threshold": self.selection.threshold}
         return out
+
+
+def trainer_for(cfg: RunConfig, privacy: PrivacyPlan | None, model: Any, data: Any,
+                secret: Any) -> Any:
+    """A hospital's local trainer from its own ``cfg``; ``secret`` is its source for the
+    row selection. A hospital whose config asks for record-level DP-SGD refuses a plan
+    that is not one (a coordinator cannot switch its noise off)."""
+    if cfg.privacy.record_level and type(privacy) is not RecordLevelPlan:
+        raise ProtocolError(f"hospital {data.name} refuses to train without the "
+                            "record-level DP-SGD its config requires")
+    if privacy is None:
+        from fedsim.learning.train import LocalTrainer
+
+        return LocalTrainer(model, cfg.train)
+    return privacy.trainer(model, cfg, data.train, secret)
 
 
 INSECURE = ("INSECURE: DP noise and sampling derived from the run seed "

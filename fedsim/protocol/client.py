@@ -30,7 +30,8 @@ from fedsim.data import ClientData
 from fedsim.errors import FedSimError, ProtocolError
 from fedsim.learning.histograms import ScoreBins
 from fedsim.learning.model import build_model, init_params
-from fedsim.learning.train import LocalTrainer, local_steps
+from fedsim.learning.train import local_steps
+from fedsim.privacy.plan import trainer_for
 from fedsim.privacy.randomness import NoiseSource
 from fedsim.protocol.backend import Deferred
 from fedsim.protocol.evaluation import EvaluationPlan, Evaluations
@@ -263,9 +264,8 @@ class Hospital:
         _, self._unravel = ravel_pytree(template)
         self.steps = local_steps(cfg.train, len(data.train))
         self.randomness = NoiseSource.for_run(cfg)
-        self.trainer = (privacy.trainer(self.model, cfg, data.train,
-                                        self.randomness.draw("selection", index))
-                        if privacy is not None else LocalTrainer(self.model, cfg.train))
+        self.trainer = trainer_for(cfg, privacy, self.model, data,
+                                   self.randomness.draw("selection", index))
         self.contributions = Contributions(pipeline, self.randomness, run_id, [data.name],
                                            mode=cfg.federation.mode,
                                            private=cfg.privacy.client_level)

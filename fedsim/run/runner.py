@@ -1,8 +1,7 @@
 """One run from config to results directory: data, parties, rounds, records.
 
-`run_federated` is what ``fedsim run`` calls; tests call it with the in-process
-backend. Ray is imported only when the Ray backend is chosen. The rounds go through
-`fedsim.protocol.loop.run_rounds` with the callbacks of `fedsim.run.callbacks`.
+`run_federated` (``fedsim run``; tests use the in-process backend; Ray is imported only for
+Ray) runs the rounds with `fedsim.protocol.loop.run_rounds` and `fedsim.run.callbacks`.
 """
 
 from __future__ import annotations
@@ -139,6 +138,7 @@ def resume_run(
     if status == "completed":
         raise ConfigError(f"{path}: the run is already completed; nothing to resume")
     cfg = from_dict(manifest["config"])
+    cfg.privacy.check_resumable(path)
     ckpt = checkpoint.load(path)
     if ckpt.run_id != manifest.get("run_id"):
         raise ConfigError(f"{path}: the checkpoint is of run {ckpt.run_id}, the manifest of "

@@ -28,6 +28,12 @@ from tests.builders import tiny_config
 DELTA = 1e-5
 
 
+def _config(**sections):
+    """`tiny_config` without restarts: a sparse run cannot restart its parties."""
+    sections["federation"] = {"max_restarts": 0, **sections.get("federation", {})}
+    return tiny_config(**sections)
+
+
 def test_each_record_counts_once_for_at_most_max_codes_distinct_codes():
     codes = np.array([[4, 4, 1, -1, -1], [0, 1, 2, 3, 9], [-1, -1, -1, -1, -1]])
     counts = code_counts(codes, 10, max_codes=3)
@@ -97,7 +103,7 @@ def _library(events) -> float:
 def _trainer(selected, *, z=1.5, clip=0.7, rate=0.2, n=100, width=8, vocab=50):
     model = EHRMLP(vocab_size=vocab, num_numeric=2, depth=2, width=width)
     spec = RecordLevelSpec(z, rate, 1, DELTA)
-    cfg = tiny_config(train={"lr": 1.0, "optimizer": "sgd"}).train
+    cfg = _config(train={"lr": 1.0, "optimizer": "sgd"}).train
     trainer = SparseDPSGDTrainer(model, cfg, clip=clip, spec=spec, num_examples=n,
                                  selected=np.asarray(selected))
     params = init_params(model, key=jax.random.PRNGKey(0), max_codes=6)
@@ -135,7 +141,7 @@ def test_the_noise_lands_exactly_on_the_selected_rows_with_the_stated_stddev():
 def test_training_moves_the_selected_rows_only():
     selected = np.array([1, 2, 3])
     trainer, params = _trainer(selected)
-    split = load_dataset(tiny_config(data={"synth": {
+    split = load_dataset(_config(data={"synth": {
         "num_hospitals": 1, "patients_per_hospital": 200, "vocab_size": 50,
         "mean_codes": 4.0}}, federation={"clients_per_round": 1, "min_clients": 1}
         )).clients[0].train
@@ -149,7 +155,7 @@ def test_training_moves_the_selected_rows_only():
 
 
 def test_each_hospital_is_calibrated_to_the_target_at_its_own_rate():
-    cfg = tiny_config(federation={"rounds": 4},
+    cfg = _config(federation={"rounds": 4},
                       privacy={"enabled": True, "level": "record", "target_epsilon": 2.0,
                                "record_batch_size": 24.0,
                                "sparse": {"noise_multiplier": 15.0, "max_codes": 4}})
@@ -175,7 +181,7 @@ def test_each_hospital_is_calibrated_to_the_target_at_its_own_rate():
 
 
 def test_a_hospital_takes_its_noise_from_its_own_config_not_the_coordinators_plan():
-    cfg = tiny_config(privacy={"enabled": True, "level": "record", "target_epsilon": 2.0,
+    cfg = _config(privacy={"enabled": True, "level": "record", "target_epsilon": 2.0,
                                "sparse": {}})
     data = load_dataset(cfg)
     sizes = [len(c.train) for c in data.clients]
@@ -189,7 +195,7 @@ def test_a_hospital_takes_its_noise_from_its_own_config_not_the_coordinators_pla
 
 
 def test_by_default_the_selection_spends_its_share_of_the_target():
-    cfg = tiny_config(privacy={"enabled": True, "level": "record", "target_epsilon": 2.0,
+    cfg = _config(privacy={"enabled": True, "level": "record", "target_epsilon": 2.0,
                                "sparse": {"epsilon_share": 0.3}})
     plan = plan_privacy(cfg, 3, [100, 200, 300])
     zs = plan.selection.noise_multiplier
@@ -201,7 +207,7 @@ def test_by_default_the_selection_spends_its_share_of_the_target():
 
 
 def test_a_selection_that_spends_the_target_alone_is_refused():
-    cfg = tiny_config(privacy={"enabled": True, "level": "record", "target_epsilon": 0.5,
+    cfg = _config(privacy={"enabled": True, "level": "record", "target_epsilon": 0.5,
                                "sparse": {"noise_multiplier": 3.0}})
     with pytest.raises(PrivacyError, match="selection alone spends epsilon"):
         plan_privacy(cfg, 3, [100, 100, 100])
@@ -216,5 +222,30 @@ def test_a_selection_that_spends_the_target_alone_is_refused():
 ])
 def test_bad_sparse_settings_are_refused(privacy, model, message):
     with pytest.raises(ConfigError, match=message):
-        tiny_config(model=model, privacy={"enabled": True, "level": "record",
+        _config(model=model, privacy={"enabled": True, "level": "record",
                                           "target_epsilon": 2.0, **privacy})
+
+
+def test_a_sparse_run_neither_restarts_nor_resumes(tmp_path):
+    sparse = {"enabled": True, "level": "record", "target_epsilon": 2.0, "sparse": {}}
+    with pytest.raises(ConfigError, match="federation.max_restarts: a run with "
+                                          "privacy.sparse cannot restart"):
+        _config(federation={"max_restarts": 1}, privacy=sparse)
+    cfg = _config(federation={"max_restarts": 0}, privacy=sparse)
+    with pytest.raises(ConfigError, match="cannot be resumed"):
+        cfg.privacy.check_resumable(tmp_path)
+
+
+def test_a_hospital_refuses_to_train_without_the_dp_sgd_its_config_asks_for():
+    from fedsim.errors import ProtocolError
+    from fedsim.privacy.plan import trainer_for
+
+    cfg = _config(privacy={"enabled": True, "level": "record", "target_epsilon": 2.0})
+    data = load_dataset(cfg)
+    model = EHRMLP(vocab_size=data.vocab_size, num_numeric=data.num_numeric, depth=2, width=8)
+    client_plan = plan_privacy(_config(privacy={
+        "enabled": True, "target_epsilon": 2.0, "epsilon_against": "observer"}), 3,
+        [100, 100, 100])
+    for handed in (None, client_plan):  # a coordinator switching the hospital's DP off
+        with pytest.raises(ProtocolError, match="refuses to train without the record-level"):
+            trainer_for(cfg, handed, model, data.clients[0], SeededRandom(0, "s", (0,)))

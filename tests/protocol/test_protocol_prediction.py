@@ -16,8 +16,7 @@ from builders import RecordingBackend, numbers_in, tiny_config
 from fedsim.data import Split
 from fedsim.errors import ProtocolError, Refusal
 from fedsim.learning.model import build_model, init_params
-from fedsim.learning.train import predict
-from fedsim.protocol import client as client_module
+from fedsim.learning.train import LocalTrainer, predict
 from fedsim.protocol.backend import InProcessBackend
 from fedsim.protocol.prediction import PredictionPlan, QueryRows, predict_ensemble
 from fedsim.run.runner import load_dataset
@@ -82,13 +81,13 @@ def test_fine_tuned_hospitals_score_with_models_of_their_own(monkeypatch):
     cfg, data, _, _, flat, query = setting()
     own = _spy_on_scores(monkeypatch)
     trained = []
-    train = client_module.LocalTrainer.train
+    train = LocalTrainer.train
 
     def counting(self, params, inputs):
         trained.append(1)
         return train(self, params, inputs)
 
-    monkeypatch.setattr(client_module.LocalTrainer, "train", counting)
+    monkeypatch.setattr(LocalTrainer, "train", counting)
     tuned = predict_ensemble(cfg, data, flat, query, backend=InProcessBackend(), run_id="q",
                              fine_tune=True)
     assert len(trained) == 3

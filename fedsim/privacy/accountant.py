@@ -38,6 +38,7 @@ __all__ = [
     "Accountant",
     "calibrate_dpsgd_noise_multiplier",
     "calibrate_noise_multiplier",
+    "calibrate_selection_noise_multiplier",
     "epsilon",
     "make_library_accountant",
     "selection_epsilon",
@@ -66,9 +67,9 @@ def epsilon(spec: Spec, rounds: int) -> float:
     return float(accountant.get_epsilon(spec.delta))
 
 
-def _unit_pld(spec: Spec) -> pld_lib.PrivacyLossDistribution:
-    """The PLD of one unit event, built exactly as ``PLDAccountant`` builds it."""
-    event = spec.unit_event()
+def _event_pld(event: dp_accounting.DpEvent, spec: Spec) -> pld_lib.PrivacyLossDistribution:
+    """The PLD of one (Poisson-sampled) Gaussian or Laplace event, built exactly as
+    ``PLDAccountant`` builds it, with ``spec``'s relation and discretization."""
     q = 1.0
     if isinstance(event, dp_accounting.PoissonSampledDpEvent):
         q, event = event.sampling_probability, event.event
@@ -111,11 +112,9 @@ class Accountant:
                 single.compose(once)
                 self._once_rdp = single.rdp
         else:
-            self._unit_pld = _unit_pld(spec)
-            z = getattr(spec, "selection_noise_multiplier", None)
-            self._once_pld = None if z is None else pld_lib.from_gaussian_mechanism(
-                standard_deviation=z, value_discretization_interval=spec.pld_discretization,
-                neighboring_relation=spec.neighboring_relation)
+            self._unit_pld = _event_pld(spec.unit_event(), spec)
+            once = selection_event(spec)
+            self._once_pld = None if once is None else _event_pld(once, spec)
 
     def epsilon_after(self, rounds: int) -> float:
         """Epsilon at ``spec.delta`` after ``rounds`` rounds (0.0 for zero rounds)."""
@@ -128,7 +127,6 @@ class Accountant:
         if count == 0:
             return 0.0
         if self.spec.accountant == "rdp":
-            # Same arithmetic as RdpAccountant.compose(SelfComposedDpEvent(e, count)).
             # Same arithmetic as RdpAccountant.compose(SelfComposedDpEvent(e, count)), plus
             # the one-off selection's RDP (composition adds RDP order by order).
             eps, _ = rdp.compute_epsilon(self._orders, count * self._unit_rdp + self._once_rdp,
@@ -257,7 +255,8 @@ def calibrate_dpsgd_noise_multiplier(
         if alone >= target_epsilon:
             raise PrivacyError(
                 f"the embedding-row selection alone spends epsilon {alone:.3g} of the target "
-                f"{target_epsilon:g}; raise privacy.sparse.selection_noise_multiplier")
+                f"{target_epsilon:g}; raise privacy.sparse.noise_multiplier or lower "
+                f"privacy.sparse.epsilon_share")
 
     def make_spec(z: float) -> RecordLevelSpec:
         return RecordLevelSpec(
@@ -273,12 +272,29 @@ def calibrate_dpsgd_noise_multiplier(
     return _calibrate(make_spec, target_epsilon, rounds, tol)
 
 
+def _gaussian_alone(delta: float, accountant: AccountantKind, pld_discretization: float
+                    ) -> dp_accounting.PrivacyAccountant:
+    """A fresh dp-accounting accountant for one unsampled add/remove-one mechanism."""
+    return make_library_accountant(
+        RecordLevelSpec(1.0, 1.0, 1, delta, accountant, pld_discretization))
+
+
 def selection_epsilon(noise_multiplier: float, delta: float, *,
                       accountant: AccountantKind = "rdp", pld_discretization: float = 1e-4
                       ) -> float:
     """Epsilon at ``delta`` of the Gaussian selection alone (one Gaussian mechanism of
     ``noise_multiplier``, add/remove-one), from a fresh dp-accounting accountant."""
-    spec = RecordLevelSpec(1.0, 1.0, 1, delta, accountant, pld_discretization)
-    library = make_library_accountant(spec)
+    library = _gaussian_alone(delta, accountant, pld_discretization)
     library.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
     return float(library.get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def calibrate_selection_noise_multiplier(epsilon: float, delta: float,
+                                         accountant: AccountantKind = "rdp",
+                                         pld_discretization: float = 1e-4) -> float:
+    """The Gaussian selection's multiplier whose epsilon alone is at most ``epsilon``."""
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: _gaussian_alone(delta, accountant, pld_discretization),
+        dp_accounting.GaussianDpEvent, epsilon, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(0.1, 1e4), tol=1e-4))

@@ -30,7 +30,11 @@ from fedsim.aggregate.steps import Step
 from fedsim.aggregate.weighting import FixedDenominator, SampleWeighting
 from fedsim.config import RunConfig
 from fedsim.errors import ProtocolError
-from fedsim.privacy.accountant import calibrate_dpsgd_noise_multiplier, calibrate_noise_multiplier
+from fedsim.privacy.accountant import (
+    calibrate_dpsgd_noise_multiplier,
+    calibrate_noise_multiplier,
+    calibrate_selection_noise_multiplier,
+)
 from fedsim.privacy.adaptive_clipping import AdaptiveClipSpec, update_noise_multiplier
 from fedsim.privacy.events import AccountingSpec, RecordLevelSpec
 from fedsim.privacy.mechanisms import Mechanism, make_mechanism
@@ -161,8 +165,8 @@ class RecordLevelPlan:
     def trainer(self, model: Any, cfg: RunConfig, split: Any, secret: Any) -> Any:
         """The hospital's DP-SGD trainer, from its own ``cfg`` and training ``split``;
         ``secret`` is its source for the row selection's noise."""
-        spec, clip, selection = hospital_spec(cfg, len(split)), float(cfg.privacy.clip), \
-            _selection(cfg)
+        spec, clip = hospital_spec(cfg, len(split)), float(cfg.privacy.clip)
+        selection = _selection(cfg)
         if selection is None:
             from fedsim.learning.train import DPSGDTrainer
 
@@ -295,20 +299,8 @@ def selection_multiplier(cfg: RunConfig) -> float | None:
         return None
     if p.sparse.noise_multiplier is not None:
         return float(p.sparse.noise_multiplier)
-    return _selection_calibrated(p.sparse.epsilon_share * p.target_epsilon, p.delta,
-                                 p.accountant)
-
-
-@functools.lru_cache(maxsize=64)
-def _selection_calibrated(epsilon: float, delta: float, accountant: str) -> float:
-    import dp_accounting
-
-    from fedsim.privacy.accountant import make_library_accountant
-
-    template = RecordLevelSpec(1.0, 1.0, 1, delta, accountant)
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: make_library_accountant(template), dp_accounting.GaussianDpEvent, epsilon,
-        delta, bracket_interval=dp_accounting.ExplicitBracketInterval(0.1, 1e4), tol=1e-4))
+    return calibrate_selection_noise_multiplier(p.sparse.epsilon_share * p.target_epsilon,
+                                                p.delta, p.accountant)
 
 
 def _client_level(cfg: RunConfig, names: list[str], train_sizes: list[int]

@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
+    stats = sub.add_parser("stats", help="the hospitals' federated statistics (pooled mean "
+                           "and std per numeric feature, code frequencies), no training")
+    stats.add_argument("config", help="YAML config, e.g. configs/quick.yaml")
+    stats.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="optional dotted overrides, e.g. federation.mode=plaintext")
+    stats.add_argument("--out", help="also write the summary as JSON to this new file")
+    stats.add_argument("--address", help="Ray cluster address (as for run)")
+    stats.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
+
     sweep = sub.add_parser("sweep", help="run a privacy-budget sweep (e.g. the paper's Table 1)")
     sweep.add_argument("sweep_file", help="e.g. configs/paper_eps_sweep.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -131,6 +140,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                       address=args.address)
     print((out / "sweep.md").read_text())
     print(f"sweep {spec.name}: {table.num_rows} runs; table and plot in {out}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedsim.config import load_config
+    from fedsim.run.datasets import stats_command
+
+    stats_command(load_config(args.config, args.overrides), backend=args.backend,
+                  address=args.address, out=args.out, console=Console())
     return 0
 
 
@@ -233,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "(KEY=VALUE overrides are optional)")
     handlers = {"run": _cmd_run, "resume": _cmd_resume, "data": _cmd_data,
                 "report": _cmd_report, "bench": _cmd_bench, "sweep": _cmd_sweep,
-                "predict": _cmd_predict, "verify": _cmd_verify}
+                "predict": _cmd_predict, "verify": _cmd_verify, "stats": _cmd_stats}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -69,8 +69,15 @@ class DataConfig:
     hospitals: tuple[str, ...] | None = None
     vocab_size: int | None = None
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    # Numeric features' scale: each hospital's own training statistics, the pooled
+    # ones opened by secure federated statistics (`fedsim.protocol.summary`), or raw.
+    standardize: Literal["per_hospital", "federated", "none"] = "per_hospital"
+    statistics_min_rows: int = 10  # a hospital with fewer training rows refuses them
 
     def __post_init__(self) -> None:
+        if self.statistics_min_rows < 1:
+            raise ConfigError(f"data.statistics_min_rows: expected an integer >= 1, got "
+                              f"{self.statistics_min_rows}")
         if self.source == "file" and not self.path:
             raise ConfigError("data.path: required when data.source is 'file'")
         if self.hospitals is not None and len(self.hospitals) == 0:

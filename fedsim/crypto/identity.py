@@ -106,9 +106,10 @@ def model_digest(params: Any, round_params: Mapping[str, float]) -> bytes:
 
 
 # What a sum is of: a training round's updates, an evaluation's score histograms (of
-# the model after that round), or the hospitals' scores of a query. Signed in every
-# statement, so no batch or endorsement of one kind can be counted as another.
-KINDS = ("train", "evaluate", "predict")
+# the model after that round), the hospitals' scores of a query, or their federated
+# statistics (`fedsim.protocol.summary`). Signed in every statement, so no batch or
+# endorsement of one kind can be counted as another.
+KINDS = ("train", "evaluate", "predict", "stats")
 
 
 def _kind(kind: str) -> bytes:

@@ -90,6 +90,25 @@ class ClientData:
         mean, std = self.scaler
         return ((np.asarray(numeric, np.float64) - mean) / std).astype(np.float32)
 
+    def raw(self, which: str) -> np.ndarray:
+        """``which`` split's numeric features on their raw scale (float64; float32's
+        rounding of the standardised values stays)."""
+        numeric = np.asarray(self.split(which).numeric, np.float64)
+        if self.scaler is None:
+            return numeric
+        mean, std = self.scaler
+        return numeric * std + mean
+
+    def rescaled(self, scaler: tuple[np.ndarray, np.ndarray] | None) -> ClientData:
+        """These rows with the numeric features standardised by ``scaler`` (mean, std)
+        instead, or raw when None."""
+        def one(which: str) -> Split:
+            rows, raw = self.split(which), self.raw(which)
+            numeric = raw if scaler is None else (raw - scaler[0]) / scaler[1]
+            return Split(rows.codes, numeric.astype(np.float32), rows.labels)
+
+        return ClientData(self.name, one("train"), one("val"), one("test"), scaler=scaler)
+
     def split(self, which: str) -> Split:
         """``train``, ``val`` or ``test`` by name."""
         if which not in SPLITS:
@@ -130,6 +149,13 @@ class FederatedDataset:
     def test_set(self) -> Split:
         """What the global model is scored on: the holdout, or the pooled test splits."""
         return self.holdout if self.holdout is not None else self.pooled("test")
+
+    def rescaled(self, scaler: tuple[np.ndarray, np.ndarray] | None) -> FederatedDataset:
+        """Every hospital's rows standardised with one ``scaler`` (`ClientData.rescaled`);
+        the holdout as it is."""
+        return FederatedDataset(tuple(c.rescaled(scaler) for c in self.clients),
+                                self.vocab_size, self.num_numeric, self.max_codes,
+                                self.holdout)
 
     def withheld(self) -> FederatedDataset:
         """This dataset as a party that holds no hospital's rows sees it: names, shapes,

@@ -359,41 +359,17 @@ class Hospital:
 
     def predict(self, global_flat: np.ndarray, query: Any, plan: Any, fine_tune: bool
                 ) -> tuple[Bundle, dict[str, float]]:
-        """Score the query (`fedsim.protocol.prediction`) with the global model, or with
-        this hospital's copy trained one more local round on its own rows: the sealed
-        batch signed for (run, predict, 0, hospital), and the seconds it took."""
-        from fedsim.data import Split
-        from fedsim.learning.train import predict
-        from fedsim.protocol.prediction import PredictionPlan, QueryRows
+        """Score a query (`fedsim.protocol.prediction.score_query`)."""
+        from fedsim.protocol.prediction import score_query
 
-        query = QueryRows(query.codes, query.numeric)  # canonical: what is scored is hashed
-        if type(plan) is not PredictionPlan or plan.rows != len(query):
-            raise ProtocolError(f"hospital {self.name} refuses a prediction plan that is not "
-                                f"one of {len(query)} query rows")
-        encoder = self.contributions.encoder
-        if encoder is None or not hasattr(encoder, "seal_values"):
-            raise ProtocolError(f"hospital {self.name} refuses to score a query outside "
-                                "the run's he encoding")
-        t0 = time.perf_counter()
-        start = np.asarray(global_flat, np.float32)
-        params = self._unravel(start)
-        if fine_tune:
-            # A stream of its own, apart from every training round's.
-            inputs = self.trainer.inputs(
-                stream(self.cfg.seed, "fine-tune", self.index), self.data.train,
-                self.steps, seed=self.cfg.seed, round_idx=0, index=self.index,
-                secret=self.randomness.draw("dp-sgd-fine-tune", 0, self.index))
-            params, _ = self.trainer.train(params, inputs)
-        t1 = time.perf_counter()
-        rows = Split(query.codes, self.data.standardise(query.numeric),
-                     np.zeros(len(query), np.float32))
-        scores = np.asarray(predict(self.model, params, rows), np.float64)
-        t2 = time.perf_counter()
-        payload = encoder.seal_values(plan.encode(encoder.context, scores),
-                                      contributors=plan.contributors)
-        model = plan.bind(model_digest(start, {}), query, fine_tune)
-        bundle = self.contributions.evaluations.bundle(self.name, 0, payload, model,
-                                                       kind="predict", plan=plan)
-        return bundle, {"train": t1 - t0 if fine_tune else 0.0, "score": t2 - t1,
-                        "encrypt": time.perf_counter() - t2}
+        return score_query(self, global_flat, query, plan, fine_tune)
 
+    def summarise(self, plan: Any) -> tuple[Bundle, dict[str, float]]:
+        """Sealed sums of this hospital's training rows (`fedsim.protocol.summary`)."""
+        from fedsim.protocol.summary import seal_summary
+
+        return seal_summary(self, plan, self.cfg.data.statistics_min_rows)
+
+    def unravel(self, flat: np.ndarray) -> Any:
+        """The model's parameter tree of a flat vector."""
+        return self._unravel(flat)

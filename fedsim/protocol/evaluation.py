@@ -66,6 +66,8 @@ class EvaluationPlan:
     """Public facts every party derives the evaluation's encoding from."""
 
     kind: ClassVar[str] = "evaluate"  # the manifests and statements of its sums
+    with_training: ClassVar[bool] = True  # opened beside the run's training sums
+    purpose: ClassVar[str] = "federated evaluation"
 
     bins: ScoreBins
     contributors: int  # every registered hospital contributes to every evaluation

@@ -243,9 +243,9 @@ class KeyHolder:
         newest = max((r for k, r in self._decrypted if k == m.kind), default=-1)
         if m.round < newest:
             raise self._refuse(f"round {m.round}: older than round {newest}")
-        if m.kind == "train" and plan is not None and plan.kind == "predict":
-            raise self._refuse(f"round {m.round}: a training sum under a key made for a "
-                               "query's scores")
+        if m.kind == "train" and plan is not None and not plan.with_training:
+            raise self._refuse(f"round {m.round}: a training sum under a key made for "
+                               f"{plan.purpose}")
         commitment = self._signed_noise(m, noise)
         if m.kind != "train":  # what the batches must have been made by: this policy's plan
             commitment = plan_digest(plan)

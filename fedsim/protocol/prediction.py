@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedsim.errors import ConfigError, CryptoError, DataError
+from fedsim.errors import ConfigError, CryptoError, DataError, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class PredictionPlan:
     """Public facts of one query: its rows and the hospitals that score it."""
 
     kind: ClassVar[str] = "predict"
+    with_training: ClassVar[bool] = False  # its key opens no training sum
+    purpose: ClassVar[str] = "a query's scores"
     rows: int
     contributors: int
     evaluations: int = 1  # sums opened under this key: one
@@ -149,3 +151,46 @@ def predict_ensemble(cfg: Any, dataset: Any, params: np.ndarray, query: QueryRow
     context = fed.scheme.context
     return Prediction(plan.decode(context, values), plan.error_bound(context),
                       tuple(manifest.contributors), dict(timer.phases))
+
+
+def score_query(hospital: Any, global_flat: np.ndarray, query: Any, plan: Any,
+                fine_tune: bool) -> tuple[Any, dict[str, float]]:
+    """A hospital's side: score the query with the global model, or with its copy
+    trained one more local round on its own rows; the sealed batch signed for (run,
+    predict, 0, hospital), and the seconds it took."""
+    from fedsim.crypto.identity import model_digest
+    from fedsim.data import Split
+    from fedsim.learning.train import predict
+    from fedsim.seeding import stream
+
+    name = hospital.name
+    query = QueryRows(query.codes, query.numeric)  # canonical: what is scored is hashed
+    if type(plan) is not PredictionPlan or plan.rows != len(query):
+        raise ProtocolError(f"hospital {name} refuses a prediction plan that is not "
+                            f"one of {len(query)} query rows")
+    encoder = hospital.contributions.encoder
+    if encoder is None or not hasattr(encoder, "seal_values"):
+        raise ProtocolError(f"hospital {name} refuses to score a query outside the run's "
+                            "he encoding")
+    t0 = time.perf_counter()
+    start = np.asarray(global_flat, np.float32)
+    params = hospital.unravel(start)
+    if fine_tune:
+        # A stream of its own, apart from every training round's.
+        inputs = hospital.trainer.inputs(
+            stream(hospital.cfg.seed, "fine-tune", hospital.index), hospital.data.train,
+            hospital.steps, seed=hospital.cfg.seed, round_idx=0, index=hospital.index,
+            secret=hospital.randomness.draw("dp-sgd-fine-tune", 0, hospital.index))
+        params, _ = hospital.trainer.train(params, inputs)
+    t1 = time.perf_counter()
+    rows = Split(query.codes, hospital.data.standardise(query.numeric),
+                 np.zeros(len(query), np.float32))
+    scores = np.asarray(predict(hospital.model, params, rows), np.float64)
+    t2 = time.perf_counter()
+    payload = encoder.seal_values(plan.encode(encoder.context, scores),
+                                  contributors=plan.contributors)
+    model = plan.bind(model_digest(start, {}), query, fine_tune)
+    bundle = hospital.contributions.evaluations.bundle(name, 0, payload, model,
+                                                       kind="predict", plan=plan)
+    return bundle, {"train": t1 - t0 if fine_tune else 0.0, "score": t2 - t1,
+                    "encrypt": time.perf_counter() - t2}

@@ -46,8 +46,9 @@ def predict_run(run_dir: str | Path, query_path: str | Path, out: str | Path, *,
     from fedsim.data import load_table
     from fedsim.data.loader import query_rows
     from fedsim.protocol.prediction import QueryRows, predict_ensemble
+    from fedsim.run.datasets import load_dataset, run_scale
     from fedsim.run.results import atomic_write, load_run
-    from fedsim.run.runner import load_dataset, make_backend
+    from fedsim.run.runner import make_backend
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -59,7 +60,7 @@ def predict_run(run_dir: str | Path, query_path: str | Path, out: str | Path, *,
         raise DataError(f"{run_dir}: not a completed run with final parameters "
                         f"(status {run.manifest.get('status')!r})")
     cfg = run.config
-    dataset = load_dataset(cfg)
+    dataset = run_scale(cfg, load_dataset(cfg), run_dir)  # on the run's scale
     codes, numeric = query_rows(load_table(query_path), _columns(cfg),
                                 vocab_size=dataset.vocab_size,
                                 num_numeric=dataset.num_numeric)

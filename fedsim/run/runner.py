@@ -10,22 +10,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from fedsim.config import RunConfig, from_dict
-from fedsim.data import (
-    FederatedDataset,
-    SynthSpec,
-    TeacherSpec,
-    load_table,
-    partition,
-    synthetic_dataset,
-    teacher_dataset,
-)
+from fedsim.data import FederatedDataset
 from fedsim.errors import ConfigError, Interrupted, Refusal, RoundFailed
 from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
@@ -42,21 +34,10 @@ from fedsim.run.callbacks import (
     ShowWarnings,
     WriteRounds,
 )
+from fedsim.run.datasets import load_dataset, standardised
 from fedsim.run.progress import RoundProgress, summary_table
 from fedsim.run.results import RunWriter, check_out_dir, read_manifest, unlock_run_dir
 from fedsim.run.telemetry import RunTelemetry
-
-
-def load_dataset(cfg: RunConfig) -> FederatedDataset:
-    """The federated dataset a config describes (generated or read from a file)."""
-    d = cfg.data
-    if d.source == "synthetic":
-        spec = SynthSpec(**asdict(d.synth), seed=cfg.seed)
-        return synthetic_dataset(spec, fractions=d.fractions, seed=cfg.seed)
-    if d.source == "teacher":
-        return teacher_dataset(TeacherSpec(**asdict(d.teacher), seed=cfg.seed))
-    return partition(load_table(d.path), d.columns, vocab_size=d.vocab_size,
-                     hospitals=d.hospitals, fractions=d.fractions, seed=cfg.seed)
 
 
 def default_out_dir(cfg: RunConfig, run_id: str) -> Path:
@@ -205,7 +186,7 @@ def _execute(
         start = parties.setup(resume)
         from fedsim.protocol.evaluator import evaluator_for
 
-        evaluator = evaluator_for(federation, dataset)
+        evaluator = evaluator_for(federation, parties.dataset)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
         rounds = cfg.federation.rounds
         with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:
@@ -233,7 +214,7 @@ def _execute(
         if reference:
             from fedsim.data import reference_logistic_auc
 
-            ref_auc = reference_logistic_auc(dataset, seed=cfg.seed)
+            ref_auc = reference_logistic_auc(parties.dataset, seed=cfg.seed)
         seconds = time.perf_counter() - t0
         completed = len(writer.rows)
         # Completed before the parties are shut down: an interrupt during the shutdown
@@ -285,6 +266,9 @@ class _Parties:
 
     def build(self) -> Federation:
         warn = lambda m: self.console.print(f"[yellow]warning:[/] {m}")  # noqa: E731
+        if self.federation is None:  # the run's scale, once (`fedsim.run.datasets`)
+            self.dataset = standardised(self.cfg, self.dataset, lambda: make_backend(
+                self.kind, self.run_id, self.cfg, warn=warn), self.run_id, self.writer.dir)
         self.backend = make_backend(self.kind, self.run_id, self.cfg, warn=warn)
         warnings = self.federation.warnings if self.federation is not None else []
         # In federated evaluation the coordinator gets no row of any hospital: the

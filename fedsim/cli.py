@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="ray (default) or inprocess (no Ray, for debugging)")
     run.add_argument("--no-reference", action="store_true",
                      help="skip the centralized logistic-regression reference")
+    run.add_argument("--baselines", choices=("none", "local", "all"),
+                     help="beside the run's model, each hospital's trained alone (local) "
+                     "and the same model on the pooled rows (all); default "
+                     "evaluation.baselines (all)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --out (default: refuse it)")
 
@@ -105,7 +109,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedsim.config import load_config
     from fedsim.run.runner import run_federated
 
-    cfg = load_config(args.config, args.overrides)
+    extra = [] if args.baselines is None else [f"evaluation.baselines={args.baselines}"]
+    cfg = load_config(args.config, [*args.overrides, *extra])
     run_federated(cfg, out_dir=args.out, backend=args.backend, address=args.address,
                   reference=not args.no_reference, overwrite=args.overwrite)
     return 0

@@ -22,6 +22,7 @@ def tiny_config(**sections) -> RunConfig:
         "model": {"depth": 2, "width": 8},
         "train": {"lr": 0.01, "batch_size": 32, "local_steps": 5},
         "federation": {"rounds": 3, "clients_per_round": 3, "min_clients": 2},
+        "evaluation": {"baselines": "none"},  # tests/run/test_run_baselines.py runs them
         "crypto": {"profile": "test", "allow_insecure": True, "key_holders": 3},
         "resources": {"client": {"num_cpus": 0.25}, "aggregator": {"num_cpus": 0.25},
                       "keyholder": {"num_cpus": 0.1}},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fedsim.errors import ConfigError
 
@@ -20,7 +20,9 @@ class EvaluationConfig:
     (`fedsim.protocol.evaluation`), else the coordinator scores pooled copies.
     ``noise_stddev``: record-level DP on those histograms (the Gaussian stddev of the
     noise on each pooled count, drawn by the hospitals in shares); ``disclose_hospitals``:
-    each hospital also reports its own metrics."""
+    each hospital also reports its own metrics. ``baselines``: beside the run's model,
+    each hospital's trained alone (``local``) and, with ``all``, the same model trained
+    on the pooled rows (`fedsim.run.baselines`)."""
 
     every: int = 1
     federated: bool | None = None
@@ -28,6 +30,7 @@ class EvaluationConfig:
     max_rows: int = 1_000_000
     disclose_hospitals: bool = False
     noise_stddev: float | None = None
+    baselines: Literal["none", "local", "all"] = "all"
 
     def __post_init__(self) -> None:
         if self.every < 0:

@@ -76,3 +76,26 @@ def plot_sweep_roc(curves: dict, path: str | Path, *, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_baselines(b: dict, path: str | Path) -> None:
+    """Pooled test ROC AUC of the federated model beside the centralized and each
+    local-only model (`fedsim.run.baselines`), as horizontal bars."""
+    from fedsim.run.baselines import baseline_rows
+
+    rows = [r for r in baseline_rows(b) if r[1] is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
+    colours = {"federated": "tab:blue", "centralized": "tab:green"}
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, [r[1] for r in rows], color=[colours.get(r[0], "tab:grey") for r in rows])
+    for yi, (_, auc, what) in zip(y, rows):
+        ax.text(auc + 0.005, yi, f"{auc:.3f}  {what}", va="center", fontsize=8)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    low = min(r[1] for r in rows)
+    ax.set_xlim(max(0.0, low - 0.1), 1.0)
+    ax.set_xlabel("pooled test ROC AUC")
+    ax.set_title("what federating bought (baselines plaintext, no DP)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)

@@ -24,6 +24,7 @@ from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
 from fedsim.protocol.records import RoundRecord
 from fedsim.run import checkpoint
+from fedsim.run.baselines import add_baselines, baseline_table
 from fedsim.run.callbacks import (
     Collect,
     Evaluate,
@@ -205,6 +206,7 @@ def _execute(
         federation = parties.federation
         report = evaluator.final_report(federation)
         report["title"] = f"{run_id}: test ROC, final global model"
+        add_baselines(cfg, parties.dataset, report, writer.dir, console)
         writer.params(federation.params)
         writer.metrics(report)
         writer.roc_plot(report)
@@ -241,6 +243,8 @@ def _execute(
                 ray.shutdown()
 
     console.print(summary_table(report, title=f"{run_id}: test metrics of the final model"))
+    if "baselines" in report:
+        console.print(baseline_table(report["baselines"]))
     if ref_auc is not None:
         console.print(f"centralized logistic-regression reference (pooled data, no "
                       f"federation): test ROC AUC {ref_auc:.4f}", highlight=False)

@@ -99,6 +99,8 @@ def sweep_config(spec: SweepSpec, epsilon: float | None, extra: tuple[str, ...],
         privacy.update(spec.privacy)
         privacy.update(enabled=True, target_epsilon=epsilon, noise_multiplier=None)
     data["privacy"] = privacy
+    # Baselines do not depend on epsilon: a sweep's points skip them unless asked.
+    data["evaluation"] = {"baselines": "none", **(data.get("evaluation") or {})}
     label = "nodp" if epsilon is None else f"eps{epsilon:g}"
     data["name"] = f"{spec.name}-{label}" + (f"-seed{data.get('seed', 0)}" if spec.seeds > 1
                                               else "")

@@ -52,7 +52,12 @@ def test_demo_reaches_auc_075_and_prints_a_reference(demo_run):
     enc = run.rounds.column("t_encrypt_s").to_pylist()
     pdec = run.rounds.column("t_partial_decrypt_s").to_pylist()
     assert all(t > 0 for t in enc) and all(t > 0 for t in pdec)
-    assert json.loads((out / "metrics.json").read_text())["pooled"]["n"] > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pooled"]["n"] > 1000
+    # The demo's baselines: every hospital alone, and the model on the pooled rows.
+    b = metrics["baselines"]
+    assert len(b["local"]) == 5 and b["centralized"]["pooled_test_auc"] > 0.75
+    assert (out / "baselines.png").is_file() and "what federating bought" in log
 
 
 @pytest.mark.slow

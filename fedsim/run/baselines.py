@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -156,6 +157,7 @@ def add_baselines(cfg: Any, dataset: Any, report: dict, out_dir: Any, console: A
         console.print("[yellow]warning:[/] no baselines for a cohort run "
                       "(evaluation.baselines applies to federation.clients: hospital)")
         return
+    t0 = time.perf_counter()
     total = len(dataset.clients) + (which == "all")
     with Progress(TextColumn("baselines (plaintext, no DP): {task.description}"),
                   BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -167,6 +169,7 @@ def add_baselines(cfg: Any, dataset: Any, report: dict, out_dir: Any, console: A
             bar.update(task, description="centralized model")
             b["centralized"] = centralized(cfg, dataset)
             bar.advance(task)
+    b["seconds"] = time.perf_counter() - t0
     report["baselines"] = b
     atomic_write(out_dir / "baselines.png", lambda p: plot_baselines(b, p))
 

@@ -13,17 +13,22 @@ from typing import Any
 
 from fedsim.data import FederatedDataset
 from fedsim.learning.metrics import BinaryMetrics, evaluate, roc_points, youden_threshold
+from fedsim.learning.selection import Selection
 from fedsim.learning.train import predict
 
 
 class CentralEvaluator:
     """Pooled validation and test data of one run, and the model that scores them."""
 
-    def __init__(self, model: Any, dataset: FederatedDataset) -> None:
+    def __init__(self, model: Any, dataset: FederatedDataset,
+                 selection: Selection | None = None) -> None:
         self.model = model
         self.dataset = dataset
         self.val = dataset.pooled("val")
         self.test = dataset.test_set()
+        self.selection = selection or Selection(False)
+        self.last_round = -1
+        self.last_metrics: BinaryMetrics | None = None
 
     def threshold(self, params: Any) -> float:
         """The pooled-validation Youden point (0.5 without a validation split)."""
@@ -36,14 +41,38 @@ class CentralEvaluator:
         probs = predict(self.model, params, self.test)
         return evaluate(self.test.labels, probs, threshold=self.threshold(params))
 
+    def val_auc(self, params: Any) -> float:
+        """Pooled validation ROC AUC (NaN without both classes in the split)."""
+        if not len(self.val) or len(set(self.val.labels.tolist())) < 2:
+            return float("nan")
+        probs = predict(self.model, params, self.val)
+        return evaluate(self.val.labels, probs).auc
+
     def score_round(self, federation: Any, round_idx: int
                     ) -> tuple[BinaryMetrics, dict[str, float]]:
-        """`score` of the federation's model (the interface of
-        `fedsim.protocol.evaluator.FederatedEvaluator`)."""
-        return self.score(federation.params), {}
+        """`score` of the federation's model and its pooled validation AUC (the
+        interface of `fedsim.protocol.evaluator.FederatedEvaluator`)."""
+        params = federation.params
+        val_auc = self.val_auc(params)
+        self.selection.offer(round_idx, val_auc, params)
+        self.last_round, self.last_metrics = round_idx, self.score(params)
+        return self.last_metrics, {"val_auc": val_auc}
 
     def final_report(self, federation: Any) -> dict:
-        return {**self.report(federation.params), "evaluation": "central"}
+        """metrics.json's content for the selected model (`fedsim.learning.selection`),
+        with the last round's pooled test metrics beside it when they differ."""
+        chosen = self.selection.chosen(self.last_round)
+        report = {**self.report(self.deployed_params(federation)), "evaluation": "central",
+                  "selection": self.selection.describe(self.last_round)}
+        if chosen is not None and self.last_metrics is not None:
+            report["last_round"] = {"round": self.last_round + 1,
+                                    **self.last_metrics.as_dict()}
+        return report
+
+    def deployed_params(self, federation: Any) -> Any:
+        """The parameters the run reports and writes to params.npz."""
+        chosen = self.selection.chosen(self.last_round)
+        return federation.params if chosen is None else chosen.params
 
     def report(self, params: Any) -> dict:
         """Per-hospital (those with a test split) and pooled test metrics with ROC points."""

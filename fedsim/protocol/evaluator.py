@@ -12,6 +12,7 @@ import numpy as np
 from fedsim.errors import PartyLost, ProtocolError
 from fedsim.learning.histograms import ScoreBins, pooled_metrics, youden_threshold
 from fedsim.learning.metrics import BinaryMetrics
+from fedsim.learning.selection import Selection
 from fedsim.protocol.evaluation import EvaluationPlan, evaluation_rounds
 
 
@@ -86,9 +87,10 @@ class FederatedEvaluator:
     ``model`` instead of the hospitals' test splits; the threshold still comes from the
     hospitals' summed validation histograms."""
 
-    def __init__(self, plan: EvaluationPlan, *, model: Any = None, holdout: Any = None
-                 ) -> None:
+    def __init__(self, plan: EvaluationPlan, *, model: Any = None, holdout: Any = None,
+                 selection: Selection | None = None) -> None:
         self.plan = plan
+        self.selection = selection or Selection(False)
         self.model = model
         self.holdout = holdout
         self.last: PooledEvaluation | None = None
@@ -129,7 +131,13 @@ class FederatedEvaluator:
             probs = predict(self.model, federation.params, self.holdout)
             metrics = evaluate(self.holdout.labels, probs, threshold=metrics.threshold)
         self.last, self.last_round = result, round_idx
+        val_auc = (pooled_metrics(val, self.plan.bins).metrics.auc
+                   if val[-1] > 0 else float("nan"))
+        params = federation.params
+        self.selection.offer(round_idx, val_auc, params,
+                             lambda: self._report(result, round_idx, params))
         extra = {"auc_bound": result.auc_bound if self.holdout is None else 0.0,
+                 "val_auc": val_auc,
                  **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
         if self.plan.noise_stddev:  # record-level DP on the histograms, composed so far
             cfg = federation.cfg
@@ -138,47 +146,78 @@ class FederatedEvaluator:
             extra["evaluation_epsilon"] = self.epsilon
         return metrics, extra
 
-    def final_report(self, federation: Any) -> dict:
-        """metrics.json's content: pooled test metrics with ROC points from the summed
-        histogram, and each hospital's own metrics only as far as it disclosed them."""
-        if self.last is None:
-            raise ProtocolError("no federated evaluation of the final model (a hospital "
-                                "was lost in the last round)")
-        r = self.last
+    def _report(self, r: PooledEvaluation, round_idx: int, params: Any) -> dict:
+        """The metrics of the model evaluated after ``round_idx``: pooled test metrics
+        with ROC points from the summed histogram (or the public holdout), and each
+        hospital's own metrics only as far as it disclosed them."""
         if self.holdout is not None:
             from fedsim.learning.metrics import evaluate, roc_points
             from fedsim.learning.train import predict
 
-            probs = predict(self.model, federation.params, self.holdout)
+            probs = predict(self.model, params, self.holdout)
             pooled_part = {**evaluate(self.holdout.labels, probs,
                                       threshold=r.metrics.threshold).as_dict(),
                            "roc": roc_points(self.holdout.labels, probs)}
         else:
             pooled_part = {**r.metrics.as_dict(), "roc": r.roc(self.plan.bins),
                            "auc_bound": r.auc_bound}
-        # The key holders' word on the model every hospital evaluated (`fedsim verify`).
-        deployment = {**federation.scheme.receipts(federation.backend, self.last_round),
-                      "plan": repr(self.plan), "run_id": federation.run_id}
-        if self.plan.noise_stddev:
-            pooled_part["dp"] = {"noise_stddev": self.plan.noise_stddev,
-                                 "epsilon": self.epsilon,
-                                 "delta": federation.cfg.privacy.delta,
-                                 "against": "whoever reads the pooled histograms or metrics",
-                                 "unit": "one patient of a validation or test split"}
-        # The round whose model was scored: the last, unless a hospital was lost then
-        # (its evaluation skipped, with a warning) and an earlier model's stands.
         return {"threshold": r.metrics.threshold, "evaluation": "federated",
-                "evaluated_after_round": self.last_round + 1,
+                "evaluated_after_round": round_idx + 1,
                 "hospitals": {name: dict(m) for name, m in self.disclosed.items()},
-                "pooled": pooled_part, "deployment": deployment}
+                "pooled": pooled_part}
+
+    def final_report(self, federation: Any) -> dict:
+        """metrics.json's content: `_report` of the selected model (the last round's,
+        unless ``evaluation.select: best_val`` chose an earlier one: then the last
+        round's pooled test metrics stand beside it), and the key holders' receipts of
+        it."""
+        if self.last is None:
+            raise ProtocolError("no federated evaluation of the final model (a hospital "
+                                "was lost in the last round)")
+        chosen = self.selection.chosen(self.last_round)
+        report = (self._report(self.last, self.last_round, federation.params)
+                  if chosen is None else dict(chosen.report))
+        report["selection"] = self.selection.describe(self.last_round)
+        if chosen is not None:
+            report["last_round"] = {"round": self.last_round + 1,
+                                    **self.last.metrics.as_dict()}
+        if self.plan.noise_stddev:
+            report["pooled"]["dp"] = {
+                "noise_stddev": self.plan.noise_stddev, "epsilon": self.epsilon,
+                "delta": federation.cfg.privacy.delta,
+                "against": "whoever reads the pooled histograms or metrics",
+                "unit": "one patient of a validation or test split"}
+        # The key holders' word on the model every hospital evaluated (`fedsim verify`).
+        # The round whose model stands: the selected one, else the last, unless a
+        # hospital was lost then (its evaluation skipped, with a warning) and an earlier
+        # model's stands.
+        deployed = self.last_round if chosen is None else chosen.round
+        try:
+            receipts = federation.scheme.receipts(federation.backend, deployed)
+        except ProtocolError:
+            if chosen is None:
+                raise
+            report["selection"]["note"] = (  # its holders were restarted since
+                f"no key holder that opened round {deployed + 1}'s evaluation is live: "
+                "the selected model has no deployment receipt (fedsim verify cannot "
+                "attest it)")
+            return report
+        report["deployment"] = {**receipts, "plan": repr(self.plan),
+                                "run_id": federation.run_id}
+        return report
+
+    def deployed_params(self, federation: Any) -> Any:
+        """The parameters the run reports and writes to params.npz."""
+        chosen = self.selection.chosen(self.last_round)
+        return federation.params if chosen is None else chosen.params
 
 
-def evaluator_for(federation: Any, dataset: Any) -> Any:
+def evaluator_for(federation: Any, dataset: Any, selection: Selection | None = None) -> Any:
     """Federated evaluation when the run's plan has it (the coordinator then holds no
     hospital's rows), else the coordinator's scoring of pooled copies."""
     if federation.evaluation is not None:
         return FederatedEvaluator(federation.evaluation, model=federation.model,
-                                  holdout=dataset.holdout)
+                                  holdout=dataset.holdout, selection=selection)
     from fedsim.learning.evaluation import CentralEvaluator
 
-    return CentralEvaluator(federation.model, dataset)
+    return CentralEvaluator(federation.model, dataset, selection)

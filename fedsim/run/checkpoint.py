@@ -38,13 +38,21 @@ import numpy as np
 
 from fedsim.aggregate.server import ServerState
 from fedsim.errors import FedSimError
-from fedsim.run.results import atomic_write, write_json
+from fedsim.run.results import (
+    atomic_write,
+    flatten_params,
+    json_text,
+    unflatten_params,
+    write_json,
+)
 
 if TYPE_CHECKING:
+    from fedsim.learning.selection import Snapshot
     from fedsim.protocol.federation import Federation
 
 CHECKPOINT = "checkpoint.npz"
 OPENING = "opening.json"
+SELECTION = "selection.npz"  # the best snapshot so far under evaluation.select: best_val
 FORMAT = 1
 
 
@@ -183,3 +191,44 @@ def opened_since(run_dir: Path, checkpoint: Checkpoint) -> tuple[str, ...] | Non
         raise CheckpointError(f"{path} is not readable: cannot tell whether the round "
                               "after the checkpoint was released") from None
     return contributors if round_idx == checkpoint.next_round else None
+
+
+def save_selection(run_dir: Path, snapshot: Snapshot) -> Path:
+    """Replace ``selection.npz`` with the best snapshot so far (its parameters, round,
+    validation AUC and report), so a resumed run keeps choosing among all its rounds."""
+    meta = {"round": snapshot.round, "val_auc": snapshot.val_auc, "report": snapshot.report}
+    arrays = {f"p/{k}": v for k, v in flatten_params(snapshot.params).items()}
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, meta=np.frombuffer(json_text(meta).encode(), np.uint8), **arrays)
+
+    return atomic_write(run_dir / SELECTION, write)
+
+
+def load_selection(run_dir: Path) -> Snapshot | None:
+    """The snapshot `save_selection` wrote (None if there is none)."""
+    from fedsim.learning.selection import Snapshot
+
+    path = run_dir / SELECTION
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+            params = unflatten_params({k[2:]: npz[k] for k in npz.files if k != "meta"})
+        return Snapshot(int(meta["round"]), float(meta["val_auc"]), params, meta["report"])
+    except Exception as err:  # truncated, corrupt, or not a selection
+        raise CheckpointError(f"{path} is truncated or not a fedsim selection "
+                              f"({type(err).__name__})") from None
+
+
+def selection_for(cfg: Any, run_dir: Path, *, resumed: bool) -> Any:
+    """The run's model selection (`fedsim.learning.selection`), each new best snapshot
+    saved to ``selection.npz`` (and read back when the run is resumed)."""
+    from fedsim.learning.selection import Selection
+
+    best = load_selection(run_dir) if resumed else None
+    selection = Selection(cfg.evaluation.selects_best, best=best)
+    selection.on_change = lambda snap: save_selection(run_dir, snap)
+    return selection

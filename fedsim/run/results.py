@@ -63,7 +63,14 @@ def _fsync(path: str | Path, *, directory: bool = False) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as standard JSON: NaN and infinities (Python or numpy floats, e.g.
+    """Write ``data`` as `json_text`."""
+    # Serialised before anything is written: a failure leaves the old file whole.
+    text = json_text(data)
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def json_text(data: Any) -> str:
+    """``data`` as standard JSON: NaN and infinities (Python or numpy floats, e.g.
     the AUC of a one-class test split) become null, numpy scalars and arrays become
     numbers and lists, anything else unknown its ``str``."""
 
@@ -78,9 +85,7 @@ def write_json(path: str | Path, data: Any) -> Path:
             return None
         return value
 
-    # Serialised before anything is written: a failure leaves the old file whole.
-    text = json.dumps(plain(data), indent=2, default=str, allow_nan=False)
-    return atomic_write(path, lambda p: p.write_text(text))
+    return json.dumps(plain(data), indent=2, default=str, allow_nan=False)
 
 
 def versions() -> dict[str, str]:
@@ -126,9 +131,12 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-# Every file a run writes (`fedsim.run.checkpoint` adds the last two).
+# Every file a run writes (`fedsim.run.checkpoint` adds checkpoint, opening and selection;
+# `fedsim.run.baselines` and `fedsim.run.datasets` the plot and statistics): an
+# overwritten run directory loses them all, so it never mixes two runs.
 RUN_FILES = ("manifest.json", "rounds.parquet", "params.npz", "metrics.json", "roc.png",
-             "checkpoint.npz", "opening.json")
+             "baselines.png", "statistics.json", "checkpoint.npz", "opening.json",
+             "selection.npz")
 
 
 def check_out_dir(path: Path, *, overwrite: bool = False) -> None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from fedsim.config import RunConfig, from_dict
 from fedsim.data import FederatedDataset
 from fedsim.errors import ConfigError, Interrupted, Refusal, RoundFailed
+from fedsim.learning.selection import which_model
 from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
@@ -187,7 +188,8 @@ def _execute(
         start = parties.setup(resume)
         from fedsim.protocol.evaluator import evaluator_for
 
-        evaluator = evaluator_for(federation, parties.dataset)
+        evaluator = evaluator_for(federation, parties.dataset,
+            checkpoint.selection_for(cfg, writer.dir, resumed=resume is not None))
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
         rounds = cfg.federation.rounds
         with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:
@@ -205,9 +207,10 @@ def _execute(
                     start = parties.restart(err)
         federation = parties.federation
         report = evaluator.final_report(federation)
-        report["title"] = f"{run_id}: test ROC, final global model"
+        which = which_model(report)
+        report["title"] = f"{run_id}: test ROC, {which}"
         add_baselines(cfg, parties.dataset, report, writer.dir, console)
-        writer.params(federation.params)
+        writer.params(evaluator.deployed_params(federation))
         writer.metrics(report)
         writer.roc_plot(report)
         for caveat in federation.scheme.caveats():  # again, beside the results
@@ -242,7 +245,7 @@ def _execute(
 
                 ray.shutdown()
 
-    console.print(summary_table(report, title=f"{run_id}: test metrics of the final model"))
+    console.print(summary_table(report, title=f"{run_id}: test metrics of the {which}"))
     if "baselines" in report:
         console.print(baseline_table(report["baselines"]))
     if ref_auc is not None:

@@ -55,10 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--vocab", type=int, default=24428, help="medical-code vocabulary size")
     synth.add_argument("--mean-codes", type=float, default=12.0)
     synth.add_argument("--no-numeric", action="store_true", help="omit age and lab values")
+    synth.add_argument("--site-shift", type=float, default=0.0,
+                       help="sd of each hospital's severity shift (labs, age and outcome "
+                       "move together; default 0)")
     synth.add_argument("--with-split", action="store_true", help="add a train/val/test column")
     synth.add_argument("--seed", type=int, default=0)
 
-    bench = sub.add_parser("bench", help="benchmarks: overhead | crypto | scaling | many-clients",
+    bench = sub.add_parser("bench", help="benchmarks: overhead | crypto | scaling | many-clients | "
+                           "dp-clients | sites",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
@@ -164,7 +168,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     spec = SynthSpec(num_hospitals=args.hospitals, patients_per_hospital=args.patients,
                      vocab_size=args.vocab, mean_codes=args.mean_codes,
-                     numeric_features=not args.no_numeric, seed=args.seed)
+                     numeric_features=not args.no_numeric, site_shift=args.site_shift,
+                     seed=args.seed)
     table = generate_ehr(spec, with_split=args.with_split)
     path = write_table(table, args.out)
     print(f"wrote {table.num_rows} patients from {args.hospitals} hospitals to {path}")
@@ -225,7 +230,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {"overhead": "overhead", "crypto": "crypto", "scaling": "scaling",
               "many-clients": "many_clients", "many_clients": "many_clients",
-              "dp-clients": "dp_clients", "dp_clients": "dp_clients"}
+              "dp-clients": "dp_clients", "dp_clients": "dp_clients", "sites": "sites"}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

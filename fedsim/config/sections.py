@@ -8,6 +8,7 @@ means editing this file. `fedsim.config.schema.RunConfig` holds one of each.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,9 +34,13 @@ class SynthConfig:
     mean_codes: float = 12.0
     zipf_exponent: float = 1.1
     numeric_features: bool = True
+    site_shift: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self, "num_hospitals", "patients_per_hospital", "vocab_size", "mean_codes")
+        if not (math.isfinite(self.site_shift) and self.site_shift >= 0):
+            raise ConfigError(f"data.synth.site_shift: must be a number >= 0, got "
+                              f"{self.site_shift}")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,14 @@ How the data arise
 * Numerics: age, and four labs that are latent standard normals seen through a
   hospital-specific offset and scale (like differing assays), so standardising per
   client matters.
+* Site shift (``site_shift``, default 0): a hospital's case mix is sicker or healthier
+  by ``severity ~ N(0, site_shift)``: its latent labs move by ``0.5 * severity`` standard
+  deviations in their harmful direction and its ages by ``5 * severity`` years, after
+  the intercept is calibrated, so the outcome moves with them (site prevalence then
+  leaves the target range). This is the between-site signal per-hospital
+  standardization removes and federated standardization keeps
+  (`fedsim.run.datasets`); the assay offsets above are the noise it must cost. With 0
+  the table is byte-identical to one made before the knob existed.
 * Outcome: ``label ~ Bernoulli(sigmoid(b_h + f(x)))`` where ``f`` is a hidden sparse
   model shared by all hospitals: 300 codes (frequency ranks 20 to 1500) with nonzero
   weights, 20 code-pair interactions, age, the latent labs (one with a U-shaped
@@ -64,7 +72,7 @@ __all__ = ["SynthSpec", "generate_ehr", "write_table", "NUM_LABS"]
 NUM_LABS = 4
 
 # Stream tags for SeedSequence([seed, tag, ...]): one independent stream per purpose.
-_MODEL, _HOSPITAL, _PATIENTS, _SPLIT = 1, 2, 3, 4
+_MODEL, _HOSPITAL, _PATIENTS, _SPLIT, _SITE = 1, 2, 3, 4, 5
 
 _NUM_RISK_CODES = 300
 _RISK_FIRST, _RISK_RANKS = 20, 1500  # risk codes are drawn from these frequency ranks
@@ -74,6 +82,9 @@ _NUM_INTERACTIONS = 20
 _CASE_MIX_RANKS = 2000
 _SPECIALTY_CODES = 40
 _PREVALENCE_RANGE = (0.12, 0.27)
+# Per unit of a site's severity: standard deviations each lab moves (harmful way), and
+# years of age; together about 1.7 on the outcome's logit.
+_SEVERITY_SD, _SEVERITY_YEARS = 0.5, 5.0
 # (mean, sd) of the labs' typical reference units; hospitals shift and rescale them.
 _LAB_UNITS = ((4.2, 0.5), (140.0, 4.0), (1.0, 0.3), (12.0, 3.0))
 
@@ -88,9 +99,11 @@ class SynthSpec:
     mean_codes: float = 12.0
     zipf_exponent: float = 1.1
     numeric_features: bool = True
+    site_shift: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_float(self, "site_shift", 0.0)
         _check_int(self, "num_hospitals", 1)
         _check_int(self, "patients_per_hospital", 1)
         _check_int(self, "vocab_size", 10)
@@ -216,9 +229,14 @@ def _hospital(spec: SynthSpec, model: _HiddenModel, h: int) -> dict[str, np.ndar
     codes = _distinct_codes(rng, cdf, lengths)
     age = np.clip(rng.normal(age_mean, 17.0, n), 18.0, 95.0)
     latent = rng.standard_normal((n, NUM_LABS))
-
+    # The intercept is calibrated before the site's severity shift: a sicker case mix
+    # moves the labs, the age and the prevalence together (from a stream of its own,
+    # so site_shift 0 leaves every other column as it was).
+    intercept = _calibrate(_risk(model, codes, lengths, age, latent), target)
+    severity = _rng(spec, _SITE, h).normal(0.0, 1.0) * spec.site_shift
+    latent = latent + severity * _SEVERITY_SD * np.sign(model.lab_weight)
+    age = np.clip(age + severity * _SEVERITY_YEARS * np.sign(model.age_weight), 18.0, 95.0)
     logit = _risk(model, codes, lengths, age, latent)
-    intercept = _calibrate(logit, target)
     label = (rng.random(n) < _sigmoid(logit + intercept)).astype(np.int8)
     labs = np.round(lab_loc + lab_scale * latent, 2).astype(np.float32)
     return {

@@ -177,3 +177,48 @@ def test_distinct_code_sampler_falls_back_when_redraws_do_not_converge():
     assert [r.tolist() for r in rows][0] == list(range(10))
     assert all(len(set(r)) == len(r) and (np.diff(r) > 0).all() for r in rows)
     assert [len(r) for r in rows] == lengths.tolist()
+
+
+def _table_digest(table: pa.Table) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in table.column_names:
+        h.update(name.encode())
+        h.update(repr(table[name].combine_chunks().to_pylist()).encode())
+    return h.hexdigest()
+
+
+def test_no_site_shift_leaves_the_table_as_it_was_before_the_knob():
+    """The digest of this table from the generator before ``site_shift`` existed."""
+    spec = SynthSpec(num_hospitals=4, patients_per_hospital=200, vocab_size=300, seed=3)
+    assert _table_digest(generate_ehr(spec, with_split=True)) == (
+        "569626f0d73c0a292a284faff720442578eb3e53f2bcd07dea4f18a9c5b1911a")
+
+
+def test_a_site_shift_moves_labs_age_and_prevalence_together():
+    base = SynthSpec(num_hospitals=12, patients_per_hospital=1500, vocab_size=2000)
+    calm, shifted = generate_ehr(base), generate_ehr(dataclasses.replace(base, site_shift=0.5))
+    assert calm.column("codes").equals(shifted.column("codes"))  # case mix of codes kept
+    names = shifted.column("hospital").to_numpy(zero_copy_only=False)
+    hospitals = np.unique(names)
+
+    def by_site(table, column):
+        values = table.column(column).to_numpy().astype(float)
+        return np.array([values[names == h].mean() for h in hospitals])
+
+    # The severity moves the site's mean age and its prevalence the same way.
+    moved_age = by_site(shifted, "age") - by_site(calm, "age")
+    moved_prevalence = by_site(shifted, "label") - by_site(calm, "label")
+    assert np.corrcoef(moved_age, moved_prevalence)[0, 1] > 0.8
+    assert np.ptp(by_site(shifted, "label")) > 2 * np.ptp(by_site(calm, "label"))
+
+
+def test_site_shift_must_be_a_number_at_least_zero():
+    with pytest.raises(DataError, match="site_shift must be a number >= 0"):
+        SynthSpec(site_shift=-0.1)
+    from fedsim.config import from_dict
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.synth.site_shift: must be a number >= 0"):
+        from_dict({"data": {"synth": {"site_shift": -1.0}}})

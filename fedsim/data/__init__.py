@@ -4,13 +4,21 @@ No JAX and no Ray here: numpy and pyarrow only (scikit-learn for the reference m
 """
 
 from fedsim.data.dataset import SPLITS, ClientData, FederatedDataset, Split
-from fedsim.data.loader import ColumnSpec, DataWarning, load_table, partition, synthetic_dataset
+from fedsim.data.loader import (
+    CategoricalColumn,
+    ColumnSpec,
+    DataWarning,
+    load_table,
+    partition,
+    synthetic_dataset,
+)
 from fedsim.data.reference import reference_logistic_auc
 from fedsim.data.synth import SynthSpec, generate_ehr, write_table
 from fedsim.data.teacher import TeacherSpec, teacher_dataset
 
 __all__ = [
     "SPLITS",
+    "CategoricalColumn",
     "ClientData",
     "ColumnSpec",
     "DataWarning",

@@ -17,7 +17,7 @@ from fedsim.data.dataset import SPLITS
 from fedsim.errors import DataError
 
 if TYPE_CHECKING:
-    from fedsim.data.loader import ColumnSpec
+    from fedsim.data.loader import CategoricalColumn, ColumnSpec
 
 
 def _listing(values: Sequence[object], limit: int = 10) -> str:
@@ -30,11 +30,15 @@ def select(table: pa.Table, columns: ColumnSpec, hospitals: Sequence[str] | None
 
     The hospital column comes back as strings, whatever its type was.
     """
-    if columns.codes is None and not columns.numeric:
-        raise DataError("no feature columns: set a codes column and/or numeric columns")
+    if columns.codes is None and not columns.numeric and not columns.categorical:
+        raise DataError("no feature columns: set a codes column, numeric or categorical "
+                        "columns")
+    both = sorted(set(columns.numeric) & {c.name for c in columns.categorical})
+    if both:
+        raise DataError(f"column {both[0]!r} is listed as numeric and as categorical")
     used = [columns.hospital, columns.label]
     used += [columns.codes] if columns.codes is not None else []
-    used += list(columns.numeric)
+    used += list(columns.numeric) + [c.name for c in columns.categorical]
     used += [columns.split] if columns.split is not None else []
     missing = [c for c in dict.fromkeys(used) if c not in table.column_names]
     if missing:
@@ -133,6 +137,31 @@ def numeric(table: pa.Table, names: Sequence[str]) -> np.ndarray:
         # Through float32 so that Parquet and CSV copies of a float32 column agree exactly.
         out[:, j] = wide.astype(np.float32)
     return out
+
+
+def onehot(table: pa.Table, columns: Sequence[CategoricalColumn]) -> np.ndarray:
+    """float64 [n, sum of categories] of 0/1, one feature per declared category of each
+    column in order; a value outside a column's list is a `DataError` naming it."""
+    blocks = [np.zeros((table.num_rows, 0))]
+    for spec in columns:
+        column = table.column(spec.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        t = column.type
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise DataError(f"column {spec.name!r} is categorical: it must hold integers or "
+                            f"strings, found {t}")
+        texts = np.asarray(column.cast(pa.string()).to_numpy(zero_copy_only=False), object)
+        index = {v: i for i, v in enumerate(spec.values)}
+        unknown = sorted({v for v in texts.tolist() if v not in index})
+        if unknown:
+            raise DataError(f"column {spec.name!r} holds values outside its declared "
+                            f"categories ({_listing(list(spec.values))}): "
+                            f"{_listing(unknown)}")
+        block = np.zeros((table.num_rows, len(spec.values)))
+        block[np.arange(table.num_rows), [index[v] for v in texts.tolist()]] = 1.0
+        blocks.append(block)
+    return np.hstack(blocks)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -4,8 +4,10 @@
 line that names the column or hospital at fault. The hospital column gives the natural
 partition. Without a split column each hospital's rows are split train/val/test by a
 seeded split stratified by label. Numeric features are standardised per client with
-the mean and standard deviation of that client's own training rows (never pooled
-statistics, which no hospital could compute without sharing data).
+the mean and standard deviation of that client's own training rows (the pooled scale,
+``data.standardize: federated``, is applied afterwards from secure federated statistics,
+`fedsim.run.datasets`). Categorical columns (`CategoricalColumn`) become one 0/1
+feature per declared category, after the numeric ones, and are never rescaled.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +32,7 @@ from fedsim.data.synth import NUM_LABS, SynthSpec, generate_ehr
 from fedsim.errors import DataError
 
 __all__ = [
+    "CategoricalColumn",
     "ColumnSpec",
     "DataWarning",
     "load_table",
@@ -44,14 +48,64 @@ class DataWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class CategoricalColumn:
+    """A column of categories (integers or strings, e.g. chest-pain type 1 to 4) and
+    the list of its categories, declared: every party derives the same one-hot layout
+    from it, and a hospital whose rows hold a value outside it refuses them, naming the
+    column (fedsim does not discover categories from the rows)."""
+
+    name: str
+    values: tuple[str, ...]  # the categories as text: 1 and "1" are one category
+
+    @classmethod
+    def from_config(cls, value: Any, key: str) -> CategoricalColumn:
+        """``{name: cp, values: [1, 2, 3, 4]}`` from a config file."""
+        from fedsim.errors import ConfigError
+
+        if isinstance(value, str):
+            raise ConfigError(f"{key}: {value!r} needs its category list: "
+                              f"{{name: {value}, values: [...]}} (fedsim does not discover "
+                              "categories from the hospitals' rows)")
+        if not isinstance(value, dict) or set(value) != {"name", "values"}:
+            raise ConfigError(f"{key}: expected {{name: COLUMN, values: [CATEGORY, ...]}}")
+        name, values = value["name"], value["values"]
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{key}.name: expected a column name")
+        if not isinstance(values, list) or not values or any(
+                isinstance(v, bool) or not isinstance(v, (int, str)) for v in values):
+            raise ConfigError(f"{key}.values: expected a list of integers or strings")
+        texts = tuple(str(v) for v in values)
+        if len(set(texts)) != len(texts):
+            raise ConfigError(f"{key}.values: a category is listed twice")
+        return cls(name, texts)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The one-hot features' names, ``name=value``."""
+        return tuple(f"{self.name}={v}" for v in self.values)
+
+
+@dataclass(frozen=True)
 class ColumnSpec:
-    """Which columns mean what. ``codes`` and ``numeric`` may not both be empty."""
+    """Which columns mean what. ``codes``, ``numeric`` and ``categorical`` may not all
+    be empty."""
 
     hospital: str = "hospital"
     label: str = "label"
     codes: str | None = "codes"
     numeric: tuple[str, ...] = ()
     split: str | None = None
+    categorical: tuple[CategoricalColumn, ...] = ()
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The model's numeric inputs in order: the numeric columns, then each
+        categorical column's one-hot features."""
+        return (*self.numeric, *(f for c in self.categorical for f in c.features))
+
+    @property
+    def num_onehot(self) -> int:
+        return sum(len(c.values) for c in self.categorical)
 
 
 def load_table(path: str | os.PathLike[str]) -> pa.Table:
@@ -125,7 +179,8 @@ def partition(
     table = _columns.select(table, columns, hospitals)
     names = _columns.hospital_names(table, columns.hospital)
     labels = _columns.labels(table, columns.label)
-    numeric = _columns.numeric(table, columns.numeric)
+    numeric = np.hstack([_columns.numeric(table, columns.numeric),
+                         _columns.onehot(table, columns.categorical)])
     codes, vocab = _columns.codes(table, columns.codes, vocab_size)
     split = None if columns.split is None else _columns.split_values(table, columns.split)
 
@@ -139,7 +194,7 @@ def partition(
             parts = [rows[p] for p in parts]
         else:
             parts = [rows[split[rows] == s] for s in SPLITS]
-        clients.append(_client(name, parts, codes, numeric, labels))
+        clients.append(_client(name, parts, codes, numeric, labels, columns.num_onehot))
     return FederatedDataset(
         clients=tuple(clients),
         vocab_size=vocab,
@@ -191,6 +246,7 @@ def _client(
     codes: np.ndarray,
     numeric: np.ndarray,
     labels: np.ndarray,
+    onehot: int = 0,
 ) -> ClientData:
     train = parts[0]
     if train.size == 0:
@@ -204,10 +260,11 @@ def _client(
             stacklevel=3,
         )
     # Standardise with this hospital's own training statistics only. A constant column
-    # (std 0, or rounding noise around it) is only centred.
+    # (std 0, or rounding noise around it) is only centred; one-hot features stay 0/1.
     mean = numeric[train].mean(axis=0)
     std = numeric[train].std(axis=0)
     std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    mean, std = keep_onehot((mean, std), onehot)
 
     def make(rows: np.ndarray) -> Split:
         scaled = ((numeric[rows] - mean) / std).astype(np.float32)
@@ -216,12 +273,22 @@ def _client(
     return ClientData(name, *(make(p) for p in parts), scaler=(mean, std))
 
 
+def keep_onehot(scaler: tuple[np.ndarray, np.ndarray], onehot: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``scaler`` with its last ``onehot`` features (categories) left as they are."""
+    mean, std = (np.array(a, np.float64) for a in scaler)
+    if onehot:
+        mean[-onehot:], std[-onehot:] = 0.0, 1.0
+    return mean, std
+
+
 def query_rows(table: pa.Table, columns: ColumnSpec, *, vocab_size: int,
                num_numeric: int) -> tuple[np.ndarray, np.ndarray]:
     """A query's features (codes int32 [n, L] padded with -1, raw numeric float64
     [n, F]) from the feature columns ``columns`` names; hospital, label and split
     columns are not needed and not read. Checked as `partition` checks a table."""
-    used = ([columns.codes] if columns.codes is not None else []) + list(columns.numeric)
+    used = ([columns.codes] if columns.codes is not None else []) + list(columns.numeric) \
+        + [c.name for c in columns.categorical]
     missing = [c for c in dict.fromkeys(used) if c not in table.column_names]
     if missing:
         raise DataError(f"the query lacks the run's feature column"
@@ -229,12 +296,13 @@ def query_rows(table: pa.Table, columns: ColumnSpec, *, vocab_size: int,
                         f"it has: {', '.join(table.column_names[:30])}")
     if table.num_rows == 0:
         raise DataError("the query has no rows")
-    if len(columns.numeric) != num_numeric:
+    if len(columns.features) != num_numeric:
         raise DataError(f"the run's model takes {num_numeric} numeric features, the query "
-                        f"columns give {len(columns.numeric)}")
+                        f"columns give {len(columns.features)}")
     for name in used:
         _columns._no_nulls(table, name)
-    numeric = _columns.numeric(table, columns.numeric)
+    numeric = np.hstack([_columns.numeric(table, columns.numeric),
+                         _columns.onehot(table, columns.categorical)])
     codes, _ = _columns.codes(table, columns.codes, vocab_size)
     return codes, numeric
 

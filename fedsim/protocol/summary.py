@@ -129,7 +129,9 @@ class SummaryPlan:
 
 
 def columns_of(cfg: Any) -> tuple[str, ...]:
-    """The numeric columns' names, as the data config gives them."""
+    """The numeric features' names, as the data config gives them (a categorical
+    column's one-hot features as ``name=category``: their pooled means are the
+    categories' frequencies)."""
     from dataclasses import asdict
 
     d = cfg.data
@@ -140,7 +142,7 @@ def columns_of(cfg: Any) -> tuple[str, ...]:
         return tuple(synthetic_columns(SynthSpec(**asdict(d.synth), seed=cfg.seed)).numeric)
     if d.source == "teacher":
         return tuple(f"x{j}" for j in range(d.teacher.features))
-    return tuple(d.columns.numeric)
+    return d.columns.features  # numeric columns, then the one-hot categories
 
 
 @dataclass(frozen=True)

@@ -71,13 +71,15 @@ def standardised(cfg: Any, dataset: FederatedDataset, make_backend: Callable[[],
     else as it is."""
     if cfg.data.standardize != "federated":
         return dataset
+    from fedsim.data.loader import keep_onehot
     from fedsim.run.results import atomic_write
 
     summary = open_summary(cfg, dataset, make_backend, run_id)
-    text = json.dumps({**summary.as_dict(), "scaler": _scaler_dict(summary.scaler())},
-                      indent=2)
+    # Categories stay 0/1 (synthetic and teacher data have none).
+    scaler = keep_onehot(summary.scaler(), cfg.data.columns.num_onehot)
+    text = json.dumps({**summary.as_dict(), "scaler": _scaler_dict(scaler)}, indent=2)
     atomic_write(out_dir / STATISTICS, lambda p: p.write_text(text))
-    return dataset.rescaled(summary.scaler())
+    return dataset.rescaled(scaler)
 
 
 def _scaler_dict(scaler: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:

@@ -78,11 +78,23 @@ class DataConfig:
     # ones opened by secure federated statistics (`fedsim.protocol.summary`), or raw.
     standardize: Literal["per_hospital", "federated", "none"] = "per_hospital"
     statistics_min_rows: int = 10  # a hospital with fewer training rows refuses them
+    # Categories held by fewer pooled training records fold into one "name=other"
+    # feature, decided from the federated statistics (0: keep every declared one).
+    min_category_count: int = 0
 
     def __post_init__(self) -> None:
         if self.statistics_min_rows < 1:
             raise ConfigError(f"data.statistics_min_rows: expected an integer >= 1, got "
                               f"{self.statistics_min_rows}")
+        if self.min_category_count < 0:
+            raise ConfigError(f"data.min_category_count: expected an integer >= 0, got "
+                              f"{self.min_category_count}")
+        if self.min_category_count and self.standardize != "federated":
+            raise ConfigError("data.min_category_count: rare categories are found from the "
+                              "federated statistics; set data.standardize: federated")
+        if self.columns.categorical and self.source != "file":
+            raise ConfigError("data.columns.categorical: only a data file has categorical "
+                              "columns (data.source: file)")
         if self.source == "file" and not self.path:
             raise ConfigError("data.path: required when data.source is 'file'")
         if self.hospitals is not None and len(self.hospitals) == 0:

@@ -109,6 +109,16 @@ class ClientData:
 
         return ClientData(self.name, one("train"), one("val"), one("test"), scaler=scaler)
 
+    def remapped(self, matrix: np.ndarray) -> ClientData:
+        """These rows with raw numeric features ``raw @ matrix`` (e.g. rare categories
+        folded into one), unscaled."""
+        def one(which: str) -> Split:
+            rows = self.split(which)
+            return Split(rows.codes, (self.raw(which) @ matrix).astype(np.float32),
+                         rows.labels)
+
+        return ClientData(self.name, one("train"), one("val"), one("test"))
+
     def split(self, which: str) -> Split:
         """``train``, ``val`` or ``test`` by name."""
         if which not in SPLITS:
@@ -155,6 +165,13 @@ class FederatedDataset:
         the holdout as it is."""
         return FederatedDataset(tuple(c.rescaled(scaler) for c in self.clients),
                                 self.vocab_size, self.num_numeric, self.max_codes,
+                                self.holdout)
+
+    def remapped(self, matrix: np.ndarray) -> FederatedDataset:
+        """Every hospital's rows with raw numeric features ``raw @ matrix``
+        (`ClientData.remapped`), unscaled; the holdout as it is."""
+        return FederatedDataset(tuple(c.remapped(matrix) for c in self.clients),
+                                self.vocab_size, matrix.shape[1], self.max_codes,
                                 self.holdout)
 
     def withheld(self) -> FederatedDataset:

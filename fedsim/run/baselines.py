@@ -57,17 +57,30 @@ class _Trainer:
                                    max_codes=dataset.max_codes)
         self.trainer = LocalTrainer(self.model, dataclasses.replace(cfg.train, prox_mu=0.0))
 
-    def train(self, split: Any, steps: int, purpose: str, index: int) -> Any:
-        """``federation.rounds`` rounds of ``steps`` steps on ``split`` alone."""
+    def train(self, split: Any, steps: int, purpose: str, index: int,
+              val: Any = None) -> tuple[Any, int]:
+        """``federation.rounds`` rounds of ``steps`` steps on ``split`` alone, and the
+        round whose model is kept: the last, or under ``evaluation.select: best_val``
+        the evaluated round's with the best AUC on ``val`` (the run's own selection,
+        on the validation rows this baseline would hold)."""
+        from fedsim.learning.selection import Selection
+        from fedsim.protocol.evaluation import evaluation_rounds
         from fedsim.seeding import stream
 
+        e, rounds = self.cfg.evaluation, self.cfg.federation.rounds
+        selection = Selection(e.selects_best and val is not None)
+        scored = set(evaluation_rounds(rounds, e.every)) if selection.best_val else set()
         params = self.params0
-        for r in range(self.cfg.federation.rounds):
+        for r in range(rounds):
             rng = stream(self.cfg.seed, purpose, r, index)
             batches = self.trainer.inputs(rng, split, steps, seed=self.cfg.seed,
                                           round_idx=r, index=index)
             params, _ = self.trainer.train(params, batches)
-        return params
+            if r in scored:
+                auc = _scores(self.model, params, val)
+                selection.offer(r, math.nan if auc is None else auc, params)
+        chosen = selection.chosen(rounds - 1)
+        return (params, rounds) if chosen is None else (chosen.params, chosen.round + 1)
 
 
 def local_only(cfg: Any, dataset: Any, on_progress: Any = None) -> dict[str, dict]:
@@ -80,10 +93,10 @@ def local_only(cfg: Any, dataset: Any, on_progress: Any = None) -> dict[str, dic
     out: dict[str, dict] = {}
     for i, c in enumerate(dataset.clients):
         steps = local_steps(cfg.train, len(c.train))
-        params = t.train(c.train, steps, "baseline-local", i)
+        params, kept = t.train(c.train, steps, "baseline-local", i, c.val)
         out[c.name] = {"own_test_auc": _scores(t.model, params, c.test),
                        "pooled_test_auc": _scores(t.model, params, pooled_test),
-                       "steps": steps * cfg.federation.rounds}
+                       "steps": steps * cfg.federation.rounds, "round": kept}
         if on_progress is not None:
             on_progress(c.name)
     return out
@@ -97,10 +110,11 @@ def centralized(cfg: Any, dataset: Any) -> dict[str, Any]:
     sizes = [len(c.train) for c in dataset.clients]
     steps = cfg.federation.clients_per_round * local_steps(cfg.train,
                                                            int(np.mean(sizes)))
-    params = t.train(dataset.pooled("train"), steps, "baseline-centralized", 0)
+    params, kept = t.train(dataset.pooled("train"), steps, "baseline-centralized", 0,
+                           dataset.pooled("val"))
     own = {c.name: _scores(t.model, params, c.test) for c in dataset.clients}
     return {"pooled_test_auc": _scores(t.model, params, dataset.test_set()),
-            "own_test_auc": own, "steps": steps * cfg.federation.rounds}
+            "own_test_auc": own, "steps": steps * cfg.federation.rounds, "round": kept}
 
 
 def baselines(cfg: Any, dataset: Any, report: dict, which: str,

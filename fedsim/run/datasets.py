@@ -71,15 +71,79 @@ def standardised(cfg: Any, dataset: FederatedDataset, make_backend: Callable[[],
     else as it is."""
     if cfg.data.standardize != "federated":
         return dataset
-    from fedsim.data.loader import keep_onehot
     from fedsim.run.results import atomic_write
 
     summary = open_summary(cfg, dataset, make_backend, run_id)
-    # Categories stay 0/1 (synthetic and teacher data have none).
-    scaler = keep_onehot(summary.scaler(), cfg.data.columns.num_onehot)
-    text = json.dumps({**summary.as_dict(), "scaler": _scaler_dict(scaler)}, indent=2)
+    columns = cfg.data.columns  # synthetic and teacher data have no categories
+    folded = rare_categories(columns, summary, cfg.data.min_category_count)
+    matrix = fold_matrix(columns, folded)
+    mean, std = summary.scaler()
+    width = len(mean) - columns.num_onehot  # the numeric features, before the categories
+    onehot = (matrix.shape[1] if matrix is not None else len(mean)) - width
+    scaler = (np.concatenate([mean[:width], np.zeros(onehot)]),  # categories stay 0/1
+              np.concatenate([std[:width], np.ones(onehot)]))
+    text = json.dumps({**summary.as_dict(), "scaler": _scaler_dict(scaler),
+                       "folded": folded}, indent=2)
     atomic_write(out_dir / STATISTICS, lambda p: p.write_text(text))
+    if matrix is not None:
+        dataset = dataset.remapped(matrix)
     return dataset.rescaled(scaler)
+
+
+def rare_categories(columns: Any, summary: Any, min_count: int) -> dict[str, list[str]]:
+    """Per categorical column, its categories held by fewer than ``min_count`` pooled
+    training records (the one-hot features' pooled sums, from the federated
+    statistics); columns with none are left out."""
+    if not min_count:
+        return {}
+    counts = dict(zip(summary.features, np.rint(summary.mean * summary.n), strict=True))
+    folded = {}
+    for c in columns.categorical:
+        rare = [v for v, f in zip(c.values, c.features, strict=True) if counts[f] < min_count]
+        if rare:
+            folded[c.name] = rare
+    return folded
+
+
+def fold_matrix(columns: Any, folded: dict[str, list[str]]) -> np.ndarray | None:
+    """The linear map from the declared features to the run's (each column's rare
+    categories summed into one ``name=other`` feature after its kept ones), or None
+    when nothing is folded."""
+    if not folded:
+        return None
+    out: list[np.ndarray] = []
+    eye = np.eye(len(columns.features))
+    out += [eye[:, j] for j in range(len(columns.numeric))]
+    j = len(columns.numeric)
+    for c in columns.categorical:
+        rare = set(folded.get(c.name, ()))
+        block = range(j, j + len(c.values))
+        out += [eye[:, k] for k, v in zip(block, c.values, strict=True) if v not in rare]
+        if rare:
+            out.append(sum(eye[:, k] for k, v in zip(block, c.values, strict=True)
+                           if v in rare))
+        j += len(c.values)
+    return np.stack(out, axis=1)
+
+
+def run_folds(cfg: Any, run_dir: str | Path) -> np.ndarray | None:
+    """The fold a finished federated run applied to its features (`fold_matrix`),
+    read back from its ``statistics.json``; None when it folded nothing."""
+    if cfg.data.standardize != "federated":
+        return None
+    return fold_matrix(cfg.data.columns, _statistics(run_dir).get("folded") or {})
+
+
+def _statistics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / STATISTICS
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a mapping")
+        return data
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: the run's federated statistics are missing or "
+                        f"unreadable ({type(err).__name__})") from None
 
 
 def _scaler_dict(scaler: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:
@@ -92,10 +156,13 @@ def run_scale(cfg: Any, dataset: FederatedDataset, run_dir: str | Path) -> Feder
     if cfg.data.standardize != "federated":
         return dataset
     path = Path(run_dir) / STATISTICS
+    matrix = run_folds(cfg, run_dir)
+    if matrix is not None:
+        dataset = dataset.remapped(matrix)
     try:
-        scaler = json.loads(path.read_text())["scaler"]
+        scaler = _statistics(run_dir)["scaler"]
         mean, std = (np.asarray(scaler[k], np.float64) for k in ("mean", "std"))
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise DataError(f"{path}: the run's federated statistics are missing or "
                         f"unreadable ({type(err).__name__})") from None
     if mean.shape != (dataset.num_numeric,) or std.shape != mean.shape:

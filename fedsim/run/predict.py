@@ -46,7 +46,7 @@ def predict_run(run_dir: str | Path, query_path: str | Path, out: str | Path, *,
     from fedsim.data import load_table
     from fedsim.data.loader import query_rows
     from fedsim.protocol.prediction import QueryRows, predict_ensemble
-    from fedsim.run.datasets import load_dataset, run_scale
+    from fedsim.run.datasets import load_dataset, run_folds, run_scale
     from fedsim.run.results import atomic_write, load_run
     from fedsim.run.runner import make_backend
 
@@ -61,9 +61,13 @@ def predict_run(run_dir: str | Path, query_path: str | Path, out: str | Path, *,
                         f"(status {run.manifest.get('status')!r})")
     cfg = run.config
     dataset = run_scale(cfg, load_dataset(cfg), run_dir)  # on the run's scale
+    folds = run_folds(cfg, run_dir)  # rare categories folded as the run did
     codes, numeric = query_rows(load_table(query_path), _columns(cfg),
                                 vocab_size=dataset.vocab_size,
-                                num_numeric=dataset.num_numeric)
+                                num_numeric=dataset.num_numeric if folds is None
+                                else folds.shape[0])
+    if folds is not None:
+        numeric = numeric @ folds
     query = QueryRows(codes, numeric)
     flat, _ = ravel_pytree(run.params)
     started_ray = False

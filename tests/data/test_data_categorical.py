@@ -29,13 +29,15 @@ CP = CategoricalColumn("cp", ("1", "2", "3", "4"))
 UNIT = CategoricalColumn("unit", ("icu", "ward"))
 
 
-def table_with_categories(seed: int = 0, hospitals: int = 3, patients: int = 200) -> pa.Table:
-    """The synthetic table with an informative integer category (quartile of lab_0)
-    and a string one."""
+def table_with_categories(seed: int = 0, hospitals: int = 3, patients: int = 200,
+                          rare: int = 0) -> pa.Table:
+    """The synthetic table with an informative integer category (quartile of lab_0;
+    its first ``rare`` rows category 5) and a string one."""
     t = generate_ehr(SynthSpec(num_hospitals=hospitals, patients_per_hospital=patients,
                                vocab_size=300, seed=seed))
     lab = t.column("lab_0").to_numpy()
     cp = 1 + np.searchsorted(np.quantile(lab, [0.25, 0.5, 0.75]), lab)
+    cp[:rare] = 5
     unit = np.where(np.arange(t.num_rows) % 3 == 0, "icu", "ward")
     return t.append_column("cp", pa.array(cp.astype(np.int64))).append_column(
         "unit", pa.array(unit))
@@ -129,12 +131,13 @@ def test_a_run_and_its_predictions_on_categorical_columns(tmp_path):
     """End to end in he: federated statistics open the category frequencies, the model
     trains on them, and fedsim predict one-hot encodes a query alike; a query whose
     category the run never declared is refused in one line."""
-    pq.write_table(table_with_categories(), tmp_path / "t.parquet")
+    pq.write_table(table_with_categories(rare=6), tmp_path / "t.parquet")
     cfg = tmp_path / "cat.yaml"
     cfg.write_text(
         "name: cat\nseed: 0\n"
         f"data: {{source: file, path: {tmp_path / 't.parquet'}, standardize: federated,\n"
-        "  columns: {numeric: [age, lab_1], categorical: [{name: cp, values: [1, 2, 3, 4]},\n"
+        "  min_category_count: 10,\n"
+        "  columns: {numeric: [age, lab_1], categorical: [{name: cp, values: [1, 2, 3, 4, 5]},\n"
         "            {name: unit, values: [icu, ward]}]}}\n"
         "model: {depth: 1, width: 8}\ntrain: {local_steps: 3}\n"
         "federation: {mode: he, rounds: 1, clients_per_round: 3}\n"
@@ -150,8 +153,9 @@ def test_a_run_and_its_predictions_on_categorical_columns(tmp_path):
                   "--no-reference")
     assert done.returncode == 0, done.stderr[-2000:]
     stats = json.loads((run / "statistics.json").read_text())
-    assert stats["mode"] == "he" and "cp=4" in stats["features"]
-    query = table_with_categories(seed=5, hospitals=1, patients=30)
+    assert stats["mode"] == "he" and "cp=5" in stats["features"]
+    assert stats["folded"] == {"cp": ["5"]}  # 6 records, fewer than 10
+    query = table_with_categories(seed=5, hospitals=1, patients=30, rare=2)
     pq.write_table(query, tmp_path / "q.parquet")
     done = fedsim("predict", str(run), "--query", str(tmp_path / "q.parquet"), "--out",
                   str(tmp_path / "s.parquet"), "--backend", "inprocess")
@@ -165,3 +169,46 @@ def test_a_run_and_its_predictions_on_categorical_columns(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "column 'unit' holds values outside its declared categories" in done.stderr
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_rare_categories_fold_into_one_feature_and_a_finished_run_reads_the_fold(tmp_path):
+    from fedsim.config import from_dict
+    from fedsim.run.datasets import load_dataset, run_scale, standardised
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(table_with_categories(rare=4), path)
+    data = {"source": "file", "path": str(path), "standardize": "federated",
+            "min_category_count": 10,
+            "columns": {"numeric": ["age"], "categorical": [
+                {"name": "cp", "values": [1, 2, 3, 4, 5]},
+                {"name": "unit", "values": ["icu", "ward"]}]}}
+    cfg = from_dict({"data": data, "federation": {"mode": "plaintext"}})
+    raw = load_dataset(cfg)
+    assert raw.num_numeric == 8
+    scaled = standardised(cfg, raw, lambda: None, "t", tmp_path)
+    stats = json.loads((tmp_path / "statistics.json").read_text())
+    assert stats["folded"] == {"cp": ["5"]}  # 4 records; unit's are common
+    assert scaled.num_numeric == 8  # cp=1..4, cp=other, unit=icu, unit=ward after age
+    assert len(stats["scaler"]["mean"]) == 8
+    x = np.concatenate([c.raw("train") for c in scaled.clients])
+    before = np.concatenate([c.raw("train") for c in raw.clients])
+    np.testing.assert_array_equal(x[:, 5], before[:, 5])  # "other" is cp=5 alone here
+    np.testing.assert_array_equal(x[:, 1:6].sum(1), 1)
+    # A finished run's scale and fold come back from statistics.json, not the rows.
+    again = run_scale(cfg, load_dataset(cfg), tmp_path)
+    for a, b in zip(again.clients, scaled.clients, strict=True):
+        np.testing.assert_allclose(a.train.numeric, b.train.numeric, atol=1e-5)
+    # Nothing rare: nothing folded, the declared layout stays.
+    common = from_dict({"data": {**data, "min_category_count": 2},
+                        "federation": {"mode": "plaintext"}})
+    assert standardised(common, raw, lambda: None, "t", tmp_path).num_numeric == 8
+    assert json.loads((tmp_path / "statistics.json").read_text())["folded"] == {}
+
+
+def test_folding_needs_federated_statistics_and_categories_need_a_file():
+    from fedsim.config import from_dict
+
+    with pytest.raises(ConfigError, match="min_category_count: rare categories are found"):
+        from_dict({"data": {"min_category_count": 5}})
+    with pytest.raises(ConfigError, match="only a data file has categorical columns"):
+        from_dict({"data": {"columns": {"categorical": [{"name": "cp", "values": [1]}]}}})

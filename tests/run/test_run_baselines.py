@@ -49,6 +49,31 @@ def test_a_local_model_is_the_run_model_trained_on_that_hospital_alone():
         assert got[c.name]["steps"] == cfg.train.local_steps * cfg.federation.rounds
 
 
+def test_under_best_val_a_local_model_is_its_best_validating_round():
+    """By hand, as above, scoring every round on the hospital's own validation split:
+    the kept round is the first with the best validation AUC, and its test AUC is
+    reported (the run's own selection rule, on rows the hospital holds)."""
+    cfg = tiny_config(federation={"mode": "plaintext", "rounds": 3}, train={"lr": 0.3},
+                      evaluation={"baselines": "local", "select": "best_val"})
+    dataset = load_dataset(cfg)
+    got = local_only(cfg, dataset)
+    model = build_model(cfg.model, vocab_size=dataset.vocab_size,
+                        num_numeric=dataset.num_numeric)
+    trainer = LocalTrainer(model, cfg.train)
+    for i, c in enumerate(dataset.clients):
+        params = init_params(model, key=client_key(cfg.seed, 0), max_codes=dataset.max_codes)
+        kept = []
+        for r in range(cfg.federation.rounds):
+            plan = batch_plan(stream(cfg.seed, "baseline-local", r, i), len(c.train),
+                              cfg.train.local_steps, cfg.train.batch_size)
+            params, _ = trainer.train(params, gather(c.train, plan))
+            kept.append((roc_auc_score(c.val.labels, predict(model, params, c.val)),
+                         roc_auc_score(c.test.labels, predict(model, params, c.test))))
+        best = max(range(len(kept)), key=lambda k: (kept[k][0], -k))
+        assert got[c.name]["round"] == best + 1
+        assert got[c.name]["own_test_auc"] == pytest.approx(kept[best][1], abs=1e-9)
+
+
 def test_a_local_model_never_sees_another_hospitals_rows():
     """Replace hospital-1's training rows: hospital-0's local model scores the same on
     its own test split, hospital-1's does not."""

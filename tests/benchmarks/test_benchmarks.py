@@ -136,6 +136,22 @@ def test_dp_clients_quick(tmp_path, capsys):
         tmp_path / "dp_clients.md").read_text()
 
 
+def test_sites_quick(tmp_path, capsys):
+    """Both standardizations run with every baseline; the checks follow the numbers."""
+    from benchmarks import sites
+
+    assert sites.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert "within 0.01 of centralized" in _last_line(capsys)
+    rows = _files(tmp_path, "sites")
+    assert [r["standardize"] for r in rows] == ["per_hospital", "federated"]
+    for r in rows:
+        assert r["minus_best_local"] == pytest.approx(r["federated_auc"] - r["best_local_auc"])
+        assert r["beats_best_local"] == (r["federated_auc"] > r["best_local_auc"])
+        assert r["within_centralized"] == (r["federated_auc"] >= r["centralized_auc"] - 0.01)
+    assert (tmp_path / "run-federated" / "statistics.json").is_file()
+    assert not (tmp_path / "run-per_hospital" / "statistics.json").exists()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):

@@ -31,8 +31,8 @@ def select(table: pa.Table, columns: ColumnSpec, hospitals: Sequence[str] | None
     The hospital column comes back as strings, whatever its type was.
     """
     if columns.codes is None and not columns.numeric and not columns.categorical:
-        raise DataError("no feature columns: set a codes column, numeric or categorical "
-                        "columns")
+        raise DataError("no feature columns: set a codes column and/or numeric columns "
+                        "(or categorical ones)")
     both = sorted(set(columns.numeric) & {c.name for c in columns.categorical})
     if both:
         raise DataError(f"column {both[0]!r} is listed as numeric and as categorical")

@@ -4,6 +4,7 @@ holders open the sum, read the pooled metrics (and, with DP, their epsilon)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +177,7 @@ class FederatedEvaluator:
                                 "was lost in the last round)")
         chosen = self.selection.chosen(self.last_round)
         report = (self._report(self.last, self.last_round, federation.params)
-                  if chosen is None else dict(chosen.report))
+                  if chosen is None else copy.deepcopy(chosen.report))
         report["selection"] = self.selection.describe(self.last_round)
         if chosen is not None:
             report["last_round"] = {"round": self.last_round + 1,

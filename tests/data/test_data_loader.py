@@ -140,7 +140,7 @@ def test_load_errors(tmp_path):
         (
             _tiny(),
             ColumnSpec(codes=None),
-            "no feature columns: set a codes column and/or numeric columns",
+            "no feature columns: set a codes column and/or numeric columns (or categorical ones)",
         ),
         (
             _tiny(label=["no", "yes", "no", "yes", "no"]),

@@ -26,21 +26,34 @@ def _cfg(**sections):
                        evaluation={"baselines": "all"}, **sections)
 
 
+def _by_hand(cfg, dataset):
+    """The run's model, and for each hospital (index, data) its parameters after every
+    round of training alone: the run's init, its train split, the public stream of the
+    local baseline's purpose."""
+    model = build_model(cfg.model, vocab_size=dataset.vocab_size,
+                        num_numeric=dataset.num_numeric)
+    trainer = LocalTrainer(model, cfg.train)
+
+    def rounds(i, c):
+        params = init_params(model, key=client_key(cfg.seed, 0), max_codes=dataset.max_codes)
+        for r in range(cfg.federation.rounds):
+            plan = batch_plan(stream(cfg.seed, "baseline-local", r, i), len(c.train),
+                              cfg.train.local_steps, cfg.train.batch_size)
+            params, _ = trainer.train(params, gather(c.train, plan))
+            yield params
+
+    return model, rounds
+
+
 def test_a_local_model_is_the_run_model_trained_on_that_hospital_alone():
     """By hand: the run's init, the hospital's train split, the public stream of its
     purpose, as many rounds as the run; scored with scikit-learn."""
     cfg = _cfg()
     dataset = load_dataset(cfg)
     got = local_only(cfg, dataset)
-    model = build_model(cfg.model, vocab_size=dataset.vocab_size,
-                        num_numeric=dataset.num_numeric)
-    trainer = LocalTrainer(model, cfg.train)
+    model, rounds = _by_hand(cfg, dataset)
     for i, c in enumerate(dataset.clients):
-        params = init_params(model, key=client_key(cfg.seed, 0), max_codes=dataset.max_codes)
-        for r in range(cfg.federation.rounds):
-            plan = batch_plan(stream(cfg.seed, "baseline-local", r, i), len(c.train),
-                              cfg.train.local_steps, cfg.train.batch_size)
-            params, _ = trainer.train(params, gather(c.train, plan))
+        *_, params = rounds(i, c)
         own = roc_auc_score(c.test.labels, predict(model, params, c.test))
         pooled = dataset.test_set()
         assert got[c.name]["own_test_auc"] == pytest.approx(own, abs=1e-9)
@@ -57,18 +70,11 @@ def test_under_best_val_a_local_model_is_its_best_validating_round():
                       evaluation={"baselines": "local", "select": "best_val"})
     dataset = load_dataset(cfg)
     got = local_only(cfg, dataset)
-    model = build_model(cfg.model, vocab_size=dataset.vocab_size,
-                        num_numeric=dataset.num_numeric)
-    trainer = LocalTrainer(model, cfg.train)
+    model, rounds = _by_hand(cfg, dataset)
     for i, c in enumerate(dataset.clients):
-        params = init_params(model, key=client_key(cfg.seed, 0), max_codes=dataset.max_codes)
-        kept = []
-        for r in range(cfg.federation.rounds):
-            plan = batch_plan(stream(cfg.seed, "baseline-local", r, i), len(c.train),
-                              cfg.train.local_steps, cfg.train.batch_size)
-            params, _ = trainer.train(params, gather(c.train, plan))
-            kept.append((roc_auc_score(c.val.labels, predict(model, params, c.val)),
-                         roc_auc_score(c.test.labels, predict(model, params, c.test))))
+        kept = [(roc_auc_score(c.val.labels, predict(model, params, c.val)),
+                 roc_auc_score(c.test.labels, predict(model, params, c.test)))
+                for params in rounds(i, c)]
         best = max(range(len(kept)), key=lambda k: (kept[k][0], -k))
         assert got[c.name]["round"] == best + 1
         assert got[c.name]["own_test_auc"] == pytest.approx(kept[best][1], abs=1e-9)

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                      "evaluation.baselines (all)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --out (default: refuse it)")
+    run.add_argument("--seeds", type=int, metavar="N",
+                     help="run the config N times, seeds seed..seed+N-1, each in its own "
+                     "directory under --out, and report each metric's mean, min and max "
+                     "(seeds.md, seeds.parquet, seeds.png)")
 
     resume = sub.add_parser("resume", help="continue an interrupted or failed run from its "
                             "last checkpoint")
@@ -115,8 +119,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     extra = [] if args.baselines is None else [f"evaluation.baselines={args.baselines}"]
     cfg = load_config(args.config, [*args.overrides, *extra])
+    if args.seeds is not None:
+        return _run_seeds(cfg, args)
     run_federated(cfg, out_dir=args.out, backend=args.backend, address=args.address,
                   reference=not args.no_reference, overwrite=args.overwrite)
+    return 0
+
+
+def _run_seeds(cfg, args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from fedsim.run.repeat import run_seeds
+
+    out = Path(args.out or f"runs/{cfg.name}-seeds-{time.strftime('%Y%m%d-%H%M%S')}")
+    rows = run_seeds(cfg, args.seeds, out, backend=args.backend, address=args.address,
+                     overwrite=args.overwrite)
+    print((out / "seeds.md").read_text())
+    print(f"{cfg.name}: {len(rows)} runs; table and plot in {out}")
     return 0
 
 

@@ -31,6 +31,11 @@ class ProtocolError(FedSimError):
     """A federated round cannot proceed (too few clients, refused decryption, ...)."""
 
 
+class NoReceipt(ProtocolError):
+    """No live key holder opened the evaluation a deployment receipt is asked for (its
+    holders were replaced by a restart, or the run resumed with a new key ceremony)."""
+
+
 class Refusal(ProtocolError):
     """A party refused a request outside its own policy (a key holder, checking a
     decryption); ``party`` and ``round`` (None at set-up) say who and when."""

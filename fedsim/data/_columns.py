@@ -36,6 +36,15 @@ def select(table: pa.Table, columns: ColumnSpec, hospitals: Sequence[str] | None
     both = sorted(set(columns.numeric) & {c.name for c in columns.categorical})
     if both:
         raise DataError(f"column {both[0]!r} is listed as numeric and as categorical")
+    for kind, names in (("numeric", list(columns.numeric)),
+                        ("categorical", [c.name for c in columns.categorical])):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"column {twice[0]!r} is listed twice as {kind}")
+    clash = sorted(set(columns.numeric) & {f for c in columns.categorical for f in c.features})
+    if clash:  # a numeric column named like a one-hot feature: two inputs, one name
+        raise DataError(f"numeric column {clash[0]!r} has the name of a category feature "
+                        "(name=value) of a categorical column; rename one of them")
     used = [columns.hospital, columns.label]
     used += [columns.codes] if columns.codes is not None else []
     used += list(columns.numeric) + [c.name for c in columns.categorical]

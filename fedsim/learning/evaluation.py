@@ -27,8 +27,6 @@ class CentralEvaluator:
         self.val = dataset.pooled("val")
         self.test = dataset.test_set()
         self.selection = selection or Selection(False)
-        self.last_round = -1
-        self.last_metrics: BinaryMetrics | None = None
 
     def threshold(self, params: Any) -> float:
         """The pooled-validation Youden point (0.5 without a validation split)."""
@@ -55,24 +53,30 @@ class CentralEvaluator:
         params = federation.params
         val_auc = self.val_auc(params)
         self.selection.offer(round_idx, val_auc, params)
-        self.last_round, self.last_metrics = round_idx, self.score(params)
-        return self.last_metrics, {"val_auc": val_auc}
+        return self.score(params), {"val_auc": val_auc}
 
     def final_report(self, federation: Any) -> dict:
         """metrics.json's content for the selected model (`fedsim.learning.selection`),
-        with the last round's pooled test metrics beside it when they differ."""
-        chosen = self.selection.chosen(self.last_round)
+        with the last evaluated round's pooled test metrics beside it when they differ."""
+        last = self.selection.last
+        final_round = federation.cfg.federation.rounds - 1
+        if last is None:  # a resume of a run whose checkpoint holds no evaluation
+            self.selection.offer(final_round, self.val_auc(federation.params),
+                                 federation.params)
+            last = self.selection.last
+        chosen = self.selection.chosen(last.round)
         report = {**self.report(self.deployed_params(federation)), "evaluation": "central",
-                  "selection": self.selection.describe(self.last_round)}
-        if chosen is not None and self.last_metrics is not None:
-            report["last_round"] = {"round": self.last_round + 1,
-                                    **self.last_metrics.as_dict()}
+                  "selection": self.selection.describe(final_round)}
+        if chosen is not None:
+            report["last_round"] = {"round": last.round + 1,
+                                    **self.score(last.params).as_dict()}
         return report
 
     def deployed_params(self, federation: Any) -> Any:
-        """The parameters the run reports and writes to params.npz."""
-        chosen = self.selection.chosen(self.last_round)
-        return federation.params if chosen is None else chosen.params
+        """The parameters the run reports and writes to params.npz: the selected
+        evaluated model (the final one when nothing was evaluated)."""
+        deployed = self.selection.deployed()
+        return federation.params if deployed is None else deployed.params
 
     def report(self, params: Any) -> dict:
         """Per-hospital (those with a test split) and pooled test metrics with ROC points."""

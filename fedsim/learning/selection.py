@@ -34,48 +34,66 @@ class Snapshot:
 
 
 class Selection:
-    """The best snapshot so far under ``best_val`` (nothing is kept under ``last``).
+    """The last evaluated snapshot and, under ``best_val``, the best so far.
 
-    ``on_change``, when set, is called with each new best snapshot (the runner saves it
-    beside the checkpoint, so a resumed run still knows its best round)."""
+    The runner saves both inside each round's checkpoint (`fedsim.run.checkpoint`), so a
+    resumed or restarted run keeps choosing among exactly the rounds its checkpoint
+    covers, and deploys a model that was evaluated: never one a fault left unscored."""
 
-    def __init__(self, best_val: bool, *, best: Snapshot | None = None) -> None:
+    def __init__(self, best_val: bool, *, best: Snapshot | None = None,
+                 last: Snapshot | None = None) -> None:
         self.best_val = best_val
         self.best = best
-        self.on_change: Callable[[Snapshot], None] | None = None
+        self.last = last
+
+    def rewind(self, best: Snapshot | None, last: Snapshot | None) -> None:
+        """Back to a checkpoint's snapshots (what came after it is run again)."""
+        self.best = best if self.best_val else None
+        self.last = last
 
     def offer(self, round_idx: int, val_auc: float, params: Any,
               report: Callable[[], dict] | None = None) -> bool:
-        """Keep this round's model if it validates better than the best so far (a NaN
-        AUC, a validation split of one class, never wins); True when it was kept."""
+        """Record this round's evaluated model; True when it is the new best (a NaN
+        AUC, a validation split of one class, never wins)."""
+        params = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), params)
+        self.last = Snapshot(round_idx, float(val_auc), params,
+                             None if report is None else report())
         if not self.best_val or not math.isfinite(val_auc):
             return False
         if self.best is not None and val_auc <= self.best.val_auc:
             return False
-        params = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), params)
-        self.best = Snapshot(round_idx, float(val_auc), params,
-                             None if report is None else report())
-        if self.on_change is not None:
-            self.on_change(self.best)
+        self.best = self.last
         return True
 
+    def deployed(self) -> Snapshot | None:
+        """The snapshot a run reports and deploys: the best (``best_val``, once a round
+        had a finite validation AUC), else the last evaluated one (None: nothing was)."""
+        return self.best if self.best is not None else self.last
+
     def chosen(self, last_round: int) -> Snapshot | None:
-        """The snapshot to report and deploy instead of the last round's model, or None
-        (``last``, no finite validation AUC, or the last round is the best)."""
+        """The best snapshot when it is not the model after ``last_round`` (None under
+        ``last``, with no finite validation AUC, or when the last round is the best)."""
         if self.best is None or self.best.round == last_round:
             return None
         return self.best
 
-    def describe(self, last_round: int) -> dict:
-        """metrics.json's ``selection`` block."""
-        chosen = self.chosen(last_round)
+    def describe(self, final_round: int) -> dict:
+        """metrics.json's ``selection`` block (``final_round``: the run's last round)."""
+        deployed = self.deployed()
         out: dict = {"rule": "best_val" if self.best_val else "last",
-                     "round": (chosen.round if chosen else last_round) + 1}
+                     "round": (deployed.round if deployed else final_round) + 1}
         if self.best is not None:
             out["val_auc"] = self.best.val_auc
+        notes = []
         if self.best_val and self.best is None:
-            out["note"] = ("no evaluated round had a finite pooled validation AUC (a "
-                           "validation split of one class?): the last model is kept")
+            notes.append("no evaluated round had a finite pooled validation AUC (a "
+                         "validation split of one class?): the last evaluated model is kept")
+        if self.last is not None and self.last.round != final_round:
+            notes.append(f"the model after round {final_round + 1} (the last) was not "
+                         f"evaluated (a hospital was lost then): the last evaluated "
+                         f"round is round {self.last.round + 1}")
+        if notes:
+            out["note"] = "; ".join(notes)
         return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.errors import PartyLost, ProtocolError
+from fedsim.errors import NoReceipt, PartyLost, ProtocolError
 from fedsim.learning.histograms import ScoreBins, pooled_metrics, youden_threshold
 from fedsim.learning.metrics import BinaryMetrics
 from fedsim.learning.selection import Selection
@@ -94,8 +94,6 @@ class FederatedEvaluator:
         self.selection = selection or Selection(False)
         self.model = model
         self.holdout = holdout
-        self.last: PooledEvaluation | None = None
-        self.last_round = -1
         self.epsilon: float | None = None  # of the noised histograms released so far
         self.disclosed: dict[str, dict] = {}  # hospital -> its own metrics, if it told
 
@@ -124,19 +122,13 @@ class FederatedEvaluator:
         self.disclosed = {role.split(":", 1)[1]: s["metrics"] for role, s in said.items()
                           if "metrics" in s}
         result = pooled(val, test, self.plan.bins, dict(timer.phases))
-        metrics = result.metrics
-        if self.holdout is not None:
-            from fedsim.learning.metrics import evaluate
-            from fedsim.learning.train import predict
-
-            probs = predict(self.model, federation.params, self.holdout)
-            metrics = evaluate(self.holdout.labels, probs, threshold=metrics.threshold)
-        self.last, self.last_round = result, round_idx
         val_auc = (pooled_metrics(val, self.plan.bins).metrics.auc
                    if val[-1] > 0 else float("nan"))
         params = federation.params
         self.selection.offer(round_idx, val_auc, params,
                              lambda: self._report(result, round_idx, params))
+        metrics = (result.metrics if self.holdout is None else
+                   BinaryMetrics(**_metrics_of(self.selection.last.report["pooled"])))
         extra = {"auc_bound": result.auc_bound if self.holdout is None else 0.0,
                  "val_auc": val_auc,
                  **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
@@ -168,49 +160,56 @@ class FederatedEvaluator:
                 "pooled": pooled_part}
 
     def final_report(self, federation: Any) -> dict:
-        """metrics.json's content: `_report` of the selected model (the last round's,
-        unless ``evaluation.select: best_val`` chose an earlier one: then the last
-        round's pooled test metrics stand beside it), and the key holders' receipts of
-        it."""
-        if self.last is None:
-            raise ProtocolError("no federated evaluation of the final model (a hospital "
-                                "was lost in the last round)")
-        chosen = self.selection.chosen(self.last_round)
-        report = (self._report(self.last, self.last_round, federation.params)
-                  if chosen is None else copy.deepcopy(chosen.report))
-        report["selection"] = self.selection.describe(self.last_round)
+        """metrics.json's content: `_report` of the selected model (the last evaluated
+        round's, unless ``evaluation.select: best_val`` chose an earlier one: then the
+        last evaluated round's pooled test metrics stand beside it), and the key
+        holders' receipts of it."""
+        last = self.selection.last
+        if last is None:
+            raise ProtocolError("no federated evaluation of any model (a hospital was "
+                                "lost in every evaluated round)")
+        chosen = self.selection.chosen(last.round)
+        deployed = self.selection.deployed()
+        report = copy.deepcopy(deployed.report)
+        report["selection"] = self.selection.describe(federation.cfg.federation.rounds - 1)
         if chosen is not None:
-            report["last_round"] = {"round": self.last_round + 1,
-                                    **self.last.metrics.as_dict()}
+            report["last_round"] = {"round": last.round + 1,
+                                    **_metrics_of(last.report["pooled"])}
         if self.plan.noise_stddev:
             report["pooled"]["dp"] = {
                 "noise_stddev": self.plan.noise_stddev, "epsilon": self.epsilon,
                 "delta": federation.cfg.privacy.delta,
                 "against": "whoever reads the pooled histograms or metrics",
                 "unit": "one patient of a validation or test split"}
-        # The key holders' word on the model every hospital evaluated (`fedsim verify`).
-        # The round whose model stands: the selected one, else the last, unless a
-        # hospital was lost then (its evaluation skipped, with a warning) and an earlier
-        # model's stands.
-        deployed = self.last_round if chosen is None else chosen.round
+        # The key holders' word on the model every hospital evaluated (`fedsim verify`):
+        # the deployed one (the selected round's, else the last evaluated round's).
         try:
-            receipts = federation.scheme.receipts(federation.backend, deployed)
-        except ProtocolError:
-            if chosen is None:
-                raise
-            report["selection"]["note"] = (  # its holders were restarted since
-                f"no key holder that opened round {deployed + 1}'s evaluation is live: "
-                "the selected model has no deployment receipt (fedsim verify cannot "
-                "attest it)")
+            receipts = federation.scheme.receipts(federation.backend, deployed.round)
+        except NoReceipt:  # its holders were restarted since (or the run was resumed)
+            report["selection"]["note"] = "; ".join(filter(None, [
+                report["selection"].get("note"),
+                f"no key holder that opened round {deployed.round + 1}'s evaluation is "
+                "live (restarted or resumed since): the deployed model has no deployment "
+                "receipt (fedsim verify cannot attest it)"]))
             return report
         report["deployment"] = {**receipts, "plan": repr(self.plan),
                                 "run_id": federation.run_id}
         return report
 
     def deployed_params(self, federation: Any) -> Any:
-        """The parameters the run reports and writes to params.npz."""
-        chosen = self.selection.chosen(self.last_round)
-        return federation.params if chosen is None else chosen.params
+        """The parameters the run reports and writes to params.npz: the selected
+        evaluated model, never one no hospital scored."""
+        deployed = self.selection.deployed()
+        if deployed is None:
+            raise ProtocolError("no federated evaluation of any model: none to deploy")
+        return deployed.params
+
+
+def _metrics_of(pooled_part: dict) -> dict:
+    """The `BinaryMetrics` fields of a report's ``pooled`` block (no ROC, no bound)."""
+    from dataclasses import fields
+
+    return {f.name: pooled_part[f.name] for f in fields(BinaryMetrics)}
 
 
 def evaluator_for(federation: Any, dataset: Any, selection: Selection | None = None) -> Any:

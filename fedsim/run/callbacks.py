@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from fedsim.learning.evaluation import CentralEvaluator
+    from fedsim.learning.selection import Selection
     from fedsim.protocol.evaluator import FederatedEvaluator
     from fedsim.protocol.federation import Federation
     from fedsim.run.progress import RoundProgress
@@ -68,13 +69,14 @@ class SaveCheckpoint(Callback):
     """Replace the run's checkpoint after each round, after its row is written (a row
     without a checkpoint is run again on resume; never a checkpoint without its row)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, selection: Selection | None = None) -> None:
         self.run_dir = run_dir
+        self.selection = selection  # its snapshots go in the same file
 
     def after_round(self, federation: Federation, record: RoundRecord) -> None:
         from fedsim.run import checkpoint
 
-        checkpoint.save(self.run_dir, federation, record.round + 1)
+        checkpoint.save(self.run_dir, federation, record.round + 1, self.selection)
 
 
 class PublishTelemetry(Callback):

@@ -8,7 +8,11 @@ Once the parties are set up, and after every completed round, the runner replace
 * the run's step states (the privacy ledger: participations per client, the adaptive
   clip bound), as JSON (`encode_state`: plain values, tuples and fedsim's own frozen
   dataclasses; nothing is unpickled);
-* the next round's index.
+* the next round's index;
+* the model selection's snapshots (`fedsim.learning.selection`): the last evaluated
+  round's model and report, and under ``evaluation.select: best_val`` the best one's.
+  In the same file as the round they follow, so a resume never chooses or deploys a
+  model of a round it runs again.
 
 Public randomness (data, initialisation, batch order, client sampling without DP) is
 derived from the run seed and the round index, so it needs no saved position. No secret
@@ -41,18 +45,16 @@ from fedsim.errors import FedSimError
 from fedsim.run.results import (
     atomic_write,
     flatten_params,
-    json_text,
     unflatten_params,
     write_json,
 )
 
 if TYPE_CHECKING:
-    from fedsim.learning.selection import Snapshot
+    from fedsim.learning.selection import Selection, Snapshot
     from fedsim.protocol.federation import Federation
 
 CHECKPOINT = "checkpoint.npz"
 OPENING = "opening.json"
-SELECTION = "selection.npz"  # the best snapshot so far under evaluation.select: best_val
 FORMAT = 1
 
 
@@ -114,6 +116,8 @@ class Checkpoint:
     params: np.ndarray
     opt_leaves: list[np.ndarray]
     step_states: tuple[Any, ...]
+    best: Snapshot | None = None
+    last: Snapshot | None = None
 
     def restore(self, federation: Federation) -> None:
         """Put this state into a freshly built ``federation`` of the same config."""
@@ -133,20 +137,53 @@ class Checkpoint:
         federation.step_states = self.step_states
 
 
-def save(run_dir: Path, federation: Federation, next_round: int) -> Path:
-    """Replace the run's checkpoint with the state after round ``next_round - 1``."""
+def save(run_dir: Path, federation: Federation, next_round: int,
+         selection: Selection | None = None) -> Path:
+    """Replace the run's checkpoint with the state after round ``next_round - 1`` (and
+    ``selection``'s snapshots, all of rounds before ``next_round``)."""
     leaves = jax.tree_util.tree_leaves(federation.state.opt_state)
+    snaps = {"best": selection.best, "last": selection.last} if selection else {}
+    snaps = {k: v for k, v in snaps.items() if v is not None}
+    last_is_best = "best" in snaps and snaps["best"] is snaps.get("last")
+    if last_is_best:
+        del snaps["last"]  # one copy: "last" reads "best" back
     meta = {"format": FORMAT, "next_round": next_round, "run_id": federation.run_id,
             "opt_leaves": len(leaves),
-            "step_states": encode_state(tuple(federation.step_states))}
+            "step_states": encode_state(tuple(federation.step_states)),
+            "snapshots": {k: {"round": v.round, "val_auc": v.val_auc, "report": v.report}
+                          for k, v in snaps.items()},
+            "last_is_best": last_is_best}
     arrays = {"params": np.asarray(federation.state.params),
-              **{f"opt_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}}
+              **{f"opt_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)},
+              **{f"{k}/{name}": np.asarray(a) for k, v in snaps.items()
+                 for name, a in flatten_params(v.params).items()}}
+    text = json.dumps(meta, default=_plain)  # NaN stays NaN (a one-class split's AUC)
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:  # straight to the file: no second copy in memory
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            np.savez(f, meta=np.frombuffer(text.encode(), np.uint8), **arrays)
 
     return atomic_write(run_dir / CHECKPOINT, write)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in a report, as JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)
+
+
+def _snapshots(npz: Any, meta: dict) -> dict[str, Snapshot]:
+    from fedsim.learning.selection import Snapshot
+
+    out = {}
+    for key, m in meta.get("snapshots", {}).items():
+        params = unflatten_params({n[len(key) + 1:]: npz[n] for n in npz.files
+                                   if n.startswith(key + "/")})
+        out[key] = Snapshot(int(m["round"]), float(m["val_auc"]), params, m["report"])
+    if meta.get("last_is_best"):
+        out["last"] = out["best"]
+    return out
 
 
 def load(run_dir: Path) -> Checkpoint:
@@ -161,12 +198,13 @@ def load(run_dir: Path) -> Checkpoint:
             meta = json.loads(npz["meta"].tobytes().decode())
             params = npz["params"]
             opt = [npz[f"opt_{i}"] for i in range(int(meta["opt_leaves"]))]
+            snaps = _snapshots(npz, meta)
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: checkpoint format {meta.get('format')} is not "
                                   f"this fedsim's ({FORMAT})")
         states = decode_state(meta["step_states"])
         return Checkpoint(int(meta["next_round"]), str(meta["run_id"]), params, opt,
-                          tuple(states))
+                          tuple(states), snaps.get("best"), snaps.get("last"))
     except CheckpointError:
         raise
     except Exception as err:  # truncated, corrupt, or not a checkpoint
@@ -191,44 +229,3 @@ def opened_since(run_dir: Path, checkpoint: Checkpoint) -> tuple[str, ...] | Non
         raise CheckpointError(f"{path} is not readable: cannot tell whether the round "
                               "after the checkpoint was released") from None
     return contributors if round_idx == checkpoint.next_round else None
-
-
-def save_selection(run_dir: Path, snapshot: Snapshot) -> Path:
-    """Replace ``selection.npz`` with the best snapshot so far (its parameters, round,
-    validation AUC and report), so a resumed run keeps choosing among all its rounds."""
-    meta = {"round": snapshot.round, "val_auc": snapshot.val_auc, "report": snapshot.report}
-    arrays = {f"p/{k}": v for k, v in flatten_params(snapshot.params).items()}
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json_text(meta).encode(), np.uint8), **arrays)
-
-    return atomic_write(run_dir / SELECTION, write)
-
-
-def load_selection(run_dir: Path) -> Snapshot | None:
-    """The snapshot `save_selection` wrote (None if there is none)."""
-    from fedsim.learning.selection import Snapshot
-
-    path = run_dir / SELECTION
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(npz["meta"].tobytes().decode())
-            params = unflatten_params({k[2:]: npz[k] for k in npz.files if k != "meta"})
-        return Snapshot(int(meta["round"]), float(meta["val_auc"]), params, meta["report"])
-    except Exception as err:  # truncated, corrupt, or not a selection
-        raise CheckpointError(f"{path} is truncated or not a fedsim selection "
-                              f"({type(err).__name__})") from None
-
-
-def selection_for(cfg: Any, run_dir: Path, *, resumed: bool) -> Any:
-    """The run's model selection (`fedsim.learning.selection`), each new best snapshot
-    saved to ``selection.npz`` (and read back when the run is resumed)."""
-    from fedsim.learning.selection import Selection
-
-    best = load_selection(run_dir) if resumed else None
-    selection = Selection(cfg.evaluation.selects_best, best=best)
-    selection.on_change = lambda snap: save_selection(run_dir, snap)
-    return selection

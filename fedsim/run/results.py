@@ -131,12 +131,12 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-# Every file a run writes (`fedsim.run.checkpoint` adds checkpoint, opening and selection;
+# Every file a run writes (`fedsim.run.checkpoint` adds checkpoint and opening;
 # `fedsim.run.baselines` and `fedsim.run.datasets` the plot and statistics): an
 # overwritten run directory loses them all, so it never mixes two runs.
 RUN_FILES = ("manifest.json", "rounds.parquet", "params.npz", "metrics.json", "roc.png",
              "baselines.png", "statistics.json", "checkpoint.npz", "opening.json",
-             "selection.npz")
+             "selection.npz")  # the last: written by earlier fedsims, removed all the same
 
 
 def check_out_dir(path: Path, *, overwrite: bool = False) -> None:

@@ -19,7 +19,7 @@ from rich.console import Console
 from fedsim.config import RunConfig, from_dict
 from fedsim.data import FederatedDataset
 from fedsim.errors import ConfigError, Interrupted, Refusal, RoundFailed
-from fedsim.learning.selection import which_model
+from fedsim.learning.selection import Selection, which_model
 from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
 from fedsim.protocol.loop import run_rounds
@@ -157,7 +157,8 @@ def _execute(
     started_ray = False
     interrupts: _InterruptOnTerm | None = None
     records: list[RoundRecord] = []
-    parties = _Parties(cfg, dataset, run_id, backend, writer, console, records)
+    selection = Selection(cfg.evaluation.selects_best)  # in every checkpoint
+    parties = _Parties(cfg, dataset, run_id, backend, writer, console, records, selection)
     try:
         if backend == "ray":
             from actors import connect
@@ -188,14 +189,14 @@ def _execute(
         start = parties.setup(resume)
         from fedsim.protocol.evaluator import evaluator_for
 
-        evaluator = evaluator_for(federation, parties.dataset,
-            checkpoint.selection_for(cfg, writer.dir, resumed=resume is not None))
+        evaluator = evaluator_for(federation, parties.dataset, selection)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
         rounds = cfg.federation.rounds
         with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:
             callbacks = [
                 Evaluate(evaluator, every=cfg.evaluation.every, rounds=rounds),
-                WriteRounds(writer), SaveCheckpoint(writer.dir), PublishTelemetry(telemetry),
+                WriteRounds(writer), SaveCheckpoint(writer.dir, selection),
+                PublishTelemetry(telemetry),
                 ShowProgress(progress), ShowWarnings(console), Collect(records),
                 RestartLostParties(rounds),
             ]
@@ -261,9 +262,11 @@ class _Parties:
     when resuming), and restarted from the last checkpoint after one is lost."""
 
     def __init__(self, cfg: RunConfig, dataset: FederatedDataset, run_id: str, kind: str,
-                 writer: RunWriter, console: Console, records: list[RoundRecord]) -> None:
+                 writer: RunWriter, console: Console, records: list[RoundRecord],
+                 selection: Selection) -> None:
         self.cfg, self.dataset, self.run_id, self.kind = cfg, dataset, run_id, kind
         self.writer, self.console, self.records = writer, console, records
+        self.selection = selection
         self.backend: Any = None
         self.federation: Federation | None = None
         # Restarts of earlier sessions of this run (resumed) stay in the manifest.
@@ -301,7 +304,9 @@ class _Parties:
             checkpoint.save(out, fed, 0)
             return 0
         resume.restore(fed)
-        return _charge_lost_release(fed, self.writer, resume, self.console, self.records)
+        self.selection.rewind(resume.best, resume.last)
+        return _charge_lost_release(fed, self.writer, resume, self.console, self.records,
+                                    self.selection)
 
     def restart(self, err: RoundFailed) -> int:
         """After ``err``: every party anew from the last checkpoint (a lost party is
@@ -333,7 +338,7 @@ class _Parties:
 
 def _charge_lost_release(federation: Federation, writer: RunWriter,
                          resume: checkpoint.Checkpoint, console: Console,
-                         records: list[RoundRecord]) -> int:
+                         records: list[RoundRecord], selection: Selection) -> int:
     """The round to start at: after the checkpoint, or after a DP round that was
     released before the fault (charged to the ledger, not released twice)."""
     start = resume.next_round
@@ -344,7 +349,7 @@ def _charge_lost_release(federation: Federation, writer: RunWriter,
     console.print(f"[yellow]warning:[/] {federation.warnings[-1]}")
     writer.round(record.row())
     records.append(record)
-    checkpoint.save(writer.dir, federation, start + 1)
+    checkpoint.save(writer.dir, federation, start + 1, selection)
     return start + 1
 
 

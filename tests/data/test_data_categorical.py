@@ -81,6 +81,14 @@ def test_category_mistakes_are_one_line_data_errors():
     with pytest.raises(DataError, match="'age' is listed as numeric and as categorical"):
         partition(t, ColumnSpec(numeric=("age",), categorical=(
             CategoricalColumn("age", ("1",)),)))
+    cp = CategoricalColumn("stage", ("1", "2"))
+    with pytest.raises(DataError, match="'stage' is listed twice as categorical"):
+        partition(t, ColumnSpec(categorical=(cp, cp)))
+    with pytest.raises(DataError, match="'age' is listed twice as numeric"):
+        partition(t, ColumnSpec(numeric=("age", "age")))
+    with pytest.raises(DataError, match="numeric column 'stage=1' has the name of a "
+                                        "category feature"):
+        partition(t, ColumnSpec(numeric=("stage=1",), categorical=(cp,)))
     with pytest.raises(DataError, match="categorical: it must hold integers or strings"):
         partition(t, ColumnSpec(categorical=(CategoricalColumn("lab_0", ("1",)),)))
 

@@ -84,8 +84,8 @@ def test_rows_written_after_the_checkpoint_are_run_again_not_duplicated(tmp_path
     cfg = _config()
     with monkeypatch.context() as m:
         honest = checkpoint.save
-        m.setattr(checkpoint, "save", lambda d, f, n: (_ for _ in ()).throw(KeyboardInterrupt)
-                  if n == 3 else honest(d, f, n))  # dies between round 2's row and checkpoint
+        m.setattr(checkpoint, "save", lambda d, f, n, *s: (_ for _ in ()).throw(
+            KeyboardInterrupt) if n == 3 else honest(d, f, n, *s))  # after round 2's row
         with pytest.raises(Interrupted):
             _run(cfg, tmp_path / "cut")
     assert load_run(tmp_path / "cut").rounds.num_rows == 3
@@ -106,11 +106,38 @@ def test_an_he_run_resumes_with_new_keys_to_the_same_model(tmp_path, monkeypatch
         with pytest.raises(Interrupted):
             _run(cfg, tmp_path / "cut")
     with np.load(tmp_path / "cut" / "checkpoint.npz") as npz:  # no key material
-        assert sorted(npz.files) == ["meta", "opt_0", "opt_1", "opt_2", "params"]
+        assert {f.split("/")[0] for f in npz.files} == {"meta", "opt_0", "opt_1", "opt_2",
+                                                       "params", "last"}  # last: round 0's
     resume_run(tmp_path / "cut", backend="inprocess", reference=False)
     diff = np.max(np.abs(_flat(load_run(tmp_path / "cut").params)
                          - _flat(load_run(tmp_path / "whole").params)))
     assert diff <= 1e-5, diff
+
+
+def test_an_he_run_stopped_after_its_last_checkpoint_finishes_on_resume(tmp_path,
+                                                                       monkeypatch):
+    """Every round is done and checkpointed, the results are not written: the resume
+    runs no round, reports and deploys the last evaluated model from the checkpoint,
+    and says that the new key holders cannot attest it (no receipt), instead of
+    failing for want of an evaluation."""
+    from fedsim.run.results import RunWriter
+
+    cfg = _config(federation={"mode": "he", "rounds": 2},
+                  crypto={"profile": "fast", "accept_unflooded_decryption": True})
+    with monkeypatch.context() as m:
+        m.setattr(RunWriter, "params", lambda self, tree: (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        with pytest.raises(Interrupted):
+            _run(cfg, tmp_path / "cut")
+    saved = checkpoint.load(tmp_path / "cut")
+    assert saved.next_round == 2 and saved.last.round == 1
+    resume_run(tmp_path / "cut", backend="inprocess", reference=False)
+    done = load_run(tmp_path / "cut")
+    assert done.manifest["status"] == "completed"
+    assert np.array_equal(_flat(done.params), _flat(saved.last.params))
+    assert done.metrics["pooled"]["auc"] == saved.last.report["pooled"]["auc"]
+    assert "deployment" not in done.metrics
+    assert "no deployment receipt" in done.metrics["selection"]["note"]
 
 
 def _dp_config():

@@ -18,7 +18,7 @@ from fedsim.aggregate.server import ServerState
 from fedsim.errors import ConfigError
 from fedsim.learning.evaluation import CentralEvaluator
 from fedsim.learning.metrics import evaluate
-from fedsim.learning.selection import Selection, Snapshot
+from fedsim.learning.selection import Selection
 from fedsim.learning.train import predict
 from fedsim.run import checkpoint
 from fedsim.run.results import unflatten_params
@@ -38,23 +38,29 @@ def auc_of(fed, params, rows):
 
 
 def test_selection_keeps_the_strictly_best_finite_validation_score():
-    saved = []
     s = Selection(True)
-    s.on_change = saved.append
-    assert s.offer(0, 0.70, {"w": np.ones(2)})
-    assert not s.offer(1, 0.70, {"w": np.zeros(2)})  # a tie keeps the earlier round
-    assert not s.offer(2, float("nan"), {"w": np.zeros(2)})
-    assert s.offer(3, 0.80, {"w": np.full(2, 3.0)})
-    assert not s.offer(4, 0.75, {"w": np.zeros(2)})
-    assert [snap.round for snap in saved] == [0, 3]
+    kept = [r for r, auc in enumerate([0.70, 0.70, float("nan"), 0.80, 0.75])
+            if s.offer(r, auc, {"w": np.full(2, float(r))})]
+    assert kept == [0, 3]  # a tie keeps the earlier round; NaN never wins
+    assert s.last.round == 4 and s.deployed() is s.best
     assert s.chosen(4).round == 3 and s.chosen(3) is None
     assert s.describe(4) == {"rule": "best_val", "round": 4, "val_auc": 0.80}
     last = Selection(False)
-    assert not last.offer(0, 0.9, {"w": np.ones(2)}) and last.chosen(5) is None
-    assert last.describe(5) == {"rule": "last", "round": 6}
+    assert not last.offer(0, 0.9, {"w": np.ones(2)}) and last.chosen(0) is None
+    assert last.describe(0) == {"rule": "last", "round": 1}
+    assert last.deployed().round == 0 and last.best is None
     none = Selection(True)
     none.offer(0, float("nan"), {})
     assert "no evaluated round had a finite" in none.describe(0)["note"]
+
+
+def test_a_final_round_left_unevaluated_is_said_and_not_deployed():
+    s = Selection(False)
+    s.offer(2, 0.7, {"w": np.full(2, 2.0)})  # rounds 0..4: round 4's evaluation skipped
+    described = s.describe(4)
+    assert described["round"] == 3
+    assert "the model after round 5 (the last) was not evaluated" in described["note"]
+    np.testing.assert_array_equal(s.deployed().params["w"], np.full(2, 2.0))
 
 
 def test_a_snapshot_is_a_copy_not_a_view_of_the_live_model():
@@ -105,21 +111,74 @@ def test_central_selection_reports_and_deploys_the_best_validating_round():
     assert "last_round" not in plain.final_report(fed)
 
 
-def test_the_selected_snapshot_survives_a_resume(tmp_path):
+def _saved(tmp_path, selection):
+    from builders import federation
+
+    fed = federation(tiny_config(federation={"mode": "plaintext", "rounds": 4}))
+    checkpoint.save(tmp_path, fed, 4, selection)
+    return checkpoint.load(tmp_path)
+
+
+def test_the_checkpoint_holds_the_selection_of_the_rounds_it_covers(tmp_path):
     params = {"logit": {"bias": np.array([0.5], np.float32),
                         "kernel": np.arange(4, dtype=np.float32).reshape(4, 1)}}
-    report = {"pooled": {"auc": 0.81, "loss": float("nan")}}
-    checkpoint.save_selection(tmp_path, Snapshot(3, 0.77, params, report))
-    back = checkpoint.load_selection(tmp_path)
-    assert (back.round, back.val_auc) == (3, 0.77)
-    assert back.report == {"pooled": {"auc": 0.81, "loss": None}}
-    np.testing.assert_array_equal(back.params["logit"]["kernel"], params["logit"]["kernel"])
-    cfg = tiny_config(evaluation={"select": "best_val"})
-    assert checkpoint.selection_for(cfg, tmp_path, resumed=True).best.round == 3
-    assert checkpoint.selection_for(cfg, tmp_path, resumed=False).best is None
-    (tmp_path / checkpoint.SELECTION).write_bytes(b"torn")
-    with pytest.raises(checkpoint.CheckpointError, match="not a fedsim selection"):
-        checkpoint.load_selection(tmp_path)
+    report = {"pooled": {"auc": np.float64(0.81), "loss": float("nan")}}
+    s = Selection(True)
+    s.offer(1, 0.77, params, lambda: report)
+    s.offer(3, 0.70, {"logit": {k: v + 1 for k, v in params["logit"].items()}})
+    back = _saved(tmp_path, s)
+    assert (back.best.round, back.best.val_auc, back.last.round) == (1, 0.77, 3)
+    assert back.best.report["pooled"]["auc"] == 0.81
+    assert np.isnan(back.best.report["pooled"]["loss"])  # NaN stays NaN, not null
+    np.testing.assert_array_equal(back.best.params["logit"]["kernel"],
+                                  params["logit"]["kernel"])
+    np.testing.assert_array_equal(back.last.params["logit"]["bias"], [1.5])
+    again = Selection(True)
+    again.rewind(back.best, back.last)
+    assert again.chosen(3).round == 1
+    # The best is the last: one copy in the file, both read back.
+    one = Selection(True)
+    one.offer(2, 0.9, params)
+    back = _saved(tmp_path, one)
+    assert back.best is back.last and back.best.round == 2
+    # No selection (a checkpoint before round 0): nothing read back.
+    back = _saved(tmp_path, None)
+    assert back.best is None and back.last is None
+
+
+def test_a_fault_between_evaluation_and_checkpoint_leaves_no_snapshot_of_that_round(
+        tmp_path, monkeypatch):
+    """The round's evaluation is done, its checkpoint is not: the checkpoint on disk
+    knows only the rounds before it, and the resumed run reports and deploys what an
+    uninterrupted one does."""
+    from fedsim.errors import Interrupted
+    from fedsim.run.results import load_run
+    from fedsim.run.runner import resume_run, run_federated
+
+    cfg = tiny_config(federation={"mode": "plaintext", "rounds": 4}, train={"lr": 0.3},
+                      evaluation={"select": "best_val"})
+    honest = checkpoint.save
+
+    def save(d, f, n, selection=None):
+        if n == 3:  # round 2 evaluated and written, its checkpoint not
+            raise KeyboardInterrupt
+        return honest(d, f, n, selection)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "save", save)
+        with pytest.raises(Interrupted):
+            run_federated(cfg, out_dir=tmp_path / "cut", backend="inprocess",
+                          reference=False)
+    on_disk = checkpoint.load(tmp_path / "cut")
+    assert on_disk.next_round == 2 and on_disk.last.round == 1 and on_disk.best.round <= 1
+    resume_run(tmp_path / "cut", backend="inprocess", reference=False)
+    whole = run_federated(cfg, out_dir=tmp_path / "whole", backend="inprocess",
+                          reference=False)
+    done = load_run(tmp_path / "cut")
+    assert done.metrics["selection"] == whole.report["selection"]
+    assert done.metrics["pooled"]["auc"] == whole.report["pooled"]["auc"]
+    np.testing.assert_array_equal(ravel_pytree(done.params)[0],
+                                  ravel_pytree(load_run(tmp_path / "whole").params)[0])
 
 
 def test_he_selection_is_attested_by_the_key_holders(tmp_path):
@@ -159,6 +218,76 @@ def test_he_selection_is_attested_by_the_key_holders(tmp_path):
         verify_run(tmp_path, tmp_path / "last.npz")
 
 
+def _he_federation(rounds: int, **evaluation):
+    from fedsim.protocol.backend import InProcessBackend
+    from fedsim.protocol.federation import Federation
+    from fedsim.run.runner import load_dataset
+
+    cfg = tiny_config(federation={"mode": "he", "rounds": rounds}, evaluation=evaluation)
+    data = load_dataset(cfg)  # the coordinator holds none of its rows
+    fed = Federation(cfg, data.withheld(), InProcessBackend(), run_id="t", hospital_data=data)
+    fed.setup()
+    return fed, data
+
+
+def test_a_skipped_last_evaluation_deploys_the_last_evaluated_model(tmp_path):
+    """A hospital is lost in the last round, so its evaluation is skipped: the run
+    deploys and reports round 1's model (which every hospital scored and the holders
+    attest), not the final one nobody evaluated, and says so."""
+    from fedsim.protocol.evaluator import FederatedEvaluator
+    from fedsim.run.results import flatten_params, write_json
+    from fedsim.run.verify import verify_run
+
+    fed, data = _he_federation(2)
+    ev = FederatedEvaluator(fed.evaluation)
+    fed.run_round(0)
+    ev.score_round(fed, 0)
+    evaluated = jax.tree_util.tree_map(np.asarray, fed.params)
+    fed.run_round(1)
+    fed.lost = [fed.population.party_roles[0]]
+    assert ev.score_round(fed, 1) is None
+    report = ev.final_report(fed)
+    assert report["selection"]["round"] == 1 and report["deployment"]["round"] == 0
+    assert "round 2 (the last) was not evaluated" in report["selection"]["note"]
+    deployed = ev.deployed_params(fed)
+    for a, b in zip(jax.tree_util.tree_leaves(deployed),
+                    jax.tree_util.tree_leaves(evaluated), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(ravel_pytree(deployed)[0], ravel_pytree(fed.params)[0])
+    write_json(tmp_path / "metrics.json", report)
+    np.savez(tmp_path / "params.npz", **flatten_params(deployed))
+    assert "after round 1 " in verify_run(tmp_path)
+
+
+def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeypatch):
+    """A receipt that names another model than the other holders' is never folded into
+    "no receipt": the report refuses. With no holder that opened it live (a restart, a
+    resume), the report says the deployed model has no receipt."""
+    from fedsim.errors import ProtocolError, Refusal
+    from fedsim.protocol.evaluator import FederatedEvaluator
+
+    fed, _ = _he_federation(1, select="best_val")
+    ev = FederatedEvaluator(fed.evaluation, selection=Selection(True))
+    fed.run_round(0)
+    ev.score_round(fed, 0)
+    holder = fed.backend.parties["keyholder:1"]
+    honest = holder.receipt
+    with monkeypatch.context() as m:
+        m.setattr(holder, "receipt", lambda r: (b"another model", honest(r)[1]))
+        with pytest.raises(ProtocolError, match="name 2 models"):
+            ev.final_report(fed)
+    for i in range(fed.cfg.crypto.key_holders):
+        h = fed.backend.parties[f"keyholder:{i}"]
+
+        def refuse(r, party=f"keyholder:{i}"):
+            raise Refusal("opened no evaluation of that round", party=party)
+
+        monkeypatch.setattr(h, "receipt", refuse)
+    report = ev.final_report(fed)
+    assert "deployment" not in report
+    assert "the deployed model has no deployment receipt" in report["selection"]["note"]
+
+
 def test_a_best_val_run_writes_the_selected_model_and_its_round(tmp_path):
     from fedsim.learning.model import build_model
     from fedsim.run.runner import load_dataset, run_federated
@@ -190,7 +319,7 @@ def test_overwriting_a_run_removes_every_file_it_wrote(tmp_path):
     from fedsim.run.results import RUN_FILES, RunWriter, unlock_run_dir
 
     for name in ("manifest.json", "baselines.png", "statistics.json", "selection.npz"):
-        (tmp_path / name).write_text("{}")
+        (tmp_path / name).write_text("{}")  # selection.npz: an earlier fedsim's
     assert {"baselines.png", "statistics.json", "selection.npz"} <= set(RUN_FILES)
     writer = RunWriter.create(tmp_path, overwrite=True)
     unlock_run_dir(writer.dir)

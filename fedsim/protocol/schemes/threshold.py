@@ -21,7 +21,14 @@ import numpy as np
 
 from fedsim.aggregate.steps import Update
 from fedsim.crypto.batch import is_blob
-from fedsim.errors import CryptoError, FedSimError, PartyLost, ProtocolError, Refusal
+from fedsim.errors import (
+    CryptoError,
+    FedSimError,
+    NoReceipt,
+    PartyLost,
+    ProtocolError,
+    Refusal,
+)
 from fedsim.protocol.backend import Backend, PartySpec
 from fedsim.protocol.evaluation import EvaluationPlan
 from fedsim.protocol.manifest import Manifest
@@ -303,7 +310,9 @@ class ThresholdCKKS(Scheme):
             models.add(model)
             signed[str(i)] = {"identity": self.cards[i].identity.hex(),
                               "signature": signature.hex()}
-        if len(models) != 1:
+        if not models:
+            raise NoReceipt(f"no live key holder opened round {round_idx}'s evaluation")
+        if len(models) > 1:  # a holder attests another model: never deployed quietly
             raise ProtocolError(f"the key holders' receipts of round {round_idx} name "
                                 f"{len(models)} models")
         return {"round": round_idx, "model": models.pop().hex(), "holders": signed,

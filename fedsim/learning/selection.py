@@ -90,16 +90,21 @@ class Selection:
                          "validation split of one class?): the last evaluated model is kept")
         if self.last is not None and self.last.round != final_round:
             notes.append(f"the model after round {final_round + 1} (the last) was not "
-                         f"evaluated (a hospital was lost then): the last evaluated "
-                         f"round is round {self.last.round + 1}")
+                         f"evaluated (a hospital was lost then, or the run resumed after "
+                         f"its release): the last evaluated round is round "
+                         f"{self.last.round + 1}")
         if notes:
             out["note"] = "; ".join(notes)
         return out
 
 
-def which_model(report: dict) -> str:
-    """"final global model", or the selected round's, for a report's titles."""
-    if "last_round" not in report:
-        return "final global model"
-    return (f"model after round {report['selection']['round']} (best validation AUC; "
-            f"the last round's test AUC: {report['last_round']['auc']:.4f})")
+def which_model(report: dict, rounds: int) -> str:
+    """"final global model", or the deployed round's, for a report's titles (``rounds``:
+    the run's)."""
+    chosen = report["selection"]["round"]
+    if "last_round" in report:
+        return (f"model after round {chosen} (best validation AUC; the last evaluated "
+                f"round's test AUC: {report['last_round']['auc']:.4f})")
+    if chosen != rounds:
+        return f"model after round {chosen} (the last evaluated)"
+    return "final global model"

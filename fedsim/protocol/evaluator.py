@@ -164,6 +164,9 @@ class FederatedEvaluator:
         round's, unless ``evaluation.select: best_val`` chose an earlier one: then the
         last evaluated round's pooled test metrics stand beside it), and the key
         holders' receipts of it."""
+        final_round = federation.cfg.federation.rounds - 1
+        if self.selection.last is None:  # none yet: a resume after the last release
+            self.score_round(federation, final_round)
         last = self.selection.last
         if last is None:
             raise ProtocolError("no federated evaluation of any model (a hospital was "
@@ -171,11 +174,15 @@ class FederatedEvaluator:
         chosen = self.selection.chosen(last.round)
         deployed = self.selection.deployed()
         report = copy.deepcopy(deployed.report)
-        report["selection"] = self.selection.describe(federation.cfg.federation.rounds - 1)
+        report["selection"] = self.selection.describe(final_round)
         if chosen is not None:
             report["last_round"] = {"round": last.round + 1,
                                     **_metrics_of(last.report["pooled"])}
         if self.plan.noise_stddev:
+            if self.epsilon is None:  # every evaluation was released before a resume
+                done = evaluation_rounds(final_round + 1, federation.cfg.evaluation.every)
+                self.epsilon = self.plan.epsilon(sum(r <= last.round for r in done),
+                                                 federation.cfg.privacy.delta)
             report["pooled"]["dp"] = {
                 "noise_stddev": self.plan.noise_stddev, "epsilon": self.epsilon,
                 "delta": federation.cfg.privacy.delta,

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.npz"
 OPENING = "opening.json"
-FORMAT = 1
+FORMAT = 2  # 2: the model selection's snapshots inside
 
 
 class CheckpointError(FedSimError):

@@ -103,21 +103,21 @@ def plot_baselines(b: dict, path: str | Path) -> None:
 
 def plot_seeds(rows: list[dict], path: str | Path, *, title: str) -> None:
     """Each run's pooled test ROC AUC (one dot per seed) for the federated model, the
-    best local-only model and the centralized one, with the mean of each as a bar."""
+    best local-only model and the centralized one, with the mean of each as a line."""
     series = [("federated", "auc"), ("best local", "best_local_auc"),
               ("centralized", "centralized_auc")]
     series = [(name, key) for name, key in series if any(r[key] is not None for r in rows)]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (_, key) in enumerate(series):
         values = [r[key] for r in rows if r[key] is not None]
-        ax.bar(i, sum(values) / len(values), width=0.6, alpha=0.35,
-               color="C0" if key == "auc" else "C7")
-        ax.scatter([i] * len(values), values, color="C3" if key == "auc" else "k",
-                   s=14, zorder=3)
+        color = "C3" if key == "auc" else "k"
+        ax.hlines(sum(values) / len(values), i - 0.25, i + 0.25, color=color, lw=2)
+        ax.scatter([i] * len(values), values, color=color, s=16, alpha=0.7, zorder=3)
     ax.set_xticks(range(len(series)), [name for name, _ in series])
     low = min(r[k] for r in rows for _, k in series if r[k] is not None)
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
-    ax.set_ylabel(f"pooled test ROC AUC ({len(rows)} seeds: dots; mean: bar)")
+    ax.set_xlim(-0.6, len(series) - 0.4)
+    ax.set_ylabel(f"pooled test ROC AUC ({len(rows)} seeds: dots; mean: line)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

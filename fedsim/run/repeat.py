@@ -13,7 +13,9 @@ secret in every run, as always) and writes its own run directory,
   and the centralized model, with the means.
 
 Its directory holds only those runs and files: one that holds anything else is refused
-(``--overwrite`` replaces this repetition's own runs and files, nothing more).
+(``--overwrite`` first removes this repetition's own runs and files, nothing more). The
+summary is rewritten after each run, so a repetition stopped halfway keeps the runs it
+finished and says how many of how many they are.
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ def check_repeat_dir(out: Path, cfg: Any, seeds: int, *, overwrite: bool) -> Non
         raise ConfigError(f"{out} is a file, not a results directory")
     if not out.is_dir():
         return
-    ours = {seeded(cfg, k).name for k in range(seeds)} | set(FILES)
+    from fedsim.run.results import LOCK, RUN_FILES
+
+    runs = {seeded(cfg, k).name for k in range(seeds)}
     present = sorted(p.name for p in out.iterdir())
-    foreign = [name for name in present if name not in ours]
+    foreign = [name for name in present if name not in runs | set(FILES)]
+    foreign += [f"{name}/{p.name}" for name in present if name in runs
+                for p in sorted((out / name).iterdir())
+                if p.name not in (*RUN_FILES, LOCK)]
     if foreign:
         raise ConfigError(f"{out} holds {foreign[0]!r}, which is not of this repetition "
                           f"({cfg.name} at {seeds} seeds): choose another --out")
@@ -63,13 +70,15 @@ def check_repeat_dir(out: Path, cfg: Any, seeds: int, *, overwrite: bool) -> Non
 
 def run_seeds(cfg: Any, seeds: int, out_dir: str | Path, *, backend: str = "ray",
               address: str | None = None, console: Console | None = None,
-              overwrite: bool = False) -> list[dict]:
+              overwrite: bool = False, reference: bool = False) -> list[dict]:
     """Run ``cfg`` at ``seeds`` seeds, then write the table, summary and plot; the rows."""
     from fedsim.run.runner import run_federated
 
     console = console or Console(stderr=True)
     out = Path(out_dir)
     check_repeat_dir(out, cfg, seeds, overwrite=overwrite)
+    if overwrite:
+        _clear(out, cfg, seeds)
     rows = []
     for k in range(seeds):
         run_cfg = seeded(cfg, k)
@@ -78,11 +87,27 @@ def run_seeds(cfg: Any, seeds: int, out_dir: str | Path, *, backend: str = "ray"
         console.print(f"[bold]{cfg.name}[/]: seed {run_cfg.seed} (run {k + 1} of {seeds}"
                       f"{eta})", highlight=False)
         outcome = run_federated(run_cfg, out_dir=out / run_cfg.name, backend=backend,
-                                address=address, console=console, reference=False,
+                                address=address, console=console, reference=reference,
                                 overwrite=overwrite)
         rows.append(row_of(run_cfg, outcome.report, outcome.seconds, out / run_cfg.name))
-    write_summary(out, cfg.name, rows)
+        write_summary(out, cfg.name, rows, seeds)  # of the runs done: a failure keeps them
     return rows
+
+
+def _clear(out: Path, cfg: Any, seeds: int) -> None:
+    """Before an overwriting repetition's first run: the earlier one's summary and runs
+    go (each run's files as ``fedsim run --overwrite`` removes them, refused while a live
+    driver holds it), so a failure halfway leaves no old run beside the new ones."""
+    from fedsim.run.results import RunWriter, unlock_run_dir
+
+    for name in FILES:
+        (out / name).unlink(missing_ok=True)
+    for k in range(seeds):
+        run_dir = out / seeded(cfg, k).name
+        if run_dir.is_dir():
+            RunWriter.create(run_dir, overwrite=True)
+            unlock_run_dir(run_dir)
+            run_dir.rmdir()
 
 
 def row_of(cfg: Any, report: dict, seconds: float, run_dir: Path) -> dict:
@@ -147,12 +172,16 @@ def seeds_markdown(name: str, rows: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path, name: str, rows: list[dict]) -> None:
-    """``seeds.parquet``, ``seeds.md`` and ``seeds.png`` (each written atomically)."""
+def write_summary(out: Path, name: str, rows: list[dict], seeds: int) -> None:
+    """``seeds.parquet``, ``seeds.md`` and ``seeds.png`` of the runs done of ``seeds``
+    (each written atomically)."""
     from fedsim.run.plots import plot_seeds
 
     summary = summarise(rows)
     table = pa.Table.from_pylist(rows)
+    text = seeds_markdown(name, rows, summary)
+    if len(rows) < seeds:
+        text = text.replace("\n", f" (of {seeds}; the others are not done)\n", 1)
     atomic_write(out / "seeds.parquet", lambda p: pq.write_table(table, p))
-    atomic_write(out / "seeds.md", lambda p: p.write_text(seeds_markdown(name, rows, summary)))
+    atomic_write(out / "seeds.md", lambda p: p.write_text(text))
     atomic_write(out / "seeds.png", lambda p: plot_seeds(rows, p, title=name))

@@ -208,7 +208,7 @@ def _execute(
                     start = parties.restart(err)
         federation = parties.federation
         report = evaluator.final_report(federation)
-        which = which_model(report)
+        which = which_model(report, cfg.federation.rounds)
         report["title"] = f"{run_id}: test ROC, {which}"
         add_baselines(cfg, parties.dataset, report, writer.dir, console)
         writer.params(evaluator.deployed_params(federation))

@@ -290,6 +290,14 @@ def test_noised_evaluation_reports_its_epsilon_and_hospitals_refuse_less_noise()
     assert np.isnan(metrics.loss) and abs(metrics.auc - exact.auc) < 0.1
     report = evaluator.final_report(fed)
     assert report["pooled"]["dp"]["epsilon"] == extra["evaluation_epsilon"]
+    # A resume at the last round: a new evaluator with the checkpoint's snapshots still
+    # reports what the released histograms cost.
+    from fedsim.learning.selection import Selection
+
+    resumed = FederatedEvaluator(fed.evaluation, selection=Selection(
+        False, last=evaluator.selection.last))
+    assert resumed.final_report(fed)["pooled"]["dp"]["epsilon"] == pytest.approx(
+        extra["evaluation_epsilon"])
     b, role = fed.backend, fed.population.party_roles[0]
     quieter = replace(fed.evaluation, noise_stddev=1.0)
     with pytest.raises(ProtocolError, match="plan outside its config"):

@@ -69,7 +69,36 @@ def test_a_repeat_directory_never_mixes_runs(tmp_path, capsys):
     assert "holds 'notes.txt', which is not of this repetition" in capsys.readouterr().err
     assert (out / "seeds.md").read_text() == before and (out / "notes.txt").exists()
     (out / "notes.txt").unlink()
+    (out / "tiny-seed0" / "mine.txt").write_text("mine")  # not a run's file
+    assert main([*args, "--overwrite"]) == 2
+    assert "holds 'tiny-seed0/mine.txt'" in capsys.readouterr().err
+    (out / "tiny-seed0" / "mine.txt").unlink()
     assert main([*args, "--overwrite"]) == 0
     assert main(["run", config, "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--seeds: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_overwriting_repetition_that_fails_halfway_leaves_no_old_run(tmp_path, capsys,
+                                                                        monkeypatch):
+    from fedsim.run import runner
+
+    config = _config_file(tmp_path)
+    out = tmp_path / "rep"
+    args = ["run", config, "--seeds", "2", "--backend", "inprocess", "--out", str(out),
+            "--no-reference"]
+    assert main(args) == 0
+    honest = runner.run_federated
+
+    def second_fails(cfg, **kw):
+        if cfg.seed == 1:
+            raise KeyboardInterrupt
+        return honest(cfg, **kw)
+
+    monkeypatch.setattr(runner, "run_federated", second_fails)
+    assert main([*args, "--overwrite"]) == 130  # interrupted in its second run
+    assert sorted(p.name for p in out.iterdir()) == ["seeds.md", "seeds.parquet",
+                                                    "seeds.png", "tiny-seed0"]
+    assert "1 runs (seeds 0 to 0) (of 2; the others are not done)" in (
+        out / "seeds.md").read_text()
+    assert pq.read_table(out / "seeds.parquet").column("seed").to_pylist() == [0]

@@ -249,6 +249,9 @@ def test_a_skipped_last_evaluation_deploys_the_last_evaluated_model(tmp_path):
     report = ev.final_report(fed)
     assert report["selection"]["round"] == 1 and report["deployment"]["round"] == 0
     assert "round 2 (the last) was not evaluated" in report["selection"]["note"]
+    from fedsim.learning.selection import which_model
+
+    assert which_model(report, 2) == "model after round 1 (the last evaluated)"
     deployed = ev.deployed_params(fed)
     for a, b in zip(jax.tree_util.tree_leaves(deployed),
                     jax.tree_util.tree_leaves(evaluated), strict=True):
@@ -257,6 +260,22 @@ def test_a_skipped_last_evaluation_deploys_the_last_evaluated_model(tmp_path):
     write_json(tmp_path / "metrics.json", report)
     np.savez(tmp_path / "params.npz", **flatten_params(deployed))
     assert "after round 1 " in verify_run(tmp_path)
+
+
+def test_a_run_whose_last_release_came_before_a_resume_is_evaluated_at_the_end():
+    """Nothing was evaluated (a resume after the final round's release, charged under
+    DP): the final report scores the final model with the live parties instead of
+    failing for want of an evaluation."""
+    from fedsim.protocol.evaluator import FederatedEvaluator
+
+    fed, data = _he_federation(1)
+    fed.run_round(0)
+    ev = FederatedEvaluator(fed.evaluation)
+    report = ev.final_report(fed)
+    assert report["selection"] == {"rule": "last", "round": 1}
+    assert report["deployment"]["round"] == 0
+    assert report["pooled"]["auc"] == pytest.approx(
+        auc_of(fed, fed.params, data.test_set()), abs=report["pooled"]["auc_bound"] + 1e-6)
 
 
 def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeypatch):

@@ -5,6 +5,7 @@ holders open the sum, read the pooled metrics (and, with DP, their epsilon)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from fedsim.errors import NoReceipt, PartyLost, ProtocolError
 from fedsim.learning.histograms import ScoreBins, pooled_metrics, youden_threshold
 from fedsim.learning.metrics import BinaryMetrics
 from fedsim.learning.selection import Selection
-from fedsim.protocol.evaluation import EvaluationPlan, evaluation_rounds
+from fedsim.protocol.evaluation import EvaluationPlan
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class FederatedEvaluator:
         self.model = model
         self.holdout = holdout
         self.epsilon: float | None = None  # of the noised histograms released so far
+        # Evaluations asked of the hospitals in this run, every session and re-run round
+        # counted (the runner persists it): what the evaluation epsilon composes.
+        self.released = 0
+        self.on_release: Callable[[int], None] | None = None
         self.disclosed: dict[str, dict] = {}  # hospital -> its own metrics, if it told
 
     def score_round(self, federation: Any, round_idx: int
@@ -110,6 +115,9 @@ class FederatedEvaluator:
             return None
         timer = PhaseTimer()
         ref = federation.backend.put(federation.state.params)
+        self.released += 1  # counted before it is asked: a failed one may have released
+        if self.on_release is not None:
+            self.on_release(self.released)
         try:
             values, said, _ = open_hospital_sum(federation, round_idx, "evaluate",
                                                 (round_idx, ref, self.plan), timer)
@@ -133,9 +141,7 @@ class FederatedEvaluator:
                  "val_auc": val_auc,
                  **{f"t_evaluate_{k}_s": v for k, v in timer.phases.items()}}
         if self.plan.noise_stddev:  # record-level DP on the histograms, composed so far
-            cfg = federation.cfg
-            done = evaluation_rounds(cfg.federation.rounds, cfg.evaluation.every)
-            self.epsilon = self.plan.epsilon(done.index(round_idx) + 1, cfg.privacy.delta)
+            self.epsilon = self.plan.epsilon(self.released, federation.cfg.privacy.delta)
             extra["evaluation_epsilon"] = self.epsilon
         return metrics, extra
 
@@ -180,9 +186,7 @@ class FederatedEvaluator:
                                     **_metrics_of(last.report["pooled"])}
         if self.plan.noise_stddev:
             if self.epsilon is None:  # every evaluation was released before a resume
-                done = evaluation_rounds(final_round + 1, federation.cfg.evaluation.every)
-                self.epsilon = self.plan.epsilon(sum(r <= last.round for r in done),
-                                                 federation.cfg.privacy.delta)
+                self.epsilon = self.plan.epsilon(self.released, federation.cfg.privacy.delta)
             report["pooled"]["dp"] = {
                 "noise_stddev": self.plan.noise_stddev, "epsilon": self.epsilon,
                 "delta": federation.cfg.privacy.delta,

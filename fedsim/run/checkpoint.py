@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.npz"
 OPENING = "opening.json"
+EVALUATIONS = "evaluations.json"  # federated evaluations asked so far, every session
 FORMAT = 2  # 2: the model selection's snapshots inside
 
 
@@ -229,3 +230,20 @@ def opened_since(run_dir: Path, checkpoint: Checkpoint) -> tuple[str, ...] | Non
         raise CheckpointError(f"{path} is not readable: cannot tell whether the round "
                               "after the checkpoint was released") from None
     return contributors if round_idx == checkpoint.next_round else None
+
+
+def watch_evaluations(evaluator: Any, run_dir: Path, *, resumed: bool) -> None:
+    """Keep ``evaluations.json`` at the count of federated evaluations the hospitals were
+    asked for (read back on resume), so the evaluation epsilon composes every release:
+    one re-run after a fault, or before a resume, included. Central evaluation
+    releases nothing."""
+    if not hasattr(evaluator, "released"):
+        return
+    path = run_dir / EVALUATIONS
+    if resumed and path.is_file():
+        try:
+            evaluator.released = int(json.loads(path.read_text())["released"])
+        except Exception:  # written atomically: anything else is tampering
+            raise CheckpointError(f"{path} is not readable: cannot tell how many "
+                                  "evaluations were released") from None
+    evaluator.on_release = lambda n: write_json(path, {"released": n})

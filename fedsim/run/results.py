@@ -131,11 +131,12 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-# Every file a run writes (`fedsim.run.checkpoint` adds checkpoint and opening;
+# Every file a run writes (`fedsim.run.checkpoint` adds checkpoint, opening, evaluations;
 # `fedsim.run.baselines` and `fedsim.run.datasets` the plot and statistics): an
 # overwritten run directory loses them all, so it never mixes two runs.
 RUN_FILES = ("manifest.json", "rounds.parquet", "params.npz", "metrics.json", "roc.png",
              "baselines.png", "statistics.json", "checkpoint.npz", "opening.json",
+             "evaluations.json",
              "selection.npz")  # the last: written by earlier fedsims, removed all the same
 
 

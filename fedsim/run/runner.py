@@ -190,6 +190,7 @@ def _execute(
         from fedsim.protocol.evaluator import evaluator_for
 
         evaluator = evaluator_for(federation, parties.dataset, selection)
+        checkpoint.watch_evaluations(evaluator, writer.dir, resumed=resume is not None)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
         rounds = cfg.federation.rounds
         with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:

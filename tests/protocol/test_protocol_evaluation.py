@@ -290,16 +290,39 @@ def test_noised_evaluation_reports_its_epsilon_and_hospitals_refuse_less_noise()
     assert np.isnan(metrics.loss) and abs(metrics.auc - exact.auc) < 0.1
     report = evaluator.final_report(fed)
     assert report["pooled"]["dp"]["epsilon"] == extra["evaluation_epsilon"]
-    # A resume at the last round: a new evaluator with the checkpoint's snapshots still
-    # reports what the released histograms cost.
-    from fedsim.learning.selection import Selection
-
-    resumed = FederatedEvaluator(fed.evaluation, selection=Selection(
-        False, last=evaluator.selection.last))
-    assert resumed.final_report(fed)["pooled"]["dp"]["epsilon"] == pytest.approx(
-        extra["evaluation_epsilon"])
     b, role = fed.backend, fed.population.party_roles[0]
     quieter = replace(fed.evaluation, noise_stddev=1.0)
     with pytest.raises(ProtocolError, match="plan outside its config"):
         b.get(b.call(role, "evaluate", 5, b.put(fed.state.params), quieter,
                      num_returns=2)[0])
+
+
+def test_every_evaluation_released_is_composed_across_sessions(tmp_path):
+    """The evaluation epsilon counts every evaluation the hospitals were asked for: a
+    resumed session reads the count back (a resume at the last round reports it) and
+    goes on counting (a round evaluated again after a fault: tests/run/test_run_resume)."""
+    import dp_accounting
+
+    from fedsim.learning.selection import Selection
+    from fedsim.run.checkpoint import watch_evaluations
+
+    def eps(n):
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(4.0), n)
+        return accountant.get_epsilon(1e-5)
+
+    fed, _ = withheld(federation={"rounds": 3}, evaluation={"noise_stddev": 4.0})
+    first = FederatedEvaluator(fed.evaluation)
+    watch_evaluations(first, tmp_path, resumed=False)
+    for r in range(2):
+        fed.run_round(r)
+        first.score_round(fed, r)
+    assert json.loads((tmp_path / "evaluations.json").read_text()) == {"released": 2}
+    resumed = FederatedEvaluator(fed.evaluation, selection=Selection(
+        False, last=first.selection.last))
+    watch_evaluations(resumed, tmp_path, resumed=True)
+    assert resumed.final_report(fed)["pooled"]["dp"]["epsilon"] == pytest.approx(eps(2))
+    fed.run_round(2)
+    _, extra = resumed.score_round(fed, 2)  # the session goes on: 3 released in all
+    assert extra["evaluation_epsilon"] == pytest.approx(eps(3))
+    assert json.loads((tmp_path / "evaluations.json").read_text()) == {"released": 3}

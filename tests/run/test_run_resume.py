@@ -140,6 +140,31 @@ def test_an_he_run_stopped_after_its_last_checkpoint_finishes_on_resume(tmp_path
     assert "no deployment receipt" in done.metrics["selection"]["note"]
 
 
+def test_an_evaluation_released_before_a_fault_is_charged_again_when_rerun(tmp_path,
+                                                                          monkeypatch):
+    """Round 1 is evaluated with noised histograms, then the run dies before its
+    checkpoint: the resume runs and evaluates round 1 again (fresh secret noise), and
+    the evaluation epsilon composes three releases, not two."""
+    import dp_accounting
+
+    cfg = _config(federation={"mode": "he", "rounds": 2},
+                  crypto={"profile": "fast", "accept_unflooded_decryption": True},
+                  evaluation={"noise_stddev": 4.0})
+    with monkeypatch.context() as m:
+        honest = checkpoint.save
+        m.setattr(checkpoint, "save", lambda d, f, n, *s: (_ for _ in ()).throw(
+            KeyboardInterrupt) if n == 2 else honest(d, f, n, *s))
+        with pytest.raises(Interrupted):
+            _run(cfg, tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "evaluations.json").read_text()) == {"released": 2}
+    resume_run(tmp_path / "cut", backend="inprocess", reference=False)
+    assert json.loads((tmp_path / "cut" / "evaluations.json").read_text()) == {"released": 3}
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(4.0), 3)
+    dp = load_run(tmp_path / "cut").metrics["pooled"]["dp"]
+    assert dp["epsilon"] == pytest.approx(accountant.get_epsilon(cfg.privacy.delta))
+
+
 def _dp_config():
     # Every hospital every round: participation, hence the ledger, is the same in
     # every run although the DP noise is secret.

@@ -282,7 +282,7 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
     """A receipt that names another model than the other holders' is never folded into
     "no receipt": the report refuses. With no holder that opened it live (a restart, a
     resume), the report says the deployed model has no receipt."""
-    from fedsim.errors import ProtocolError, Refusal
+    from fedsim.errors import Refusal
     from fedsim.protocol.evaluator import FederatedEvaluator
 
     fed, _ = _he_federation(1, select="best_val")
@@ -293,8 +293,10 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
     honest = holder.receipt
     with monkeypatch.context() as m:
         m.setattr(holder, "receipt", lambda r: (b"another model", honest(r)[1]))
-        with pytest.raises(ProtocolError, match="name 2 models"):
+        with pytest.raises(Refusal, match="name 2 models") as refused:
             ev.final_report(fed)
+    # The odd holder is named: the manifest records it, and a resume carries it on.
+    assert (refused.value.party, refused.value.round) == ("keyholder:1", 0)
     for i in range(fed.cfg.crypto.key_holders):
         h = fed.backend.parties[f"keyholder:{i}"]
 

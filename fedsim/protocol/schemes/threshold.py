@@ -298,7 +298,7 @@ class ThresholdCKKS(Scheme):
         ``round_idx`` (`KeyHolder.receipt`), with their set-up identities: what
         ``fedsim verify`` checks a deployed model against."""
         signed: dict[str, Any] = {}
-        models = set()
+        named: dict[bytes, list[int]] = {}  # model -> the holders that signed it
         for i in range(self.crypto.key_holders):
             if i in self.missing:
                 continue
@@ -307,15 +307,21 @@ class ThresholdCKKS(Scheme):
                                                             round_idx))
             except (PartyLost, Refusal):  # gone, or not among the holders that opened it
                 continue
-            models.add(model)
+            named.setdefault(model, []).append(i)
             signed[str(i)] = {"identity": self.cards[i].identity.hex(),
                               "signature": signature.hex()}
-        if not models:
+        if not named:
             raise NoReceipt(f"no live key holder opened round {round_idx}'s evaluation")
-        if len(models) > 1:  # a holder attests another model: never deployed quietly
-            raise ProtocolError(f"the key holders' receipts of round {round_idx} name "
-                                f"{len(models)} models")
-        return {"round": round_idx, "model": models.pop().hex(), "holders": signed,
+        if len(named) > 1:  # a holder attests another model: never deployed quietly
+            most = max(named.values(), key=len)
+            odd = sorted(i for holders in named.values() if holders is not most
+                         for i in holders)
+            # A Refusal: the manifest records it, and a resume carries it (refused_before).
+            raise Refusal(f"the key holders' receipts of round {round_idx} name "
+                          f"{len(named)} models", party=", ".join(map(holder_role, odd)),
+                          round=round_idx)
+        (model,) = named
+        return {"round": round_idx, "model": model.hex(), "holders": signed,
                 "needed": self.crypto.threshold or self.crypto.key_holders}
 
     def _partials(self, backend: Backend, manifest: Manifest, noise: Any,

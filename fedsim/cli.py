@@ -192,16 +192,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from fedsim.data import SynthSpec, generate_ehr, write_table
 
     if args.data_command == "medpar":
-        from pathlib import Path
-
         from fedsim.data.medpar import medpar_csv, medpar_table
 
         table = medpar_table(medpar_csv(), args.sites)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         path = write_table(table, args.out)
         print(f"wrote {table.num_rows} patients of "
               f"{len(set(table.column('provider').to_pylist()))} hospitals in "
-              f"{args.sites} sites to {path}")
+              f"{len(set(table.column('hospital').to_pylist()))} sites to {path}")
         return 0
     spec = SynthSpec(num_hospitals=args.hospitals, patients_per_hospital=args.patients,
                      vocab_size=args.vocab, mean_codes=args.mean_codes,

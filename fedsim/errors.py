@@ -53,6 +53,13 @@ def _refusal(message: str, party: str, round: int | None) -> Refusal:
     return Refusal(message, party=party, round=round)
 
 
+class ReceiptConflict(Refusal):
+    """Key holders' deployment receipts of one round name different models: the run is
+    stopped and cannot be completed by a resume (new holders would sign anything the
+    coordinator kept); ``party`` names the holders outside the largest agreeing group
+    (every holder on a tie)."""
+
+
 class RoundFailed(ProtocolError):
     """A round that can be run again with every party restarted from the last
     checkpoint (`federation.max_restarts`); ``role`` names the party at fault, or

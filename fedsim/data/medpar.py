@@ -69,7 +69,8 @@ def medpar_csv(archive: str | Path | None = None) -> bytes:
 
 def provider_sites(counts: dict[str, int], sites: int) -> dict[str, int]:
     """Each provider's site: providers in provider-number order, a new site begun where
-    the running patient count passes the next ``1/sites`` of the total."""
+    the running patient count passes the next ``1/sites`` of the total (at most
+    ``sites`` sites: fewer where one provider spans a cut)."""
     if not 1 <= sites <= len(counts):
         raise DataError(f"--sites: expected 1 to {len(counts)} (the table's providers), "
                         f"got {sites}")
@@ -77,7 +78,10 @@ def provider_sites(counts: dict[str, int], sites: int) -> dict[str, int]:
     for provider in sorted(counts):
         out[provider] = min(sites - 1, before * sites // total)
         before += counts[provider]
-    return out
+    # A provider holding more than 1/sites of the patients skips a cut: fewer sites,
+    # numbered without gaps.
+    number = {s: i for i, s in enumerate(sorted(set(out.values())))}
+    return {p: number[s] for p, s in out.items()}
 
 
 def medpar_table(raw: bytes, sites: int = 4) -> pa.Table:

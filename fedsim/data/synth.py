@@ -318,7 +318,8 @@ def _random_split(spec: SynthSpec, h: int, n: int) -> np.ndarray:
 def write_table(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write ``table`` as Parquet (``.parquet``) or CSV (``.csv``), atomically.
 
-    The table goes to a temporary file in the target directory that then replaces
+    The table goes to a temporary file in the target directory (made if missing) that
+    then replaces
     ``path`` in one step, so readers see the old file or the new one, never half of
     one. In CSV, list columns become strings of space-separated integers.
     """
@@ -330,7 +331,11 @@ def write_table(table: pa.Table, path: str | os.PathLike[str]) -> Path:
         )
     if suffix == ".csv":
         table = _lists_as_strings(table)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode

@@ -232,18 +232,39 @@ def opened_since(run_dir: Path, checkpoint: Checkpoint) -> tuple[str, ...] | Non
     return contributors if round_idx == checkpoint.next_round else None
 
 
-def watch_evaluations(evaluator: Any, run_dir: Path, *, resumed: bool) -> None:
+def watch_evaluations(evaluator: Any, run_dir: Path, cfg: Any,
+                      resume: Checkpoint | None) -> None:
     """Keep ``evaluations.json`` at the count of federated evaluations the hospitals were
     asked for (read back on resume), so the evaluation epsilon composes every release:
-    one re-run after a fault, or before a resume, included. Central evaluation
-    releases nothing."""
+    one re-run after a fault, or before a resume, included. Without the file a resume
+    counts every evaluation round before its checkpoint (at least that many were asked
+    for). Central evaluation releases nothing."""
     if not hasattr(evaluator, "released"):
         return
     path = run_dir / EVALUATIONS
-    if resumed and path.is_file():
-        try:
-            evaluator.released = int(json.loads(path.read_text())["released"])
-        except Exception:  # written atomically: anything else is tampering
-            raise CheckpointError(f"{path} is not readable: cannot tell how many "
-                                  "evaluations were released") from None
+    if resume is not None:
+        from fedsim.protocol.evaluation import evaluation_rounds
+
+        due = evaluation_rounds(cfg.federation.rounds, cfg.evaluation.every)
+        released = sum(r < resume.next_round for r in due)
+        if path.is_file():
+            try:
+                n = json.loads(path.read_text())["released"]
+                if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                    raise ValueError(n)
+            except Exception:  # written atomically: anything else is tampering
+                raise CheckpointError(f"{path} is not readable: cannot tell how many "
+                                      "evaluations were released") from None
+            released = n  # the record; the rounds due are only the fallback
+        evaluator.released = released
     evaluator.on_release = lambda n: write_json(path, {"released": n})
+
+
+def check_resumable(manifest: dict, run_dir: Path) -> None:
+    """Refuse to resume a run stopped by conflicting deployment receipts: a resume's new
+    key holders would attest whatever model the coordinator kept, hiding the conflict."""
+    refused = manifest.get("refused") or {}
+    if refused.get("receipts"):
+        raise CheckpointError(f"{run_dir}: stopped because {refused['reason']} (holders "
+                              f"{refused['by']}); a resume cannot attest its model: start "
+                              "the run again (fedsim run --overwrite)")

@@ -108,13 +108,17 @@ def plot_seeds(rows: list[dict], path: str | Path, *, title: str) -> None:
               ("centralized", "centralized_auc")]
     series = [(name, key) for name, key in series if any(r[key] is not None for r in rows)]
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    if not series:  # no run had a defined AUC (one-class test splits)
+        ax.text(0.5, 0.5, "no run has a defined pooled test ROC AUC", ha="center",
+                transform=ax.transAxes)
+        series, rows = [], []
     for i, (_, key) in enumerate(series):
         values = [r[key] for r in rows if r[key] is not None]
         color = "C3" if key == "auc" else "k"
         ax.hlines(sum(values) / len(values), i - 0.25, i + 0.25, color=color, lw=2)
         ax.scatter([i] * len(values), values, color=color, s=16, alpha=0.7, zorder=3)
     ax.set_xticks(range(len(series)), [name for name, _ in series])
-    low = min(r[k] for r in rows for _, k in series if r[k] is not None)
+    low = min((r[k] for r in rows for _, k in series if r[k] is not None), default=0.0)
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     ax.set_xlim(-0.6, len(series) - 0.4)
     ax.set_ylabel(f"pooled test ROC AUC ({len(rows)} seeds: dots; mean: line)")

@@ -55,11 +55,12 @@ def check_repeat_dir(out: Path, cfg: Any, seeds: int, *, overwrite: bool) -> Non
     from fedsim.run.results import LOCK, RUN_FILES
 
     runs = {seeded(cfg, k).name for k in range(seeds)}
-    present = sorted(p.name for p in out.iterdir())
-    foreign = [name for name in present if name not in runs | set(FILES)]
+    present = sorted(p.name for p in out.iterdir() if not _leftover(p))
+    foreign = [name for name in present if name not in runs | set(FILES)
+               or (name in runs) != (out / name).is_dir()]
     foreign += [f"{name}/{p.name}" for name in present if name in runs
-                for p in sorted((out / name).iterdir())
-                if p.name not in (*RUN_FILES, LOCK)]
+                and (out / name).is_dir() for p in sorted((out / name).iterdir())
+                if p.name not in (*RUN_FILES, LOCK) and not _leftover(p)]
     if foreign:
         raise ConfigError(f"{out} holds {foreign[0]!r}, which is not of this repetition "
                           f"({cfg.name} at {seeds} seeds): choose another --out")
@@ -98,16 +99,31 @@ def _clear(out: Path, cfg: Any, seeds: int) -> None:
     """Before an overwriting repetition's first run: the earlier one's summary and runs
     go (each run's files as ``fedsim run --overwrite`` removes them, refused while a live
     driver holds it), so a failure halfway leaves no old run beside the new ones."""
-    from fedsim.run.results import RunWriter, unlock_run_dir
+    from fedsim.run.results import RunWriter, lock_run_dir, unlock_run_dir
 
-    for name in FILES:
-        (out / name).unlink(missing_ok=True)
-    for k in range(seeds):
-        run_dir = out / seeded(cfg, k).name
-        if run_dir.is_dir():
-            RunWriter.create(run_dir, overwrite=True)
-            unlock_run_dir(run_dir)
-            run_dir.rmdir()
+    dirs = [d for d in (out / seeded(cfg, k).name for k in range(seeds)) if d.is_dir()]
+    taken: list[Path] = []
+    try:  # every run's lock first: nothing goes while one of them is live
+        for d in dirs:
+            lock_run_dir(d)
+            taken.append(d)
+        for name in FILES:
+            (out / name).unlink(missing_ok=True)
+        for d in dirs:
+            RunWriter.create(d, overwrite=True)  # its run's files, as run --overwrite
+            for p in d.iterdir():
+                if _leftover(p):
+                    p.unlink()
+    finally:
+        for d in taken:
+            unlock_run_dir(d)
+    for d in dirs:
+        d.rmdir()
+
+
+def _leftover(p: Path) -> bool:
+    """A temporary file of an atomic write that a killed process left behind."""
+    return p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")
 
 
 def row_of(cfg: Any, report: dict, seconds: float, run_dir: Path) -> dict:

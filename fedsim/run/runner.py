@@ -18,7 +18,7 @@ from rich.console import Console
 
 from fedsim.config import RunConfig, from_dict
 from fedsim.data import FederatedDataset
-from fedsim.errors import ConfigError, Interrupted, Refusal, RoundFailed
+from fedsim.errors import ConfigError, Interrupted, ReceiptConflict, Refusal, RoundFailed
 from fedsim.learning.selection import Selection, which_model
 from fedsim.privacy.plan import INSECURE
 from fedsim.protocol.federation import Federation
@@ -122,6 +122,7 @@ def resume_run(
         raise ConfigError(f"{path}: the run is already completed; nothing to resume")
     cfg = from_dict(manifest["config"])
     cfg.privacy.check_resumable(path)
+    checkpoint.check_resumable(manifest, path)
     ckpt = checkpoint.load(path)
     if ckpt.run_id != manifest.get("run_id"):
         raise ConfigError(f"{path}: the checkpoint is of run {ckpt.run_id}, the manifest of "
@@ -190,7 +191,7 @@ def _execute(
         from fedsim.protocol.evaluator import evaluator_for
 
         evaluator = evaluator_for(federation, parties.dataset, selection)
-        checkpoint.watch_evaluations(evaluator, writer.dir, resumed=resume is not None)
+        checkpoint.watch_evaluations(evaluator, writer.dir, cfg, resume)
         telemetry = RunTelemetry(run_id, ciphertexts_per_update=federation.scheme.num_ciphertexts)
         rounds = cfg.federation.rounds
         with RoundProgress(rounds, console, insecure=insecure, start=start) as progress:
@@ -388,7 +389,8 @@ def _record_stop(writer: RunWriter, err: BaseException, console: Console) -> Non
         "error": ("interrupted" if interrupted else
                   str(err).splitlines()[0] if str(err) else type(err).__name__)}
     if isinstance(err, Refusal):
-        fields["refused"] = {"round": err.round, "by": err.party, "reason": str(err)}
+        fields["refused"] = {"round": err.round, "by": err.party, "reason": str(err),
+                             "receipts": isinstance(err, ReceiptConflict)}
     if (writer.dir / checkpoint.CHECKPOINT).is_file():
         fields["resume"] = f"fedsim resume {writer.dir}"
         if not interrupted:

@@ -73,6 +73,18 @@ def test_sites_group_whole_hospitals_in_provider_order_by_patient_count():
     assert medpar.provider_sites(counts, 1) == dict.fromkeys(counts, 0)
     with pytest.raises(DataError, match="--sites: expected 1 to 5"):
         medpar.provider_sites(counts, 6)
+    # 030005 holds half the patients: it spans a cut, and the sites are renumbered.
+    assert sorted(set(medpar.provider_sites(counts, 4).values())) == [0, 1, 2]
+
+
+def test_the_table_is_written_where_asked_and_a_bad_place_is_one_line(tmp_path):
+    from fedsim.data import write_table
+
+    table = medpar.medpar_table(_csv({"030001": 4, "030002": 4}), sites=2)
+    assert write_table(table, tmp_path / "new" / "dir" / "m.parquet").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot write .*m.parquet"):
+        write_table(table, tmp_path / "file" / "m.parquet")
 
 
 def test_the_table_fits_configs_medpar():

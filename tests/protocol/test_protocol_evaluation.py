@@ -304,7 +304,7 @@ def test_every_evaluation_released_is_composed_across_sessions(tmp_path):
     import dp_accounting
 
     from fedsim.learning.selection import Selection
-    from fedsim.run.checkpoint import watch_evaluations
+    from fedsim.run.checkpoint import Checkpoint, CheckpointError, watch_evaluations
 
     def eps(n):
         accountant = dp_accounting.rdp.RdpAccountant()
@@ -313,16 +313,25 @@ def test_every_evaluation_released_is_composed_across_sessions(tmp_path):
 
     fed, _ = withheld(federation={"rounds": 3}, evaluation={"noise_stddev": 4.0})
     first = FederatedEvaluator(fed.evaluation)
-    watch_evaluations(first, tmp_path, resumed=False)
+    watch_evaluations(first, tmp_path, fed.cfg, None)
     for r in range(2):
         fed.run_round(r)
         first.score_round(fed, r)
     assert json.loads((tmp_path / "evaluations.json").read_text()) == {"released": 2}
     resumed = FederatedEvaluator(fed.evaluation, selection=Selection(
         False, last=first.selection.last))
-    watch_evaluations(resumed, tmp_path, resumed=True)
+    watch_evaluations(resumed, tmp_path, fed.cfg, Checkpoint(2, "t", None, [], ()))
     assert resumed.final_report(fed)["pooled"]["dp"]["epsilon"] == pytest.approx(eps(2))
     fed.run_round(2)
     _, extra = resumed.score_round(fed, 2)  # the session goes on: 3 released in all
     assert extra["evaluation_epsilon"] == pytest.approx(eps(3))
     assert json.loads((tmp_path / "evaluations.json").read_text()) == {"released": 3}
+    # Without the record a resume counts the evaluation rounds before its checkpoint;
+    # a record that is not a count is refused.
+    (tmp_path / "evaluations.json").unlink()
+    again = FederatedEvaluator(fed.evaluation)
+    watch_evaluations(again, tmp_path, fed.cfg, Checkpoint(2, "t", None, [], ()))
+    assert again.released == 2
+    (tmp_path / "evaluations.json").write_text('{"released": 2.5}')
+    with pytest.raises(CheckpointError, match="cannot tell how many evaluations"):
+        watch_evaluations(again, tmp_path, fed.cfg, Checkpoint(2, "t", None, [], ()))

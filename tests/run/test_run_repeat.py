@@ -73,7 +73,9 @@ def test_a_repeat_directory_never_mixes_runs(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 2
     assert "holds 'tiny-seed0/mine.txt'" in capsys.readouterr().err
     (out / "tiny-seed0" / "mine.txt").unlink()
+    (out / "tiny-seed0" / ".rounds.parquet.x1.tmp").write_text("")  # a SIGKILL's leftover
     assert main([*args, "--overwrite"]) == 0
+    assert not (out / "tiny-seed0" / ".rounds.parquet.x1.tmp").exists()
     assert main(["run", config, "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--seeds: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -102,3 +104,18 @@ def test_an_overwriting_repetition_that_fails_halfway_leaves_no_old_run(tmp_path
     assert "1 runs (seeds 0 to 0) (of 2; the others are not done)" in (
         out / "seeds.md").read_text()
     assert pq.read_table(out / "seeds.parquet").column("seed").to_pylist() == [0]
+
+
+def test_a_seed_name_taken_by_a_file_is_refused_and_an_empty_summary_plots(tmp_path, capsys):
+    from fedsim.run.plots import plot_seeds
+
+    config = _config_file(tmp_path)
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "tiny-seed0").write_text("not a run")
+    assert main(["run", config, "--seeds", "1", "--backend", "inprocess", "--out", str(out),
+                 "--overwrite"]) == 2
+    assert "holds 'tiny-seed0', which is not of this repetition" in capsys.readouterr().err
+    row = {"auc": None, "best_local_auc": None, "centralized_auc": None}
+    plot_seeds([row], tmp_path / "empty.png", title="one-class")
+    assert (tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"

@@ -282,7 +282,7 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
     """A receipt that names another model than the other holders' is never folded into
     "no receipt": the report refuses. With no holder that opened it live (a restart, a
     resume), the report says the deployed model has no receipt."""
-    from fedsim.errors import Refusal
+    from fedsim.errors import ReceiptConflict, Refusal
     from fedsim.protocol.evaluator import FederatedEvaluator
 
     fed, _ = _he_federation(1, select="best_val")
@@ -295,8 +295,17 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
         m.setattr(holder, "receipt", lambda r: (b"another model", honest(r)[1]))
         with pytest.raises(Refusal, match="name 2 models") as refused:
             ev.final_report(fed)
-    # The odd holder is named: the manifest records it, and a resume carries it on.
+    # The odd holder is named; with no majority, every holder.
     assert (refused.value.party, refused.value.round) == ("keyholder:1", 0)
+    assert isinstance(refused.value, ReceiptConflict)
+    other = fed.backend.parties["keyholder:2"]
+    other_honest = other.receipt
+    with monkeypatch.context() as m:
+        m.setattr(holder, "receipt", lambda r: (b"another model", honest(r)[1]))
+        m.setattr(other, "receipt", lambda r: (b"a third model", other_honest(r)[1]))
+        with pytest.raises(ReceiptConflict, match="name 3 models") as refused:
+            ev.final_report(fed)
+    assert refused.value.party == "keyholder:0, keyholder:1, keyholder:2"
     for i in range(fed.cfg.crypto.key_holders):
         h = fed.backend.parties[f"keyholder:{i}"]
 
@@ -307,6 +316,35 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
     report = ev.final_report(fed)
     assert "deployment" not in report
     assert "the deployed model has no deployment receipt" in report["selection"]["note"]
+
+
+def test_a_run_stopped_by_conflicting_receipts_cannot_be_resumed(tmp_path, monkeypatch,
+                                                                 capsys):
+    """The run stops on the conflict, its manifest says who, and a resume (whose new
+    holders would attest the coordinator's model) is refused in one line."""
+    from fedsim.cli import main
+    from fedsim.protocol.keyholder import KeyHolder
+    from fedsim.run.results import read_manifest
+    from fedsim.run.runner import run_federated
+
+    honest = KeyHolder.receipt
+
+    def receipt(self, r):
+        model, signature = honest(self, r)
+        return (b"another model" if self.index == 1 else model), signature
+
+    cfg = tiny_config(federation={"mode": "he", "rounds": 1})
+    with monkeypatch.context() as m:
+        m.setattr(KeyHolder, "receipt", receipt)
+        with pytest.raises(Exception, match="name 2 models"):
+            run_federated(cfg, out_dir=tmp_path / "run", backend="inprocess",
+                          reference=False)
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest["status"] == "failed"
+    assert manifest["refused"]["by"] == "keyholder:1" and manifest["refused"]["receipts"]
+    assert main(["resume", str(tmp_path / "run"), "--backend", "inprocess"]) == 2
+    err = capsys.readouterr().err
+    assert "a resume cannot attest its model" in err and "Traceback" not in err
 
 
 def test_a_best_val_run_writes_the_selected_model_and_its_round(tmp_path):

@@ -27,6 +27,7 @@ from fedsim.errors import (
     NoReceipt,
     PartyLost,
     ProtocolError,
+    ReceiptConflict,
     Refusal,
 )
 from fedsim.protocol.backend import Backend, PartySpec
@@ -313,13 +314,13 @@ class ThresholdCKKS(Scheme):
         if not named:
             raise NoReceipt(f"no live key holder opened round {round_idx}'s evaluation")
         if len(named) > 1:  # a holder attests another model: never deployed quietly
-            most = max(named.values(), key=len)
+            sizes = sorted(len(h) for h in named.values())
+            most = max(named.values(), key=len) if sizes[-1] > sizes[-2] else None
             odd = sorted(i for holders in named.values() if holders is not most
                          for i in holders)
-            # A Refusal: the manifest records it, and a resume carries it (refused_before).
-            raise Refusal(f"the key holders' receipts of round {round_idx} name "
-                          f"{len(named)} models", party=", ".join(map(holder_role, odd)),
-                          round=round_idx)
+            raise ReceiptConflict(f"the key holders' receipts of round {round_idx} name "
+                                  f"{len(named)} models",
+                                  party=", ".join(map(holder_role, odd)), round=round_idx)
         (model,) = named
         return {"round": round_idx, "model": model.hex(), "holders": signed,
                 "needed": self.crypto.threshold or self.crypto.key_holders}

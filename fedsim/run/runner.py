@@ -390,7 +390,7 @@ def _record_stop(writer: RunWriter, err: BaseException, console: Console) -> Non
                   str(err).splitlines()[0] if str(err) else type(err).__name__)}
     if isinstance(err, Refusal):
         fields["refused"] = {"round": err.round, "by": err.party, "reason": str(err),
-                             "receipts": isinstance(err, ReceiptConflict)}
+                             **({"receipts": True} if isinstance(err, ReceiptConflict) else {})}
     if (writer.dir / checkpoint.CHECKPOINT).is_file():
         fields["resume"] = f"fedsim resume {writer.dir}"
         if not interrupted:

@@ -28,6 +28,7 @@ import importlib.util
 import io
 import tarfile
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -94,10 +95,7 @@ def medpar_table(raw: bytes, sites: int = 4) -> pa.Table:
     if missing:
         raise DataError(f"the medpar table lacks column {missing[0]!r}")
     providers = table.column("provnum").to_pylist()
-    counts: dict[str, int] = {}
-    for p in providers:
-        counts[p] = counts.get(p, 0) + 1
-    site = provider_sites(counts, sites)
+    site = provider_sites(Counter(providers), sites)
     types = table.column("type").to_pylist()
     unknown = sorted({t for t in types if t not in TYPES})
     if unknown:

@@ -319,9 +319,8 @@ def write_table(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write ``table`` as Parquet (``.parquet``) or CSV (``.csv``), atomically.
 
     The table goes to a temporary file in the target directory (made if missing) that
-    then replaces
-    ``path`` in one step, so readers see the old file or the new one, never half of
-    one. In CSV, list columns become strings of space-separated integers.
+    then replaces ``path`` in one step, so readers see the old file or the new one,
+    never half of one. In CSV, list columns become strings of space-separated integers.
     """
     path = Path(path)
     suffix = path.suffix.lower()

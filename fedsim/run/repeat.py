@@ -31,8 +31,8 @@ from rich.console import Console
 
 from fedsim.errors import ConfigError
 from fedsim.run.results import atomic_write
+from fedsim.run.sweep import METRICS  # the metrics a sweep tabulates, the same here
 
-METRICS = ("auc", "balanced_accuracy", "precision", "recall", "pr_auc")
 BASELINES = ("best_local_auc", "centralized_auc")
 FILES = ("seeds.parquet", "seeds.md", "seeds.png")
 

@@ -54,10 +54,11 @@ def _refusal(message: str, party: str, round: int | None) -> Refusal:
 
 
 class ReceiptConflict(Refusal):
-    """Key holders' deployment receipts of one round name different models: the run is
-    stopped and cannot be completed by a resume (new holders would sign anything the
-    coordinator kept); ``party`` names the holders outside the largest agreeing group
-    (every holder on a tie)."""
+    """Key holders' deployment receipts of one round do not all attest the model the
+    coordinator deploys (another model named, or a signature that does not verify under
+    the holder's set-up identity): the run is stopped and cannot be completed by a
+    resume (new holders would sign anything the coordinator kept); ``party`` names every
+    holder whose receipt fails, however many agree."""
 
 
 class RoundFailed(ProtocolError):

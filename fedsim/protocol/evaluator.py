@@ -195,7 +195,8 @@ class FederatedEvaluator:
         # The key holders' word on the model every hospital evaluated (`fedsim verify`):
         # the deployed one (the selected round's, else the last evaluated round's).
         try:
-            receipts = federation.scheme.receipts(federation.backend, deployed.round)
+            receipts = federation.scheme.receipts(federation.backend, federation.run_id,
+                                                  deployed.round, self._bound(deployed))
         except NoReceipt:  # its holders were restarted since (or the run was resumed)
             report["selection"]["note"] = "; ".join(filter(None, [
                 report["selection"].get("note"),
@@ -206,6 +207,16 @@ class FederatedEvaluator:
         report["deployment"] = {**receipts, "plan": repr(self.plan),
                                 "run_id": federation.run_id}
         return report
+
+    def _bound(self, snapshot: Any) -> bytes:
+        """The digest every hospital signed its evaluation of ``snapshot``'s model with
+        (`EvaluationPlan.bind` of its `model_digest`): what its receipts must name."""
+        from jax.flatten_util import ravel_pytree
+
+        from fedsim.crypto.identity import model_digest
+
+        flat, _ = ravel_pytree(snapshot.params)
+        return self.plan.bind(model_digest(np.asarray(flat, np.float32), {}))
 
     def deployed_params(self, federation: Any) -> Any:
         """The parameters the run reports and writes to params.npz: the selected

@@ -279,9 +279,10 @@ def test_a_run_whose_last_release_came_before_a_resume_is_evaluated_at_the_end()
 
 
 def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeypatch):
-    """A receipt that names another model than the other holders' is never folded into
-    "no receipt": the report refuses. With no holder that opened it live (a restart, a
-    resume), the report says the deployed model has no receipt."""
+    """A receipt that names another model than the one deployed, or whose signature does
+    not verify, is never folded into "no receipt" or outvoted: the report refuses and
+    names exactly those holders, even when they are the majority. With no holder that
+    opened it live (a restart, a resume), the report says the model has no receipt."""
     from fedsim.errors import ReceiptConflict, Refusal
     from fedsim.protocol.evaluator import FederatedEvaluator
 
@@ -293,19 +294,41 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
     honest = holder.receipt
     with monkeypatch.context() as m:
         m.setattr(holder, "receipt", lambda r: (b"another model", honest(r)[1]))
-        with pytest.raises(Refusal, match="name 2 models") as refused:
+        with pytest.raises(Refusal, match="1 of 3 do not attest") as refused:
             ev.final_report(fed)
-    # The odd holder is named; with no majority, every holder.
     assert (refused.value.party, refused.value.round) == ("keyholder:1", 0)
     assert isinstance(refused.value, ReceiptConflict)
+    # The right model with another holder's signature: named too.
     other = fed.backend.parties["keyholder:2"]
+    with monkeypatch.context() as m:
+        m.setattr(other, "receipt", lambda r: (honest(r)[0], honest(r)[1]))
+        with pytest.raises(ReceiptConflict, match="1 of 3") as refused:
+            ev.final_report(fed)
+    assert refused.value.party == "keyholder:2"
+    # Two holders agreeing on a model other than the deployed one are no majority.
     other_honest = other.receipt
     with monkeypatch.context() as m:
         m.setattr(holder, "receipt", lambda r: (b"another model", honest(r)[1]))
-        m.setattr(other, "receipt", lambda r: (b"a third model", other_honest(r)[1]))
-        with pytest.raises(ReceiptConflict, match="name 3 models") as refused:
+        m.setattr(other, "receipt", lambda r: (b"another model", other_honest(r)[1]))
+        with pytest.raises(ReceiptConflict, match="2 of 3") as refused:
+            ev.final_report(fed)
+    assert refused.value.party == "keyholder:1, keyholder:2"
+    # Every holder names what was evaluated, but the coordinator deploys other
+    # parameters: all three refuse it.
+    snapshot = ev.selection.deployed()
+    with monkeypatch.context() as m:
+        import dataclasses
+
+        import jax
+
+        moved = jax.tree_util.tree_map(lambda a: a + 1.0, snapshot.params)
+        m.setattr(ev.selection, "deployed",
+                  lambda: dataclasses.replace(snapshot, params=moved))
+        with pytest.raises(ReceiptConflict, match="3 of 3") as refused:
             ev.final_report(fed)
     assert refused.value.party == "keyholder:0, keyholder:1, keyholder:2"
+    report = ev.final_report(fed)  # the honest path: every holder attests it
+    assert sorted(report["deployment"]["holders"]) == ["0", "1", "2"]
     for i in range(fed.cfg.crypto.key_holders):
         h = fed.backend.parties[f"keyholder:{i}"]
 
@@ -336,7 +359,7 @@ def test_a_run_stopped_by_conflicting_receipts_cannot_be_resumed(tmp_path, monke
     cfg = tiny_config(federation={"mode": "he", "rounds": 1})
     with monkeypatch.context() as m:
         m.setattr(KeyHolder, "receipt", receipt)
-        with pytest.raises(Exception, match="name 2 models"):
+        with pytest.raises(Exception, match="1 of 3 do not attest"):
             run_federated(cfg, out_dir=tmp_path / "run", backend="inprocess",
                           reference=False)
     manifest = read_manifest(tmp_path / "run")

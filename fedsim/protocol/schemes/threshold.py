@@ -294,12 +294,19 @@ class ThresholdCKKS(Scheme):
         timer.add("fuse", seconds)
         return flat
 
-    def receipts(self, backend: Backend, round_idx: int) -> dict[str, Any]:
+    def receipts(self, backend: Backend, run_id: str, round_idx: int, expected: bytes
+                 ) -> dict[str, Any]:
         """The live key holders' signatures of the model every hospital evaluated after
         ``round_idx`` (`KeyHolder.receipt`), with their set-up identities: what
-        ``fedsim verify`` checks a deployed model against."""
+        ``fedsim verify`` checks a deployed model against. ``expected`` is the bound
+        digest of the model the coordinator deploys (`EvaluationPlan.bind`): a holder
+        naming another model, or whose signature does not verify under its set-up
+        identity, is named in a `ReceiptConflict`, never outvoted or dropped quietly."""
+        from fedsim.crypto.identity import deployment_statement, verify
+
         signed: dict[str, Any] = {}
-        named: dict[bytes, list[int]] = {}  # model -> the holders that signed it
+        odd: list[int] = []
+        statement = deployment_statement(run_id, round_idx, expected)
         for i in range(self.crypto.key_holders):
             if i in self.missing:
                 continue
@@ -308,21 +315,19 @@ class ThresholdCKKS(Scheme):
                                                             round_idx))
             except (PartyLost, Refusal):  # gone, or not among the holders that opened it
                 continue
-            named.setdefault(model, []).append(i)
-            signed[str(i)] = {"identity": self.cards[i].identity.hex(),
-                              "signature": signature.hex()}
-        if not named:
+            identity = self.cards[i].identity
+            if model != expected or not verify(identity, signature, statement):
+                odd.append(i)
+                continue
+            signed[str(i)] = {"identity": identity.hex(), "signature": signature.hex()}
+        if odd:  # a holder attests another model: never deployed quietly
+            raise ReceiptConflict(
+                f"the key holders' receipts of round {round_idx}: {len(odd)} of "
+                f"{len(odd) + len(signed)} do not attest the deployed model",
+                party=", ".join(map(holder_role, odd)), round=round_idx)
+        if not signed:
             raise NoReceipt(f"no live key holder opened round {round_idx}'s evaluation")
-        if len(named) > 1:  # a holder attests another model: never deployed quietly
-            sizes = sorted(len(h) for h in named.values())
-            most = max(named.values(), key=len) if sizes[-1] > sizes[-2] else None
-            odd = sorted(i for holders in named.values() if holders is not most
-                         for i in holders)
-            raise ReceiptConflict(f"the key holders' receipts of round {round_idx} name "
-                                  f"{len(named)} models",
-                                  party=", ".join(map(holder_role, odd)), round=round_idx)
-        (model,) = named
-        return {"round": round_idx, "model": model.hex(), "holders": signed,
+        return {"round": round_idx, "model": expected.hex(), "holders": signed,
                 "needed": self.crypto.threshold or self.crypto.key_holders}
 
     def _partials(self, backend: Backend, manifest: Manifest, noise: Any,

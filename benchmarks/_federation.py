@@ -35,6 +35,11 @@ class Measured:
     setup_s: float
     peak_rss: dict[str, int] = field(default_factory=dict)  # label -> bytes
     cpu_s: list[float] = field(default_factory=list)  # machine CPU-seconds per measured round
+    # With ``parties=True`` (Ray): per measured round, each party's CPU-seconds (by role;
+    # the driver as "coordinator") and the key holders' share bytes.
+    party_cpu: list[dict[str, float]] = field(default_factory=list)
+    share_bytes: list[dict[str, int]] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # client name -> its party
 
 
 def data_key(cfg: RunConfig) -> tuple:
@@ -74,11 +79,14 @@ class Session:
         return self._data[key]
 
     def measure(self, cfg: RunConfig, *, rounds: int, warmup: int = 1,
-                memory: bool = False) -> Measured:
+                memory: bool = False, parties: bool = False) -> Measured:
         """Set up ``cfg``'s parties, run ``warmup`` + ``rounds`` rounds, tear down.
 
         Round 0 is `prime`'s (never summed); warm-up and measured rounds follow it.
+        ``parties`` (Ray only: one process per party) meters each party's CPU.
         """
+        if parties and self.backend != "ray":
+            raise ValueError("per-party CPU needs the ray backend (a process per party)")
         total = warmup + rounds
         cfg = replace(cfg, [f"federation.rounds={total + 1}"])
         self._runs += 1
@@ -103,16 +111,23 @@ class Session:
                 sampler = RssSampler(lambda: pids)
                 sampler.__enter__()
             meter = CpuMeter()
+            per_party = PartyCpuMeter({"coordinator": os.getpid(), **_actor_pids(backend)}) \
+                if parties else None
             evaluate = Evaluate(evaluator_for(federation, dataset),
                                 every=cfg.evaluation.every, rounds=total + 1)
-            done = run_rounds(federation, total + 1, [evaluate, meter], start=1)
+            done = run_rounds(federation, total + 1,
+                              [evaluate, meter, *([per_party] if per_party else [])],
+                              start=1)
         finally:
             if sampler is not None:
                 sampler.__exit__(None, None, None)
             backend.shutdown()
         return Measured(done[warmup:], done[:warmup], federation.num_params, setup_s,
                         dict(sampler.peak) if sampler is not None else {},
-                        meter.seconds[warmup:])
+                        meter.seconds[warmup:],
+                        per_party.seconds[warmup:] if per_party else [],
+                        per_party.shares[warmup:] if per_party else [],
+                        dict(federation.population.roles))
 
 
 class CpuMeter(Callback):
@@ -127,6 +142,33 @@ class CpuMeter(Callback):
 
     def after_round(self, federation: Federation, record: RoundRecord) -> None:
         self.seconds.append(busy_cpu_seconds() - self._before)
+
+
+class PartyCpuMeter(Callback):
+    """Each party's own CPU-seconds per round (its process's user + system time), and
+    the key holders' share bytes of the round (`ThresholdCKKS.share_bytes`)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self._procs = {role: psutil.Process(pid) for role, pid in pids.items()}
+        self.seconds: list[dict[str, float]] = []
+        self.shares: list[dict[str, int]] = []
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {role: float(sum(p.cpu_times()[:2])) for role, p in self._procs.items()}
+
+    def on_round_begin(self, federation: Federation, round_idx: int) -> None:
+        self._before = self._now()
+
+    def after_round(self, federation: Federation, record: RoundRecord) -> None:
+        from fedsim.protocol.schemes.threshold import holder_role
+
+        now = self._now()
+        self.seconds.append({r: now[r] - self._before[r] for r in now})
+        shares = getattr(federation.scheme, "share_bytes", {})
+        self.shares.append({holder_role(i): int(b) for i, b in shares.items()})
 
 
 def busy_cpu_seconds() -> float:

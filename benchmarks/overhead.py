@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _common as common  # noqa: E402
 from benchmarks._federation import Session, phase_row  # noqa: E402
+from benchmarks.deployment import STAGES, Deployment, predict, round_cost  # noqa: E402
 from fedsim.config import load_config, replace  # noqa: E402
+from fedsim.errors import ConfigError  # noqa: E402
 from fedsim.protocol.records import PHASES  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
@@ -113,7 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra dotted config overrides, e.g. model.depth=10")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    p.add_argument("--deployment", action="append", default=[], metavar="SPEC",
+                   help="also project each round onto a deployment (repeatable), e.g. "
+                        "bandwidth=1Gbit,latency=20ms (benchmarks/deployment.py; ray only)")
     args = p.parse_args(argv)
+    try:
+        deployments = [Deployment.parse(spec) for spec in args.deployment]
+    except ConfigError as err:
+        p.error(str(err))
+    if deployments and args.backend != "ray":
+        p.error("--deployment needs --backend ray (each party's CPU is metered per process)")
     out = common.out_dir(args, "overhead")
     rounds = args.rounds or (2 if args.quick else 3)
     overrides = (QUICK if args.quick else []) + list(args.set)
@@ -126,12 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "plaintext" not in variants:
         variants.insert(0, "plaintext")  # every ratio needs it
 
-    rows = []
+    rows: list[dict] = []
+    projections: list[dict] = []
     with Session(args.backend, num_cpus=args.num_cpus) as session:
         for variant in variants:
             cfg = load_config(CONFIG, overrides + VARIANTS[variant])
             cfg = replace(cfg, [f"federation.rounds={rounds + 1}"])
-            m = session.measure(cfg, rounds=rounds, warmup=1)
+            m = session.measure(cfg, rounds=rounds, warmup=1, parties=bool(deployments))
             cpu = [float("nan")] * len(m.warmup) + m.cpu_s
             pairs = [(r, True) for r in m.warmup] + [(r, False) for r in m.records]
             for (rec, warm), cpu_s in zip(pairs, cpu, strict=True):
@@ -146,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "epsilon" in rec.extra:
                     row["epsilon"] = float(rec.extra["epsilon"])
                 rows.append(row)
+            for k, rec in enumerate(m.records):
+                if deployments:
+                    projections.append(project(variant, rec, m, k, deployments, m.cpu_s[k]))
             print(f"  {variant}: median round "
                   f"{np.median([r.wall_s for r in m.records]):.2f}s "
                   f"(setup {m.setup_s:.1f}s)", flush=True)
@@ -154,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.write_table(out / "overhead.parquet", rows)
     common.write_table(out / "overhead_summary.parquet", summary)
     _plot(summary, out / "overhead.png")
-    write_md(out, summary, args, overrides)
+    projected = summarise_projections(projections) if projections else []
+    if projected:
+        common.write_table(out / "deployment.parquet", projections)
+    write_md(out, summary, args, overrides, projected, deployments)
     ratio = {s["variant"]: s["overhead"] for s in summary}
     print(f"overhead he-secure/plaintext = {ratio.get('he-secure', float('nan')):.2f}  "
           f"he-fast/plaintext = {ratio.get('he-fast', float('nan')):.2f} "
@@ -162,7 +180,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def write_md(out: Path, summary: list[dict], args, overrides: list[str]) -> None:
+def project(variant: str, rec, m, k: int, deployments, cpu_s: float) -> dict:
+    """One measured round replayed on this machine (the model's check) and on each
+    deployment asked for."""
+    cost = round_cost(rec, m.party_cpu[k], m.share_bytes[k], m.roles)
+    here = predict(cost, Deployment(bandwidth=float("inf"), latency=0.0, cores=CORES,
+                                    machines="one"))
+    row = {"variant": variant, "round": rec.round, "wall_s": rec.wall_s,
+           "here_s": here.seconds, "party_cpu_s": sum(m.party_cpu[k].values()),
+           "machine_cpu_s": cpu_s}
+    for j, d in enumerate(deployments):
+        pred = predict(cost, d)
+        row[f"d{j}_s"] = pred.seconds
+        row.update({f"d{j}:{stage}": s for stage, s in pred.critical.items()})
+    return row
+
+
+def summarise_projections(rows: list[dict]) -> list[dict]:
+    """Per variant: medians of measured, predicted-here and per-deployment round times,
+    and each deployment's ratio to plaintext's predicted time there."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        keys = dict.fromkeys(k for r in mine for k in r if k not in ("variant", "round"))
+        out.append({"variant": variant, **{k: float(np.median([r.get(k, 0.0) for r in mine]))
+                                           for k in keys}})
+    plain = next((r for r in out if r["variant"] == "plaintext"), None)
+    for row in out:
+        row["here_error"] = row["here_s"] / row["wall_s"] - 1
+        for key in [k for k in row if k.startswith("d") and k.endswith("_s")]:
+            row[key.replace("_s", "_ratio")] = row[key] / plain[key] if plain else float("nan")
+    return out
+
+
+def deployment_md(projected: list[dict], deployments) -> list[str]:
+    lines = [
+        "## Projected onto a deployment (benchmarks/deployment.py)",
+        "",
+        "Each measured round is replayed from its parties' own CPU-seconds (psutil, per "
+        "actor process) and the bytes it recorded. `here_s`: the model replaying it on "
+        f"this machine ({CORES} shared cores, free transfers) next to the measured "
+        "`wall_s` (`here_error` = here_s / wall_s - 1: how far the model is from what it "
+        "can check); `party_cpu_s` vs `machine_cpu_s`: CPU the parties spent vs the whole "
+        "machine (the rest is Ray, the OS and the benchmark, which the model leaves out).",
+        "",
+        common.md_table(projected, ["variant", "wall_s", "here_s", "here_error",
+                                    "party_cpu_s", "machine_cpu_s"],
+                        {"wall_s": ".2f", "here_s": ".2f", "here_error": "+.1%",
+                         "party_cpu_s": ".1f", "machine_cpu_s": ".1f"}),
+        ""]
+    for j, d in enumerate(deployments):
+        used = {k.split(":", 1)[1] for r in projected for k in r if k.startswith(f"d{j}:")}
+        stages = [s for s in STAGES if s in used]
+        rows = [{"variant": r["variant"], "round_s": r[f"d{j}_s"],
+                 "ratio": r[f"d{j}_ratio"], **{s: r.get(f"d{j}:{s}", 0.0) for s in stages}}
+                for r in projected]
+        lines += [f"### {d.label()}", "",
+                  "round_s: the projected round time; ratio: over plaintext projected on "
+                  "the same deployment; the other columns: seconds of the critical path "
+                  "in each stage (latency and link sharing included).", "",
+                  common.md_table(rows, ["variant", "round_s", "ratio", *stages],
+                                  {"round_s": ".2f", "ratio": ".2f",
+                                   **{s: ".2f" for s in stages}}), ""]
+    return lines
+
+
+def write_md(out: Path, summary: list[dict], args, overrides: list[str],
+             projected: list[dict] | None = None, deployments=()) -> None:
     cols = ["variant", "rounds", "median_s", "min_s", "max_s", "overhead",
             "projected_overhead", "cpu_s", "cpu_busy", "cpu_floor_overhead",
             "bytes_up_per_client"] + [f"{p}_s" for p in STACK]
@@ -175,7 +259,7 @@ def write_md(out: Path, summary: list[dict], args, overrides: list[str]) -> None
         ([f"--backend {args.backend}"] if args.backend != "ray" else []) +
         ([f"--rounds {args.rounds}"] if args.rounds else []) +
         ([f"--local-steps {args.local_steps}"] if args.local_steps else []) +
-        [f"--set {s}" for s in args.set])
+        [f"--set {s}" for s in args.set] + [f"--deployment {d}" for d in args.deployment])
     text = "\n".join([
         "# overhead (W1): encryption and DP on the paper's round",
         "",
@@ -205,6 +289,7 @@ def write_md(out: Path, summary: list[dict], args, overrides: list[str]) -> None
         "",
         "![phases](overhead.png)",
         "",
+        *(deployment_md(projected, deployments) if projected else []),
     ])
     common.write_text(out / "overhead.md", text)
 

@@ -158,8 +158,18 @@ def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):
     from benchmarks import many_clients, overhead
 
     assert overhead.main(["--quick", "--rounds", "1", "--variants", "plaintext,he-fast",
+                          "--deployment", "bandwidth=100Mbit,latency=20ms",
                           "--out", str(tmp_path / "o")]) == 0
     last = _last_line(capsys)
+    # The deployment model replayed every measured round from its parties' CPU-seconds.
+    md = (tmp_path / "o" / "overhead.md").read_text()
+    assert "### own machines, 1 core(s) each, 100Mbit, 20 ms" in md
+    projected = pq.read_table(tmp_path / "o" / "deployment.parquet").to_pylist()
+    assert [r["variant"] for r in projected] == ["plaintext", "he-fast"]
+    for r in projected:
+        assert r["here_s"] > 0 and r["d0_s"] > r["d0:client compute"] > 0
+        assert 0 < r["party_cpu_s"] <= r["machine_cpu_s"] * 1.05
+    assert projected[1]["d0:partial decryption"] > 0
     assert last.startswith("overhead he-secure/plaintext = nan  he-fast/")
     assert last.endswith("(he-fast: no flooding, not provably secure)")
     assert ray_session.is_initialized()  # the benchmark reused the session's Ray
@@ -167,3 +177,18 @@ def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):
                               "--out", str(tmp_path / "m")]) == 0
     rows = pq.read_table(tmp_path / "m" / "many_clients.parquet").to_pylist()
     assert all(r["backend"] == "ray" and r["s_per_round"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--deployment", "bandwidth=fast"], "bandwidth 'fast' needs a unit"),
+    (["--deployment", "bandwidth=1Gbit", "--backend", "inprocess"],
+     "--deployment needs --backend ray"),
+])
+def test_overhead_refuses_a_bad_deployment_before_any_work(argv, said, capsys):
+    from benchmarks import overhead
+
+    with pytest.raises(SystemExit) as stopped:
+        overhead.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err

@@ -152,6 +152,7 @@ class ThresholdCKKS(Scheme):
         self.scale = 1.0  # set by `setup`: see `fedsim.crypto.slot_scale`
         self.cards: dict[int, Any] = {}  # the holders' public identities, from set-up
         self.missing: set[int] = set()
+        self.share_bytes: dict[int, int] = {}  # the last round's partial decryptions
 
     @classmethod
     def create(cls, cfg: Any, *, num_params: int, slots: Sequence[str],
@@ -271,6 +272,7 @@ class ThresholdCKKS(Scheme):
         verify = max(checked.values())
         timer.add("verify", verify)
         timer.add("partial_decrypt", time.perf_counter() - t0 - verify)
+        self.share_bytes = {i: len(p) for i, p in partials.items()}
         released()
         flat, seconds = self.opener.open([partials[i] for i in sorted(partials)],
                                          scale=self.scale)

@@ -40,6 +40,7 @@ class Measured:
     party_cpu: list[dict[str, float]] = field(default_factory=list)
     share_bytes: list[dict[str, int]] = field(default_factory=list)
     roles: dict[str, str] = field(default_factory=dict)  # client name -> its party
+    nodes: dict[str, str] = field(default_factory=dict)  # party -> Ray node id (parties)
 
 
 def data_key(cfg: RunConfig) -> tuple:
@@ -113,6 +114,7 @@ class Session:
             meter = CpuMeter()
             per_party = PartyCpuMeter({"coordinator": os.getpid(), **_actor_pids(backend)}) \
                 if parties else None
+            nodes = _actor_nodes(backend) if parties else {}
             evaluate = Evaluate(evaluator_for(federation, dataset),
                                 every=cfg.evaluation.every, rounds=total + 1)
             done = run_rounds(federation, total + 1,
@@ -127,7 +129,7 @@ class Session:
                         meter.seconds[warmup:],
                         per_party.seconds[warmup:] if per_party else [],
                         per_party.shares[warmup:] if per_party else [],
-                        dict(federation.population.roles))
+                        dict(federation.population.roles), nodes)
 
 
 class CpuMeter(Callback):
@@ -211,6 +213,17 @@ def _actor_pids(backend: Any) -> dict[str, int]:
     refs = {role: h.__ray_call__.remote(lambda self: os.getpid())
             for role, h in handles.items()}
     return {role: int(ray.get(ref)) for role, ref in refs.items()}
+
+
+def _actor_nodes(backend: Any) -> dict[str, str]:
+    """Party -> the Ray node it runs on, the driver as "coordinator"."""
+    import ray
+
+    handles = getattr(backend, "handles", None) or {}
+    refs = {role: h.__ray_call__.remote(
+        lambda self: ray.get_runtime_context().get_node_id()) for role, h in handles.items()}
+    return {"coordinator": ray.get_runtime_context().get_node_id(),
+            **{role: str(ray.get(ref)) for role, ref in refs.items()}}
 
 
 def phase_row(record: RoundRecord) -> dict[str, float]:

@@ -60,6 +60,9 @@ class Deployment:
     latency: float = 0.02
     cores: float = 1.0
     machines: str = "own"
+    # ``machines=placed``: party -> the Ray node it ran on (filled in from the measured
+    # run: `benchmarks._federation.Measured.nodes`), each node ``cores`` cores.
+    placement: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, spec: str) -> Deployment:
@@ -77,9 +80,9 @@ class Deployment:
             elif key == "cores":
                 fields_[key] = _positive(value, "cores", spec)
             elif key == "machines":
-                if value not in ("own", "one"):
-                    raise ConfigError(f"deployment {spec!r}: machines must be own or one, "
-                                      f"got {value!r}")
+                if value not in ("own", "one", "placed"):
+                    raise ConfigError(f"deployment {spec!r}: machines must be own, one or "
+                                      f"placed, got {value!r}")
                 fields_[key] = value
             else:
                 raise ConfigError(f"deployment {spec!r}: unknown key {key!r} (bandwidth, "
@@ -88,11 +91,14 @@ class Deployment:
 
     def label(self) -> str:
         bw = "inf" if math.isinf(self.bandwidth) else f"{self.bandwidth * 8 / 1e6:g}Mbit"
-        where = "own machines" if self.machines == "own" else "one machine"
+        where = {"own": "own machines", "one": "one machine",
+                 "placed": "the measured Ray nodes"}[self.machines]
         return (f"{where}, {self.cores:g} core(s) each, {bw}, "
                 f"{self.latency * 1e3:g} ms")
 
     def machine(self, party: str) -> str:
+        if self.machines == "placed":
+            return self.placement.get(party, party)
         return party if self.machines == "own" else "machine"
 
 

@@ -15,6 +15,7 @@ from benchmarks._common import single_thread_env
 
 single_thread_env()
 
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -190,6 +191,8 @@ def project(variant: str, rec, m, k: int, deployments, cpu_s: float) -> dict:
            "here_s": here.seconds, "party_cpu_s": sum(m.party_cpu[k].values()),
            "machine_cpu_s": cpu_s}
     for j, d in enumerate(deployments):
+        if d.machines == "placed":
+            d = dataclasses.replace(d, placement=m.nodes)
         pred = predict(cost, d)
         row[f"d{j}_s"] = pred.seconds
         row.update({f"d{j}:{stage}": s for stage, s in pred.critical.items()})

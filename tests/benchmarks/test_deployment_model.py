@@ -35,7 +35,7 @@ def test_deployment_specs_parse(spec, bandwidth, latency):
     ("latency=20", "needs a unit"),
     ("speed=1Gbit", "unknown key 'speed'"),
     ("bandwidth", "is not KEY=VALUE"),
-    ("machines=many", "machines must be own or one"),
+    ("machines=many", "machines must be own, one or placed"),
     ("cores=0", "cores must be a number > 0"),
 ])
 def test_bad_deployment_specs_say_what_is_wrong(spec, said):

@@ -11,19 +11,28 @@ simulation and returns its finish time and where the critical path spends it:
 
 1. the coordinator sends the model to every sampled client;
 2. each client trains, encodes, encrypts and serializes (its CPU seconds);
-3. each client uploads its batch to the aggregator, which sums it as it streams in;
+3. each client uploads its batch to the aggregator, which sums it once it has all of
+   it (Ray fetches a call's argument whole); several clients' uploads overlap;
 4. the aggregator's manifest goes to the coordinator, every client endorses the sum
    (a round trip), and the coordinator asks each key holder to decrypt;
-5. only then does each holder fetch every client's batch (from the clients), re-add
-   them itself while they stream in, check the digest and decrypt its share;
+5. only then does each holder fetch the batches, one client's at a time and every
+   holder in the same order (from the client: Ray may also serve the aggregator's
+   copy, which the model does not count), re-adding each before fetching the next,
+   then checks the digest and decrypts its share;
 6. the shares go to the coordinator, which fuses them and updates the model.
 
-Compute on a machine is shared equally among its running tasks, at most one core each
-(fedsim runs one native thread per party); a link has ``bandwidth`` each way per
-machine, shared max-min fairly among the flows using it; every message pays
-``latency`` once. Uploads are cut in `CHUNKS` pieces so that summing overlaps receiving.
-What it leaves out: Ray's own CPU (object-store copies, scheduling; reported as
-unattributed), TCP slow start and packet loss, and disk.
+Compute on a machine is shared equally among its running parties, at most one core
+each (fedsim runs one native thread per party); a link has ``bandwidth`` each way per
+machine, shared max-min fairly among the flows using it; a message pays ``latency``
+once (the calls that start a transfer pay theirs too in fedsim: a few latencies per
+round the model leaves out). Also left out: Ray's own CPU (object-store copies,
+scheduling; reported as unattributed), a DP round's noise batch (each holder fetches
+it from the aggregator: not modelled, so DP variants are projected optimistically),
+TCP slow start and packet loss, and disk. A holder's CPU is split between re-adding
+and decrypting by the round's ``verify`` and ``partial_decrypt`` phase times (wall
+times on the measuring machine: an approximation). `PartyCpuMeter` reads every actor's
+process with the local psutil: all Ray nodes must share this machine's OS (as on the
+loopback check).
 """
 
 from __future__ import annotations
@@ -35,7 +44,6 @@ from dataclasses import dataclass, field
 
 from fedsim.errors import ConfigError
 
-CHUNKS = 8
 # The critical path's stages, in round order (plaintext has no holders' stages).
 STAGES = ("download model", "client compute", "upload to aggregator", "aggregate",
           "aggregate to coordinator", "manifest + endorsements", "holders fetch batches",
@@ -171,9 +179,13 @@ def round_tasks(cost: RoundCost, latency: float) -> list[Task]:
                           "download model"))
         tasks.append(Task(f"train:{c}", c, cost.clients[c], (f"bcast:{c}",), 0.0, None,
                           "client compute"))
-        agg_sums += _streamed(tasks, c, AGGREGATOR, cost.upload_bytes[c],
-                              cost.aggregator_s / len(clients), (f"train:{c}",), latency,
-                              "upload to aggregator", "aggregate")
+        # Ray fetches add_many's argument whole before the call: sum after the upload.
+        tasks.append(Task(f"send:{c}>{AGGREGATOR}", c, cost.upload_bytes[c],
+                          (f"train:{c}",), latency, AGGREGATOR, "upload to aggregator"))
+        tasks.append(Task(f"work:{c}>{AGGREGATOR}", AGGREGATOR,
+                          cost.aggregator_s / len(clients), (f"send:{c}>{AGGREGATOR}",),
+                          0.0, None, "aggregate"))
+        agg_sums.append(f"work:{c}>{AGGREGATOR}")
     if not cost.holders:
         tasks.append(Task("result", AGGREGATOR, cost.aggregate_bytes, tuple(agg_sums),
                           latency, COORDINATOR, "aggregate to coordinator"))
@@ -186,37 +198,25 @@ def round_tasks(cost: RoundCost, latency: float) -> list[Task]:
     shares = []
     for h in sorted(cost.holders):
         cpu = cost.holders[h]
-        summed = []
+        # A holder takes the batches one at a time, every holder in the same order
+        # (`KeyHolder._add_signed`): fetch one party's batch, re-add it, then the next.
+        prev = "manifest"
         for c in clients:
-            summed += _streamed(tasks, c, h, cost.upload_bytes[c],
-                                cpu * cost.holder_sum_fraction / len(clients),
-                                ("manifest",), latency, "holders fetch batches",
-                                "holders re-add + check")
+            fetch, add = f"send:{c}>{h}", f"work:{c}>{h}"
+            tasks.append(Task(fetch, c, cost.upload_bytes[c], (prev,),
+                              latency if prev == "manifest" else 0.0, h,
+                              "holders fetch batches"))
+            tasks.append(Task(add, h, cpu * cost.holder_sum_fraction / len(clients),
+                              (fetch,), 0.0, None, "holders re-add + check"))
+            prev = add
         tasks.append(Task(f"decrypt:{h}", h, cpu * (1 - cost.holder_sum_fraction),
-                          tuple(summed), 0.0, None, "partial decryption"))
+                          (prev,), 0.0, None, "partial decryption"))
         tasks.append(Task(f"share:{h}", h, cost.share_bytes.get(h, 0), (f"decrypt:{h}",),
                           latency, COORDINATOR, "shares to coordinator"))
         shares.append(f"share:{h}")
     tasks.append(Task("fuse", COORDINATOR, cost.coordinator_s, tuple(shares), 0.0, None,
                       "fuse + server update"))
     return tasks
-
-
-def _streamed(tasks: list[Task], src: str, dst: str, nbytes: int, cpu: float,
-              after: tuple[str, ...], latency: float, send: str, work: str) -> list[str]:
-    """``nbytes`` from ``src`` to ``dst`` in `CHUNKS` pieces, ``dst`` spending ``cpu``
-    on each piece as it lands; returns the compute tasks' names."""
-    names = []
-    prev_net: tuple[str, ...] = after
-    for k in range(CHUNKS):
-        net = f"send:{src}>{dst}:{k}"
-        tasks.append(Task(net, src, nbytes / CHUNKS, prev_net, latency if k == 0 else 0.0,
-                          dst, send))
-        work_name = f"work:{src}>{dst}:{k}"
-        tasks.append(Task(work_name, dst, cpu / CHUNKS, (net,), 0.0, None, work))
-        names.append(work_name)
-        prev_net = (net,)
-    return names
 
 
 @dataclass(frozen=True)
@@ -255,9 +255,12 @@ def simulate(tasks: Sequence[Task], deployment: Deployment) -> dict[str, tuple[f
                 start[name] = now
                 active[name] = by_name[name].amount
         rates = _rates([by_name[n] for n in active], deployment)
-        for name in [n for n in active if active[n] <= 0 or math.isinf(rates[n])]:
+        instant = [n for n in active if active[n] <= 0 or math.isinf(rates[n])]
+        for name in instant:
             del active[name]
             end[name] = now
+        if instant:  # their dependents may start now: release them before time moves
+            continue
         if not active:
             if scheduled:
                 now = min(scheduled.values())
@@ -288,8 +291,15 @@ def _rates(running: Sequence[Task], deployment: Deployment) -> dict[str, float]:
         else:
             flows.append(t)
     for group in per_machine.values():
+        # Each running party gets an equal share of the machine, at most one core (one
+        # native thread per party), split among its own running tasks.
+        by_party: dict[str, list[Task]] = defaultdict(list)
         for t in group:
-            rates[t.name] = min(1.0, deployment.cores / len(group))
+            by_party[t.party].append(t)
+        share = min(1.0, deployment.cores / len(by_party))
+        for mine in by_party.values():
+            for t in mine:
+                rates[t.name] = share / len(mine)
     rates.update(_max_min(flows, deployment))
     return rates
 

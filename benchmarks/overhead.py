@@ -16,6 +16,7 @@ from benchmarks._common import single_thread_env
 single_thread_env()
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row["epsilon"] = float(rec.extra["epsilon"])
                 rows.append(row)
             for k, rec in enumerate(m.records):
-                if deployments:
+                if deployments and not rec.extra.get("skipped"):
                     projections.append(project(variant, rec, m, k, deployments, m.cpu_s[k]))
             print(f"  {variant}: median round "
                   f"{np.median([r.wall_s for r in m.records]):.2f}s "
@@ -188,6 +189,8 @@ def project(variant: str, rec, m, k: int, deployments, cpu_s: float) -> dict:
     here = predict(cost, Deployment(bandwidth=float("inf"), latency=0.0, cores=CORES,
                                     machines="one"))
     row = {"variant": variant, "round": rec.round, "wall_s": rec.wall_s,
+           # The model's inputs, so a later model can replay this round again.
+           "cost": json.dumps(dataclasses.asdict(cost)),
            "here_s": here.seconds, "party_cpu_s": sum(m.party_cpu[k].values()),
            "machine_cpu_s": cpu_s}
     for j, d in enumerate(deployments):
@@ -205,7 +208,8 @@ def summarise_projections(rows: list[dict]) -> list[dict]:
     out = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
-        keys = dict.fromkeys(k for r in mine for k in r if k not in ("variant", "round"))
+        keys = dict.fromkeys(k for r in mine for k in r
+                             if k not in ("variant", "round", "cost"))
         out.append({"variant": variant, **{k: float(np.median([r.get(k, 0.0) for r in mine]))
                                            for k in keys}})
     plain = next((r for r in out if r["variant"] == "plaintext"), None)

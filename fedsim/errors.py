@@ -32,8 +32,9 @@ class ProtocolError(FedSimError):
 
 
 class NoReceipt(ProtocolError):
-    """No live key holder opened the evaluation a deployment receipt is asked for (its
-    holders were replaced by a restart, or the run resumed with a new key ceremony)."""
+    """Fewer live key holders that opened the evaluation a deployment receipt is asked
+    for than ``fedsim verify`` needs (holders lost or replaced by a restart since, or the
+    run resumed with a new key ceremony): no receipt that could never verify is written."""
 
 
 class Refusal(ProtocolError):

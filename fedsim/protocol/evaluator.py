@@ -197,12 +197,12 @@ class FederatedEvaluator:
         try:
             receipts = federation.scheme.receipts(federation.backend, federation.run_id,
                                                   deployed.round, self._bound(deployed))
-        except NoReceipt:  # its holders were restarted since (or the run was resumed)
+        except NoReceipt as why:  # its holders restarted or lost since (or a resume)
             report["selection"]["note"] = "; ".join(filter(None, [
                 report["selection"].get("note"),
-                f"no key holder that opened round {deployed.round + 1}'s evaluation is "
-                "live (restarted or resumed since): the deployed model has no deployment "
-                "receipt (fedsim verify cannot attest it)"]))
+                f"round {deployed.round + 1}'s evaluation: {why} (restarted, lost or "
+                "resumed since): the deployed model has no deployment receipt (fedsim "
+                "verify cannot attest it)"]))
             return report
         report["deployment"] = {**receipts, "plan": repr(self.plan),
                                 "run_id": federation.run_id}

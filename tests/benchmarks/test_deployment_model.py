@@ -53,15 +53,35 @@ def test_a_plaintext_round_by_hand():
     """Own machines, 100 B/s links, 0.1 s latency. The coordinator's uplink carries two
     50-byte models at once (1.0 s, +0.1): both clients start at 1.1 and finish training
     at 2.1 and 3.1. a's 100 bytes reach the aggregator at 2.2 + 1.0; b's start at 3.2
-    and land at 4.2, its last piece summed by 4.225 (0.2 CPU-s per client in 8 pieces).
-    The sum reaches the coordinator at 4.225 + 0.1 + 1.0; its update takes 0.5."""
+    and land at 4.2, then summed by 4.4 (0.2 CPU-s per client, once the batch is whole).
+    The sum reaches the coordinator at 4.4 + 0.1 + 1.0; its update takes 0.5."""
     d = Deployment(bandwidth=100.0, latency=0.1)
     pred = predict(_plain(), d)
-    assert pred.seconds == pytest.approx(5.825)
+    assert pred.seconds == pytest.approx(6.0)
     assert pred.critical == pytest.approx({
         "download model": 1.1, "client compute": 2.0, "upload to aggregator": 1.1,
-        "aggregate": 0.025, "aggregate to coordinator": 1.1, "fuse + server update": 0.5})
+        "aggregate": 0.2, "aggregate to coordinator": 1.1, "fuse + server update": 0.5})
     assert sum(pred.critical.values()) == pytest.approx(pred.seconds)
+
+
+def test_a_task_after_an_instant_one_starts_at_once():
+    """A (1 CPU-s) -> X (a free transfer) -> Y (1 CPU-s), beside B (5 CPU-s) elsewhere:
+    Y runs from 1 to 2, not after B's end."""
+    tasks = [Task("A", "p", 1.0), Task("B", "q", 5.0), Task("X", "p", 10, ("A",), to="r"),
+             Task("Y", "r", 1.0, ("X",))]
+    spans = simulate(tasks, Deployment(bandwidth=math.inf, latency=0.0))
+    assert spans["Y"] == pytest.approx((1.0, 2.0))
+    assert spans["B"][1] == pytest.approx(5.0)
+
+
+def test_a_party_never_gets_more_than_one_core():
+    """Two tasks of one party on a 2-core machine share one core (0.5 each); a second
+    party's task there gets the other core."""
+    tasks = [Task("a1", "p", 1.0), Task("a2", "p", 1.0), Task("b", "q", 1.0)]
+    spans = simulate(tasks, Deployment(bandwidth=math.inf, latency=0.0, machines="one",
+                                       cores=2))
+    assert spans["a1"][1] == pytest.approx(2.0) and spans["a2"][1] == pytest.approx(2.0)
+    assert spans["b"][1] == pytest.approx(1.0)
 
 
 def test_parties_on_one_machine_share_its_cores():
@@ -100,13 +120,16 @@ def test_holders_fetch_the_batches_only_after_the_manifest_and_endorsements():
     d = Deployment(bandwidth=100.0, latency=0.1)
     pred = predict(cost, d)
     manifest = pred.spans["manifest"]
-    last_sum = max(end for name, (_, end) in pred.spans.items()
-                   if name.startswith("work:") and name.endswith(">aggregator:7"))
+    last_sum = max(pred.spans[f"work:{c}>aggregator"][1] for c in ("a", "b"))
     assert manifest[1] == pytest.approx(last_sum + 0.3)  # three one-way messages
-    fetches = [s for name, s in pred.spans.items() if name.startswith("send:")
-               and ">h" in name]
-    assert min(start for start, _ in fetches) == pytest.approx(manifest[1] + 0.1)
-    # h1's decryption: 2.0 x 0.75 CPU-s after its 2 x 100 bytes re-added (0.5 CPU-s).
+    # Both holders take a's batch first, sharing a's uplink (50 B/s each: 2.0 s) ...
+    for h in ("h0", "h1"):
+        start, end = pred.spans[f"send:a>{h}"]
+        assert start == pytest.approx(manifest[1] + 0.1)
+        assert end - start == pytest.approx(2.0)
+        # ... and fetch b's only once a's is re-added.
+        assert pred.spans[f"send:b>{h}"][0] == pytest.approx(pred.spans[f"work:a>{h}"][1])
+    # h1's decryption: 2.0 x 0.75 CPU-s after both batches re-added (0.5 CPU-s).
     start, end = pred.spans["decrypt:h1"]
     assert end - start == pytest.approx(1.5)
     assert pred.seconds == pytest.approx(pred.spans["fuse"][1])

@@ -327,6 +327,23 @@ def test_holders_naming_two_models_stop_the_report_and_none_live_is_said(monkeyp
         with pytest.raises(ReceiptConflict, match="3 of 3") as refused:
             ev.final_report(fed)
     assert refused.value.party == "keyholder:0, keyholder:1, keyholder:2"
+    # A reply that is not (model, signature): named, never a crash.
+    with monkeypatch.context() as m:
+        m.setattr(holder, "receipt", lambda r: "not a receipt")
+        with pytest.raises(ReceiptConflict, match="1 of 3") as refused:
+            ev.final_report(fed)
+    assert refused.value.party == "keyholder:1"
+    # Fewer holders attest it than verify needs (one lost since): no receipt is
+    # written that could never verify; the note says how many.
+    with monkeypatch.context() as m:
+        def lost(r):
+            raise Refusal("opened no evaluation of that round", party="keyholder:2")
+
+        m.setattr(other, "receipt", lost)
+        report = ev.final_report(fed)
+    assert "deployment" not in report
+    assert "only 2 live key holder(s)" in report["selection"]["note"]
+    assert "3 needed" in report["selection"]["note"]
     report = ev.final_report(fed)  # the honest path: every holder attests it
     assert sorted(report["deployment"]["holders"]) == ["0", "1", "2"]
     for i in range(fed.cfg.crypto.key_holders):

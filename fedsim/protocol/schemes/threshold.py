@@ -313,12 +313,14 @@ class ThresholdCKKS(Scheme):
             if i in self.missing:
                 continue
             try:
-                model, signature = backend.get(backend.call(holder_role(i), "receipt",
-                                                            round_idx))
+                said = backend.get(backend.call(holder_role(i), "receipt", round_idx))
             except (PartyLost, Refusal):  # gone, or not among the holders that opened it
                 continue
+            model, signature = said if isinstance(said, tuple) and len(said) == 2 \
+                else (None, None)
             identity = self.cards[i].identity
-            if model != expected or not verify(identity, signature, statement):
+            if not (isinstance(model, bytes) and isinstance(signature, bytes)
+                    and model == expected and verify(identity, signature, statement)):
                 odd.append(i)
                 continue
             signed[str(i)] = {"identity": identity.hex(), "signature": signature.hex()}
@@ -327,10 +329,12 @@ class ThresholdCKKS(Scheme):
                 f"the key holders' receipts of round {round_idx}: {len(odd)} of "
                 f"{len(odd) + len(signed)} do not attest the deployed model",
                 party=", ".join(map(holder_role, odd)), round=round_idx)
-        if not signed:
-            raise NoReceipt(f"no live key holder opened round {round_idx}'s evaluation")
+        needed = self.crypto.threshold or self.crypto.key_holders
+        if len(signed) < needed:  # holders lost or restarted since: verify could not pass
+            raise NoReceipt(f"only {len(signed)} live key holder(s) that opened round "
+                            f"{round_idx}'s evaluation attest it; {needed} needed")
         return {"round": round_idx, "model": expected.hex(), "holders": signed,
-                "needed": self.crypto.threshold or self.crypto.key_holders}
+                "needed": needed}
 
     def _partials(self, backend: Backend, manifest: Manifest, noise: Any,
                   bundles: Sequence[Any], endorsements: Mapping[str, bytes]

@@ -204,26 +204,31 @@ def prime(federation: Federation) -> None:
         b.get(b.call(role, "train", 0, ref, some, context, commitment, num_returns=2)[0])
 
 
-def _actor_pids(backend: Any) -> dict[str, int]:
+def _on_each_actor(backend: Any, fn: Any) -> dict[str, Any]:
+    """``fn(actor)`` run inside every actor of a Ray backend, by role ({} in-process)."""
     handles = getattr(backend, "handles", None)
     if not handles:
         return {}
     import ray
 
-    refs = {role: h.__ray_call__.remote(lambda self: os.getpid())
-            for role, h in handles.items()}
-    return {role: int(ray.get(ref)) for role, ref in refs.items()}
+    refs = {role: h.__ray_call__.remote(fn) for role, h in handles.items()}
+    return {role: ray.get(ref) for role, ref in refs.items()}
+
+
+def _actor_pids(backend: Any) -> dict[str, int]:
+    return {role: int(pid)
+            for role, pid in _on_each_actor(backend, lambda self: os.getpid()).items()}
 
 
 def _actor_nodes(backend: Any) -> dict[str, str]:
     """Party -> the Ray node it runs on, the driver as "coordinator"."""
     import ray
 
-    handles = getattr(backend, "handles", None) or {}
-    refs = {role: h.__ray_call__.remote(
-        lambda self: ray.get_runtime_context().get_node_id()) for role, h in handles.items()}
-    return {"coordinator": ray.get_runtime_context().get_node_id(),
-            **{role: str(ray.get(ref)) for role, ref in refs.items()}}
+    def node(self: Any) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    return {"coordinator": node(None),
+            **{role: str(n) for role, n in _on_each_actor(backend, node).items()}}
 
 
 def phase_row(record: RoundRecord) -> dict[str, float]:

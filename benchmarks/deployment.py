@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedsim.errors import ConfigError
+from fedsim.protocol.schemes import AGGREGATOR  # the aggregator's role
 
 # The critical path's stages, in round order (plaintext has no holders' stages).
 STAGES = ("download model", "client compute", "upload to aggregator", "aggregate",
@@ -50,7 +51,6 @@ STAGES = ("download model", "client compute", "upload to aggregator", "aggregate
           "holders re-add + check", "partial decryption", "shares to coordinator",
           "fuse + server update")
 COORDINATOR = "coordinator"
-AGGREGATOR = "aggregator"
 _UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 _TIMES = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
@@ -61,7 +61,8 @@ class Deployment:
 
     ``bandwidth`` in bytes per second per machine and direction (``inf``: free
     transfers), ``latency`` one way in seconds, ``machines`` ``own`` (every party its
-    own machine of ``cores`` cores) or ``one`` (all parties on one such machine).
+    own machine of ``cores`` cores), ``one`` (all parties on one such machine) or
+    ``placed`` (the Ray nodes the parties ran on, ``cores`` each).
     """
 
     bandwidth: float = 1e9 / 8
@@ -265,7 +266,6 @@ def simulate(tasks: Sequence[Task], deployment: Deployment) -> dict[str, tuple[f
             if scheduled:
                 now = min(scheduled.values())
             continue
-        rates = _rates([by_name[n] for n in active], deployment)
         dt = min(active[n] / rates[n] for n in active)
         if scheduled:
             dt = min(dt, min(scheduled.values()) - now)

@@ -160,9 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "epsilon" in rec.extra:
                     row["epsilon"] = float(rec.extra["epsilon"])
                 rows.append(row)
-            for k, rec in enumerate(m.records):
-                if deployments and not rec.extra.get("skipped"):
-                    projections.append(project(variant, rec, m, k, deployments, m.cpu_s[k]))
+            if deployments:
+                projections += [project(variant, rec, m, k, deployments, m.cpu_s[k])
+                                for k, rec in enumerate(m.records)
+                                if not rec.extra.get("skipped")]
             print(f"  {variant}: median round "
                   f"{np.median([r.wall_s for r in m.records]):.2f}s "
                   f"(setup {m.setup_s:.1f}s)", flush=True)

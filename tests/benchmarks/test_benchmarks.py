@@ -6,7 +6,9 @@ measured columns, byte counts are positive and the headline is the last line pri
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 
 import pyarrow.parquet as pq
@@ -168,7 +170,13 @@ def test_overhead_and_many_clients_on_ray(ray_session, tmp_path, capsys):
     assert [r["variant"] for r in projected] == ["plaintext", "he-fast"]
     for r in projected:
         assert r["here_s"] > 0 and r["d0_s"] > r["d0:client compute"] > 0
-        assert 0 < r["party_cpu_s"] <= r["machine_cpu_s"] * 1.05
+        # Both are read in clock ticks: each party's user and system time at both ends of
+        # the round, and the machine's counters likewise, so a small round's party total
+        # can exceed the machine's by a few ticks (CI saw 0.11 vs 0.10 s).
+        cost = json.loads(r["cost"])
+        parties = len(cost["clients"]) + len(cost["holders"]) + 2
+        ticks = (2 * parties + 10) / os.sysconf("SC_CLK_TCK")
+        assert 0 < r["party_cpu_s"] <= r["machine_cpu_s"] * 1.05 + ticks
     assert projected[1]["d0:partial decryption"] > 0
     assert last.startswith("overhead he-secure/plaintext = nan  he-fast/")
     assert last.endswith("(he-fast: no flooding, not provably secure)")

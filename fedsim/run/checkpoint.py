@@ -195,7 +195,8 @@ def load(run_dir: Path) -> Checkpoint:
                               "first round began (before its parties were set up); start "
                               "it again with fedsim run (--overwrite)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Our own handle: np.load leaks its file when a torn archive fails to open.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes().decode())
             params = npz["params"]
             opt = [npz[f"opt_{i}"] for i in range(int(meta["opt_leaves"]))]
